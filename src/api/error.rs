@@ -1,0 +1,186 @@
+//! `ApiError`: every error a hook can answer, mapped to status and JSON in one `match`, and the
+//! `AppJson` extractor that turns malformed bodies into `ApiError` instead of axum's plain text.
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Request};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// An error answer: `{"error": {"code", "message"}}`.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: the body is not JSON.
+    #[error("the body is not valid JSON: {0}")]
+    BadJson(String),
+    /// 400: a field is missing or has the wrong type or value.
+    #[error("{0}")]
+    InvalidField(String),
+    /// 401: no bearer token.
+    #[error("missing bearer token")]
+    MissingToken,
+    /// 401: the bearer token is not known.
+    #[error("invalid bearer token")]
+    InvalidToken,
+    /// 401: a webhook signature did not verify.
+    #[error("invalid webhook signature")]
+    InvalidSignature,
+    /// 403: the token may not touch this account.
+    #[error("this token may not act on account {0}")]
+    ForbiddenAccount(String),
+    /// 403: no API key is configured for the account.
+    #[error("no api key is configured for account {0}")]
+    AccountNotConfigured(String),
+    /// 404: no such route or resource.
+    #[error("{0}")]
+    NotFound(String),
+    /// 405.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// 413: the body exceeds `server.max_body_bytes`.
+    #[error("the body is too large")]
+    PayloadTooLarge,
+    /// 415: not `application/json`.
+    #[error("expected Content-Type: application/json")]
+    UnsupportedMediaType,
+    /// 422: an id does not match its platform's pattern.
+    #[error("{message}")]
+    InvalidId {
+        /// `invalid_account_id` or `invalid_chat_id`.
+        code: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// 422: the upstream refused a well-formed value.
+    #[error("{0}")]
+    Unprocessable(String),
+    /// 429: the token's hook rate limit.
+    #[error("too many hook requests")]
+    RateLimited {
+        /// Seconds until a request will be accepted.
+        retry_after_secs: u64,
+    },
+    /// 502: the upstream refused the API key.
+    #[error("the upstream refused the api key")]
+    ApiKeyRefused,
+    /// 502: the upstream failed.
+    #[error("the upstream failed: {0}")]
+    Upstream(String),
+    /// 503: shutting down.
+    #[error("the service is shutting down")]
+    ShuttingDown,
+    /// 503: the session cap is reached.
+    #[error("the session cap is reached")]
+    AtCapacity,
+    /// 503: the request took longer than `server.request_timeout`.
+    #[error("the request timed out")]
+    Timeout,
+    /// 503: a bounded table is full.
+    #[error("{0}")]
+    Full(String),
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorDetail<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorDetail<'a> {
+    code: &'a str,
+    message: String,
+}
+
+impl ApiError {
+    /// Status and stable snake_case code.
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::BadJson(_) => (StatusCode::BAD_REQUEST, "bad_json"),
+            Self::InvalidField(_) => (StatusCode::BAD_REQUEST, "invalid_field"),
+            Self::MissingToken => (StatusCode::UNAUTHORIZED, "missing_token"),
+            Self::InvalidToken => (StatusCode::UNAUTHORIZED, "invalid_token"),
+            Self::InvalidSignature => (StatusCode::UNAUTHORIZED, "invalid_signature"),
+            Self::ForbiddenAccount(_) => (StatusCode::FORBIDDEN, "forbidden_account"),
+            Self::AccountNotConfigured(_) => (StatusCode::FORBIDDEN, "account_not_configured"),
+            Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            Self::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Self::UnsupportedMediaType => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            Self::InvalidId { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, code),
+            Self::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unprocessable"),
+            Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            Self::ApiKeyRefused => (StatusCode::BAD_GATEWAY, "api_key_refused"),
+            Self::Upstream(_) => (StatusCode::BAD_GATEWAY, "upstream_failed"),
+            Self::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            Self::AtCapacity => (StatusCode::SERVICE_UNAVAILABLE, "at_capacity"),
+            Self::Timeout => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
+            Self::Full(_) => (StatusCode::SERVICE_UNAVAILABLE, "full"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code,
+                message: self.to_string(),
+            },
+        };
+        let mut resp = (status, Json(body)).into_response();
+        let retry_after = match &self {
+            Self::RateLimited { retry_after_secs } => Some(*retry_after_secs),
+            Self::ShuttingDown | Self::Timeout => Some(5),
+            Self::AtCapacity | Self::Full(_) => Some(1),
+            _ => None,
+        };
+        if let Some(secs) = retry_after {
+            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                resp.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        resp
+    }
+}
+
+/// `Json` whose rejections are [`ApiError`]s.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AppJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for AppJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(Self(v)),
+            Err(rejection) => Err(from_rejection(&rejection)),
+        }
+    }
+}
+
+fn from_rejection(r: &JsonRejection) -> ApiError {
+    match r {
+        JsonRejection::JsonDataError(e) => ApiError::InvalidField(data_error_text(&e.body_text())),
+        JsonRejection::JsonSyntaxError(e) => ApiError::BadJson(data_error_text(&e.body_text())),
+        JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType,
+        JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::PayloadTooLarge
+        }
+        other => ApiError::BadJson(other.body_text()),
+    }
+}
+
+/// Trims serde's message ("Failed to deserialize the JSON body into the target type: ...").
+fn data_error_text(text: &str) -> String {
+    let t = text.split_once(": ").map_or(text, |(_, rest)| rest);
+    t.chars().take(300).collect()
+}

@@ -1,0 +1,181 @@
+//! The hook API and the admin listener.
+//!
+//! Hook API (`server.listen`), JSON in and out, bearer-token auth:
+//!
+//! | route | what |
+//! |---|---|
+//! | `POST /v1/typing/start` | start or refresh a chat's typing session |
+//! | `POST /v1/typing/stop` | release it; no typing call leaves once answered |
+//! | `POST /v1/typing/batch` | several starts and stops, validated whole |
+//! | `GET /v1/typing/sessions` | the caller's live sessions |
+//! | `GET /v1/budget` | every budget's state |
+//!
+//! Admin (`admin.listen`): `GET /metrics`, `/livez`, `/readyz`.
+//!
+//! Handlers call only [`Engine`]: they never call the upstream for typing and never spawn.
+
+mod admin;
+pub mod auth;
+pub mod budget;
+pub mod error;
+mod limit;
+pub mod typing;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::time::Instant;
+use tower::ServiceBuilder;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+pub use admin::admin_router;
+pub use auth::{Caller, Tokens};
+pub use error::{ApiError, AppJson};
+pub use limit::HookLimiter;
+
+use crate::config::Settings;
+use crate::engine::Engine;
+use crate::ids::Platform;
+
+/// What the hook handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    /// The engine.
+    pub engine: Engine,
+    /// Hook tokens.
+    pub tokens: Arc<Tokens>,
+    /// Per-token rate limit.
+    pub hook_limit: Arc<HookLimiter>,
+    /// False once the drain starts (and before the app is ready).
+    pub ready: Arc<AtomicBool>,
+    /// The metrics handle (`/metrics`).
+    pub metrics: PrometheusHandle,
+    /// `engine.idle_timeout`
+    pub idle_timeout: Duration,
+    /// `engine.max_lifetime`
+    pub max_lifetime: Duration,
+    /// `hooks.max_batch_events`
+    pub max_batch_events: usize,
+    /// Cadence per platform.
+    pub platforms: crate::config::PlatformsSettings,
+}
+
+impl ApiState {
+    /// The refire interval of `platform`.
+    pub fn refire_interval(&self, platform: Platform) -> Duration {
+        self.platforms.get(platform).refire_interval
+    }
+
+    /// Builds the state from settings and its parts.
+    pub fn new(
+        settings: &Settings,
+        engine: Engine,
+        tokens: Tokens,
+        metrics: PrometheusHandle,
+    ) -> Self {
+        let hook_limit = HookLimiter::new(
+            settings.hooks.tokens.len() + 1,
+            settings.hooks.rate_limit_per_second,
+            settings.hooks.rate_limit_burst,
+        );
+        Self {
+            engine,
+            tokens: Arc::new(tokens),
+            hook_limit: Arc::new(hook_limit),
+            ready: Arc::new(AtomicBool::new(false)),
+            metrics,
+            idle_timeout: settings.engine.idle_timeout,
+            max_lifetime: settings.engine.max_lifetime,
+            max_batch_events: settings.hooks.max_batch_events,
+            platforms: settings.platforms.clone(),
+        }
+    }
+}
+
+/// The hook router.
+pub fn router(state: ApiState, settings: &Settings) -> Router {
+    let timeout = settings.server.request_timeout;
+    let mut app = Router::new()
+        .route("/v1/typing/start", post(typing::start))
+        .route("/v1/typing/stop", post(typing::stop))
+        .route("/v1/typing/batch", post(typing::batch))
+        .route("/v1/typing/sessions", get(typing::sessions))
+        .route("/v1/budget", get(budget::budget))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            refuse_while_draining,
+        ))
+        .layer(DefaultBodyLimit::max(settings.server.max_body_bytes))
+        .layer(
+            ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
+                    ApiError::Timeout
+                }))
+                .timeout(timeout),
+        )
+        .layer(middleware::from_fn(record_metrics))
+        .with_state(state);
+    if !settings.hooks.cors_allowed_origins.is_empty() {
+        let origins: Vec<_> = settings
+            .hooks
+            .cors_allowed_origins
+            .iter()
+            .filter_map(|o| o.parse().ok())
+            .collect();
+        app = app.layer(
+            CorsLayer::new()
+                .allow_origin(AllowOrigin::list(origins))
+                .allow_methods([axum::http::Method::GET, axum::http::Method::POST])
+                .allow_headers([
+                    axum::http::header::AUTHORIZATION,
+                    axum::http::header::CONTENT_TYPE,
+                ]),
+        );
+    }
+    app
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such route".to_owned())
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+async fn refuse_while_draining(
+    State(state): State<ApiState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if state.engine.is_draining() {
+        return ApiError::ShuttingDown.into_response();
+    }
+    next.run(req).await
+}
+
+async fn record_metrics(req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let resp = next.run(req).await;
+    crate::metrics::hook_request(&route, resp.status().as_u16(), started.elapsed());
+    resp
+}
+
+/// Marks the service ready (`/readyz` 200) or not.
+pub fn set_ready(ready: &AtomicBool, value: bool) {
+    ready.store(value, Ordering::Release);
+}

@@ -1,0 +1,372 @@
+//! `POST /v1/typing/start`, `/v1/typing/stop`, `/v1/typing/batch`, `GET /v1/typing/sessions`:
+//! request and response DTOs, their validation, and the calls into [`Engine`].
+//!
+//! A batch is validated whole before any event is applied: one bad event refuses the batch
+//! (naming its index) and changes nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use serde::{Deserialize, Serialize};
+
+use super::ApiState;
+use super::auth::Caller;
+use super::error::{ApiError, AppJson};
+use crate::engine::{Priority, SessionInfo, StartCommand, StartError, StartOutcome, StopOutcome};
+use crate::ids::{AccountId, ChatId, IdError, Platform, SessionKey};
+
+/// Longest accepted chatter id.
+pub const MAX_CHATTER_ID_LEN: usize = 128;
+
+/// A chat id as tools send it: a JSON string, or a number for the numeric platforms.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RawId {
+    /// `"123"`
+    Text(String),
+    /// `123`
+    Number(u64),
+}
+
+impl RawId {
+    fn text(&self) -> std::borrow::Cow<'_, str> {
+        match self {
+            Self::Text(s) => s.as_str().into(),
+            Self::Number(n) => n.to_string().into(),
+        }
+    }
+}
+
+/// Body of `POST /v1/typing/start`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct StartRequest {
+    /// Creator account (`acct_…`).
+    pub account_id: String,
+    /// The fan's chat.
+    pub chat_id: RawId,
+    /// Platform; default `onlyfans`.
+    #[serde(default)]
+    pub platform: Option<Platform>,
+    /// The chatter holding the session (several may hold one chat).
+    #[serde(default)]
+    pub chatter_id: Option<String>,
+    /// `normal` (default) or `high`.
+    #[serde(default)]
+    pub priority: Option<Priority>,
+    /// This holder's idle lease in milliseconds (default `engine.idle_timeout`).
+    #[serde(default)]
+    pub ttl_ms: Option<u64>,
+}
+
+/// Body of `POST /v1/typing/stop`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct StopRequest {
+    /// Creator account.
+    pub account_id: String,
+    /// The fan's chat.
+    pub chat_id: RawId,
+    /// Platform; default `onlyfans`.
+    #[serde(default)]
+    pub platform: Option<Platform>,
+    /// The chatter letting go.
+    #[serde(default)]
+    pub chatter_id: Option<String>,
+}
+
+/// One event of a batch.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "action", rename_all = "lowercase")]
+pub enum BatchEvent {
+    /// A start.
+    Start(StartRequest),
+    /// A stop.
+    Stop(StopRequest),
+}
+
+/// Body of `POST /v1/typing/batch`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct BatchRequest {
+    /// The events, applied in order.
+    pub events: Vec<BatchEvent>,
+}
+
+/// The session a response is about.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionRef {
+    platform: Platform,
+    account_id: AccountId,
+    chat_id: ChatId,
+}
+
+/// Answer of start, stop, and each batch event.
+#[derive(Debug, Clone, Serialize)]
+pub struct TypingResponse {
+    /// `started`, `refreshed`, `paused`, `stopped`, `released`, `not_found`, or `error` (batch).
+    pub outcome: &'static str,
+    /// The session.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session: Option<SessionRef>,
+    /// Why it is paused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
+    /// Time between typing calls for this platform.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refire_interval_ms: Option<u64>,
+    /// This holder's lease.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease_ms: Option<u64>,
+    /// Holders left after a release.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub holders: Option<usize>,
+    /// A batch event's error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<serde_json::Value>,
+}
+
+/// Answer of a batch.
+#[derive(Debug, Clone, Serialize)]
+pub struct BatchResponse {
+    /// One per event, in order.
+    pub results: Vec<TypingResponse>,
+}
+
+/// Answer of `GET /v1/typing/sessions`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionsResponse {
+    /// Number of sessions listed.
+    pub count: usize,
+    /// The caller's live sessions.
+    pub sessions: Vec<SessionInfo>,
+}
+
+fn id_error(e: &IdError) -> ApiError {
+    let code = match e {
+        IdError::Account { .. } => "invalid_account_id",
+        IdError::Chat { .. } => "invalid_chat_id",
+    };
+    ApiError::InvalidId {
+        code,
+        message: e.to_string(),
+    }
+}
+
+/// Parses and authorises the chat of a request.
+fn session_key(
+    caller: &Caller,
+    platform: Option<Platform>,
+    account: &str,
+    chat: &RawId,
+) -> Result<SessionKey, ApiError> {
+    let platform = platform.unwrap_or_default();
+    let account = AccountId::parse(platform, account).map_err(|e| id_error(&e))?;
+    let chat = ChatId::parse(platform, &chat.text()).map_err(|e| id_error(&e))?;
+    caller.check(&account)?;
+    Ok(SessionKey {
+        platform,
+        account,
+        chat,
+    })
+}
+
+fn chatter(raw: Option<&str>) -> Result<Option<Arc<str>>, ApiError> {
+    let Some(id) = raw else { return Ok(None) };
+    let ok = !id.is_empty()
+        && id.len() <= MAX_CHATTER_ID_LEN
+        && id
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"_-.:@".contains(&c));
+    if !ok {
+        return Err(ApiError::InvalidField(format!(
+            "chatter_id must be 1 to {MAX_CHATTER_ID_LEN} characters of letters, digits and _-.:@"
+        )));
+    }
+    Ok(Some(Arc::from(id)))
+}
+
+/// A start, validated.
+struct ValidStart {
+    cmd: StartCommand,
+    lease: Duration,
+}
+
+fn validate_start(
+    state: &ApiState,
+    caller: &Caller,
+    req: &StartRequest,
+) -> Result<ValidStart, ApiError> {
+    let key = session_key(caller, req.platform, &req.account_id, &req.chat_id)?;
+    let holder = chatter(req.chatter_id.as_deref())?;
+    let max = state.max_lifetime;
+    let ttl = match req.ttl_ms {
+        None => None,
+        Some(ms) if ms >= 100 && u128::from(ms) <= max.as_millis() => {
+            Some(Duration::from_millis(ms))
+        }
+        Some(_) => {
+            return Err(ApiError::InvalidField(format!(
+                "ttl_ms must be between 100 and {} (engine.max_lifetime)",
+                max.as_millis()
+            )));
+        }
+    };
+    let lease = ttl.unwrap_or(state.idle_timeout);
+    let cmd = StartCommand {
+        key,
+        holder,
+        priority: req.priority.unwrap_or_default(),
+        ttl,
+        preferred_key: caller.api_key,
+    };
+    Ok(ValidStart { cmd, lease })
+}
+
+fn validate_stop(
+    caller: &Caller,
+    req: &StopRequest,
+) -> Result<(SessionKey, Option<Arc<str>>), ApiError> {
+    let key = session_key(caller, req.platform, &req.account_id, &req.chat_id)?;
+    let holder = chatter(req.chatter_id.as_deref())?;
+    Ok((key, holder))
+}
+
+fn session_ref(key: &SessionKey) -> SessionRef {
+    SessionRef {
+        platform: key.platform,
+        account_id: key.account.clone(),
+        chat_id: key.chat.clone(),
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn apply_start(state: &ApiState, v: ValidStart) -> Result<TypingResponse, ApiError> {
+    let outcome = state.engine.start(v.cmd.clone()).map_err(|e| match e {
+        StartError::ShuttingDown => ApiError::ShuttingDown,
+        StartError::AtCapacity => ApiError::AtCapacity,
+        StartError::NoApiKey => ApiError::AccountNotConfigured(v.cmd.key.account.to_string()),
+        StartError::KeyRefused => ApiError::ApiKeyRefused,
+    })?;
+    let (outcome, reason) = match outcome {
+        StartOutcome::Started => ("started", None),
+        StartOutcome::Refreshed => ("refreshed", None),
+        StartOutcome::Paused(cause) => ("paused", Some(cause.as_str())),
+    };
+    Ok(TypingResponse {
+        outcome,
+        session: Some(session_ref(&v.cmd.key)),
+        reason,
+        refire_interval_ms: Some(millis(state.refire_interval(v.cmd.key.platform))),
+        lease_ms: Some(millis(v.lease)),
+        holders: None,
+        error: None,
+    })
+}
+
+fn apply_stop(state: &ApiState, key: &SessionKey, holder: Option<&str>) -> TypingResponse {
+    let (outcome, holders) = match state.engine.stop(key, holder) {
+        StopOutcome::Stopped => ("stopped", None),
+        StopOutcome::Released { holders } => ("released", Some(holders)),
+        StopOutcome::NotFound => ("not_found", None),
+    };
+    TypingResponse {
+        outcome,
+        session: Some(session_ref(key)),
+        reason: None,
+        refire_interval_ms: None,
+        lease_ms: None,
+        holders,
+        error: None,
+    }
+}
+
+/// `POST /v1/typing/start`
+pub async fn start(
+    State(state): State<ApiState>,
+    caller: Caller,
+    AppJson(req): AppJson<StartRequest>,
+) -> Result<Json<TypingResponse>, ApiError> {
+    let v = validate_start(&state, &caller, &req)?;
+    apply_start(&state, v).map(Json)
+}
+
+/// `POST /v1/typing/stop`
+pub async fn stop(
+    State(state): State<ApiState>,
+    caller: Caller,
+    AppJson(req): AppJson<StopRequest>,
+) -> Result<Json<TypingResponse>, ApiError> {
+    let (key, holder) = validate_stop(&caller, &req)?;
+    Ok(Json(apply_stop(&state, &key, holder.as_deref())))
+}
+
+enum ValidEvent {
+    Start(ValidStart),
+    Stop(SessionKey, Option<Arc<str>>),
+}
+
+/// `POST /v1/typing/batch`
+pub async fn batch(
+    State(state): State<ApiState>,
+    caller: Caller,
+    AppJson(req): AppJson<BatchRequest>,
+) -> Result<Json<BatchResponse>, ApiError> {
+    if req.events.len() > state.max_batch_events {
+        return Err(ApiError::InvalidField(format!(
+            "events: at most {} per batch",
+            state.max_batch_events
+        )));
+    }
+    let mut valid = Vec::with_capacity(req.events.len());
+    for (i, event) in req.events.iter().enumerate() {
+        let v = match event {
+            BatchEvent::Start(s) => validate_start(&state, &caller, s).map(ValidEvent::Start),
+            BatchEvent::Stop(s) => validate_stop(&caller, s).map(|(k, h)| ValidEvent::Stop(k, h)),
+        };
+        valid.push(v.map_err(|e| prefix_index(i, e))?);
+    }
+    let results = valid
+        .into_iter()
+        .map(|v| match v {
+            ValidEvent::Start(s) => apply_start(&state, s).unwrap_or_else(|e| error_result(&e)),
+            ValidEvent::Stop(k, h) => apply_stop(&state, &k, h.as_deref()),
+        })
+        .collect();
+    Ok(Json(BatchResponse { results }))
+}
+
+fn prefix_index(i: usize, e: ApiError) -> ApiError {
+    match e {
+        ApiError::InvalidField(m) => ApiError::InvalidField(format!("events[{i}]: {m}")),
+        ApiError::InvalidId { code, message } => ApiError::InvalidId {
+            code,
+            message: format!("events[{i}]: {message}"),
+        },
+        other => other,
+    }
+}
+
+fn error_result(e: &ApiError) -> TypingResponse {
+    let (_, code) = e.status_and_code();
+    TypingResponse {
+        outcome: "error",
+        session: None,
+        reason: None,
+        refire_interval_ms: None,
+        lease_ms: None,
+        holders: None,
+        error: Some(serde_json::json!({ "code": code, "message": e.to_string() })),
+    }
+}
+
+/// `GET /v1/typing/sessions`
+pub async fn sessions(State(state): State<ApiState>, caller: Caller) -> Json<SessionsResponse> {
+    let sessions = state.engine.sessions(|a| caller.accounts.allows(a));
+    Json(SessionsResponse {
+        count: sessions.len(),
+        sessions,
+    })
+}

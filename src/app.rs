@@ -1,0 +1,191 @@
+//! `App`: binds both listeners and wires config, upstream, budget, engine and API together.
+//!
+//! [`App::build`] does everything fallible (binding, TLS, key headers) so `main` can report it;
+//! [`App::run_until_stopped`] serves until the given signal fires, then drains in the order of
+//! DESIGN.md: readiness and hooks go 503 and no typing call leaves, the scheduler stops, the
+//! listeners stop accepting, and tracked work finishes within `shutdown.grace`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+
+use crate::api::{self, ApiState, Tokens};
+use crate::budget::Budgets;
+use crate::config::{Config, DEFAULT_NAME};
+use crate::engine::{Engine, EngineConfig, KeyRing, Scheduler};
+use crate::shutdown::Shutdown;
+use crate::upstream::{OnlyFansClient, Upstream};
+
+/// How often the Prometheus handle's upkeep runs (histogram maintenance).
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+
+/// The built, not yet running, service.
+pub struct App {
+    hooks: TcpListener,
+    admin: TcpListener,
+    hook_router: axum::Router,
+    admin_router: axum::Router,
+    state: ApiState,
+    scheduler: Scheduler,
+    shutdown: Shutdown,
+    client: OnlyFansClient,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("port", &self.port())
+            .field("admin_port", &self.admin_port())
+            .finish_non_exhaustive()
+    }
+}
+
+impl App {
+    /// Builds everything and binds both listeners.
+    ///
+    /// # Errors
+    /// When a listener cannot be bound, no hook token is configured while unauthenticated
+    /// hooks are not allowed, or the upstream client cannot be built.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let Config { settings, secrets } = config;
+        if secrets.hook_tokens.is_empty() && !settings.hooks.allow_unauthenticated {
+            anyhow::bail!(
+                "no hook token is configured: set KEEPTYPING_HOOK_TOKEN or [[hooks.tokens]], \
+                 or hooks.allow_unauthenticated = true for development"
+            );
+        }
+        if secrets.api_keys.is_empty() {
+            tracing::warn!(
+                "no OnlyFansAPI key is configured (ONLYFANSAPI_API_KEY or [[upstream.keys]]): every start will answer 403"
+            );
+        }
+        let metrics = crate::metrics::install();
+        let client = OnlyFansClient::build(&settings.upstream, &secrets.api_keys)
+            .context("building the upstream client")?;
+        let mut budget_names: Vec<String> =
+            secrets.api_keys.iter().map(|k| k.budget.clone()).collect();
+        if budget_names.is_empty() {
+            budget_names.push(DEFAULT_NAME.to_owned());
+        }
+        let budgets = Budgets::new(&budget_names, &settings.budget, Instant::now());
+        let keys = KeyRing::new(&secrets.api_keys, &budgets);
+        let engine_cfg = EngineConfig {
+            engine: settings.engine.clone(),
+            platforms: settings.platforms.clone(),
+            budget: settings.budget.clone(),
+            unavailable_pause: settings.accounts.unavailable_pause,
+        };
+        let upstream: Arc<dyn Upstream> = Arc::new(client.clone());
+        let (engine, scheduler) = Engine::new(engine_cfg, upstream, budgets, keys);
+        let tokens = Tokens::new(
+            &secrets.hook_tokens,
+            settings.hooks.allow_unauthenticated,
+            |name| engine.keys().by_name(name),
+        );
+        let state = ApiState::new(&settings, engine, tokens, metrics);
+        let hook_router = api::router(state.clone(), &settings);
+        let admin_router = api::admin_router(state.clone());
+        let hooks = TcpListener::bind(settings.server.listen)
+            .await
+            .with_context(|| format!("binding the hook listener on {}", settings.server.listen))?;
+        let admin = TcpListener::bind(settings.admin.listen)
+            .await
+            .with_context(|| format!("binding the admin listener on {}", settings.admin.listen))?;
+        Ok(Self {
+            hooks,
+            admin,
+            hook_router,
+            admin_router,
+            state,
+            scheduler,
+            shutdown: Shutdown::new(settings.shutdown.grace),
+            client,
+        })
+    }
+
+    /// The hook listener's port.
+    pub fn port(&self) -> u16 {
+        self.hooks.local_addr().map_or(0, |a| a.port())
+    }
+
+    /// The admin listener's port.
+    pub fn admin_port(&self) -> u16 {
+        self.admin.local_addr().map_or(0, |a| a.port())
+    }
+
+    /// The hook listener's address.
+    pub fn addr(&self) -> Option<SocketAddr> {
+        self.hooks.local_addr().ok()
+    }
+
+    /// The engine handle.
+    pub fn engine(&self) -> Engine {
+        self.state.engine.clone()
+    }
+
+    /// The upstream client (shared with the account routes).
+    pub fn client(&self) -> OnlyFansClient {
+        self.client.clone()
+    }
+
+    /// Serves until `signal` completes, then drains.
+    ///
+    /// # Errors
+    /// When a listener fails.
+    pub async fn run_until_stopped(
+        self,
+        signal: impl std::future::Future<Output = ()> + Send,
+    ) -> anyhow::Result<()> {
+        let Self {
+            hooks,
+            admin,
+            hook_router,
+            admin_router,
+            state,
+            scheduler,
+            shutdown,
+            ..
+        } = self;
+        let token = shutdown.token.clone();
+        shutdown.tracker.spawn(scheduler.run(token.child_token()));
+        let metrics = state.metrics.clone();
+        let upkeep_token = token.child_token();
+        shutdown.tracker.spawn(async move {
+            let mut tick = tokio::time::interval(METRICS_UPKEEP);
+            loop {
+                tokio::select! {
+                    () = upkeep_token.cancelled() => return,
+                    _ = tick.tick() => metrics.run_upkeep(),
+                }
+            }
+        });
+        let hook_server =
+            axum::serve(hooks, hook_router).with_graceful_shutdown(token.clone().cancelled_owned());
+        let admin_server = axum::serve(admin, admin_router)
+            .with_graceful_shutdown(token.clone().cancelled_owned());
+        let servers = shutdown.tracker.spawn(async move {
+            let (a, b) = tokio::join!(hook_server.into_future(), admin_server.into_future());
+            a.and(b)
+        });
+        api::set_ready(&state.ready, true);
+        tracing::info!("keeptyping is ready");
+        signal.await;
+        // (1) readiness and hooks answer 503, and no new typing call leaves.
+        api::set_ready(&state.ready, false);
+        state.engine.drain();
+        tracing::info!(sessions = state.engine.active_count(), "draining");
+        // (2) stop the scheduler and the listeners; (3) wait for tracked work within the grace.
+        let clean = shutdown.drain().await;
+        if clean {
+            if let Ok(Err(e)) = servers.await {
+                return Err(e).context("serving");
+            }
+        }
+        tracing::info!(clean, "stopped");
+        Ok(())
+    }
+}

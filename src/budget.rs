@@ -1,0 +1,625 @@
+//! The per-minute rate budget that typing shares with the chat tool's important traffic.
+//!
+//! One [`BudgetState`] per configured budget name (several API keys may share one, since the
+//! real limit is probably per team). Each holds:
+//! - a token bucket refilled at `typing_share x limit / 60` tokens per second, `burst` deep;
+//! - a sliding 60-second window of grants, hard-capped at `typing_share x limit`, so that no
+//!   60-second window ever carries more typing calls than the share, whatever the burst;
+//! - upstream feedback: `limit_minute` replaces the configured limit; `remaining_minute` at or
+//!   below `reserve x limit` pauses typing, and above it the refill rate is capped to spread the
+//!   remaining headroom over a minute (so typing backs off as the tool's own traffic grows);
+//!   a 429 pauses for `Retry-After`, or for an exponential backoff with jitter.
+//!
+//! Priority: tokens at or below `burst / 2` are kept for first indicators and high-priority (or
+//! starved) sessions; normal refires only take a token above that floor.
+//!
+//! Everything here is pure: every method takes `now`, and the jitter is an argument, so the
+//! logic is tested without sleeping. [`Budgets`] wraps the states in short `std` mutexes.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::config::BudgetSettings;
+use crate::upstream::RateLimits;
+
+/// The window the upstream limit is expressed over.
+pub const WINDOW: Duration = Duration::from_secs(60);
+/// First backoff after a 429 that named no `Retry-After`.
+pub const BACKOFF_BASE: Duration = Duration::from_secs(1);
+/// Longest backoff after repeated 429s without `Retry-After`.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// How long typing pauses when `remaining_minute` reaches the reserve before it probes again.
+pub const RESERVE_PAUSE: Duration = Duration::from_secs(10);
+/// A headroom cap learned from `remaining_minute` is forgotten after this long without news.
+const HEADROOM_TTL: Duration = Duration::from_secs(60);
+
+/// Index of a budget in [`Budgets`].
+pub type BudgetIndex = usize;
+
+/// How important a typing call is when the budget is short.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Class {
+    /// The first indicator of a new session, a `high` priority session, or a starved one.
+    Priority,
+    /// A routine refire.
+    Normal,
+}
+
+/// Why the budget refused a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denied {
+    /// No token (or the 60 s window is full) until `retry_at`.
+    Empty {
+        /// When a token can be there.
+        retry_at: Instant,
+    },
+    /// The budget is paused until `until`.
+    Paused {
+        /// End of the pause.
+        until: Instant,
+        /// What paused it.
+        reason: PauseReason,
+    },
+}
+
+impl Denied {
+    /// When it is worth asking again.
+    pub fn retry_at(self) -> Instant {
+        match self {
+            Self::Empty { retry_at } => retry_at,
+            Self::Paused { until, .. } => until,
+        }
+    }
+}
+
+/// What paused a budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PauseReason {
+    /// The upstream answered 429.
+    RateLimited,
+    /// `remaining_minute` reached the reserve.
+    Reserve,
+}
+
+/// A token bucket. Pure: every method takes `now`.
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    tokens: f64,
+    capacity: f64,
+    /// Tokens per second.
+    rate: f64,
+    last: Instant,
+}
+
+// === impl TokenBucket ===
+
+impl TokenBucket {
+    /// A full bucket of `capacity` tokens refilled at `rate` tokens per second.
+    pub fn new(capacity: f64, rate: f64, now: Instant) -> Self {
+        Self {
+            tokens: capacity,
+            capacity,
+            rate,
+            last: now,
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let dt = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + dt * self.rate).min(self.capacity);
+        self.last = self.last.max(now);
+    }
+
+    /// Changes the refill rate from `now` on (tokens earned so far at the old rate are kept).
+    pub fn set_rate(&mut self, rate: f64, now: Instant) {
+        self.refill(now);
+        self.rate = rate.max(0.0);
+    }
+
+    /// Tokens available at `now`.
+    pub fn tokens(&mut self, now: Instant) -> f64 {
+        self.refill(now);
+        self.tokens
+    }
+
+    /// Takes one token if more than `floor` would remain... precisely: if `tokens - 1 >= floor`.
+    ///
+    /// # Errors
+    /// The instant at which the token will be there, at the current rate.
+    pub fn try_take(&mut self, floor: f64, now: Instant) -> Result<(), Instant> {
+        self.refill(now);
+        let need = 1.0 + floor;
+        if self.tokens >= need - 1e-9 {
+            self.tokens -= 1.0;
+            return Ok(());
+        }
+        if self.rate <= 0.0 {
+            return Err(now + WINDOW);
+        }
+        let wait = ((need - self.tokens) / self.rate).min(WINDOW.as_secs_f64());
+        Err(now + Duration::from_secs_f64(wait.max(0.001)))
+    }
+}
+
+/// One budget's whole state.
+#[derive(Debug)]
+pub struct BudgetState {
+    name: String,
+    configured_limit: u32,
+    reported_limit: Option<u32>,
+    remaining: Option<u32>,
+    share: f64,
+    reserve: f64,
+    bucket: TokenBucket,
+    /// Grant instants within the last [`WINDOW`], oldest first.
+    window: VecDeque<Instant>,
+    paused_until: Option<(Instant, PauseReason)>,
+    consecutive_429: u32,
+    /// Tokens per second allowed by the last `remaining_minute`, and when it was learned.
+    headroom_rate: Option<(f64, Instant)>,
+}
+
+// === impl BudgetState ===
+
+impl BudgetState {
+    /// A budget named `name` with `limit` requests per minute assumed until reported.
+    pub fn new(name: &str, limit: u32, settings: &BudgetSettings, now: Instant) -> Self {
+        let share = settings.typing_share;
+        let rate = share * f64::from(limit) / WINDOW.as_secs_f64();
+        Self {
+            name: name.to_owned(),
+            configured_limit: limit,
+            reported_limit: None,
+            remaining: None,
+            share,
+            reserve: settings.reserve,
+            bucket: TokenBucket::new(f64::from(settings.burst), rate, now),
+            window: VecDeque::new(),
+            paused_until: None,
+            consecutive_429: 0,
+            headroom_rate: None,
+        }
+    }
+
+    /// The per-minute limit in force: reported, else configured.
+    pub fn limit(&self) -> u32 {
+        self.reported_limit.unwrap_or(self.configured_limit)
+    }
+
+    /// Typing calls allowed per minute: `typing_share x limit`.
+    pub fn typing_per_minute(&self) -> f64 {
+        self.share * f64::from(self.limit())
+    }
+
+    fn window_cap(&self) -> usize {
+        // Truncation is the point: never more than the share.
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "a small positive count"
+        )]
+        let cap = self.typing_per_minute().floor() as usize;
+        cap.max(1)
+    }
+
+    fn priority_floor(&self) -> f64 {
+        (self.bucket.capacity / 2.0).floor()
+    }
+
+    fn effective_rate(&self, now: Instant) -> f64 {
+        let base = self.typing_per_minute() / WINDOW.as_secs_f64();
+        match self.headroom_rate {
+            Some((cap, at)) if now.saturating_duration_since(at) < HEADROOM_TTL => base.min(cap),
+            _ => base,
+        }
+    }
+
+    fn sync_rate(&mut self, now: Instant) {
+        let rate = self.effective_rate(now);
+        if (rate - self.bucket.rate).abs() > f64::EPSILON {
+            self.bucket.set_rate(rate, now);
+        }
+    }
+
+    /// Asks for one token for a call of `class`.
+    ///
+    /// # Errors
+    /// [`Denied`] with when to ask again.
+    pub fn try_acquire(&mut self, class: Class, now: Instant) -> Result<(), Denied> {
+        if let Some((until, reason)) = self.paused_until {
+            if now < until {
+                return Err(Denied::Paused { until, reason });
+            }
+            self.paused_until = None;
+        }
+        while self
+            .window
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) >= WINDOW)
+        {
+            self.window.pop_front();
+        }
+        if self.window.len() >= self.window_cap() {
+            let oldest = self.window.front().copied().unwrap_or(now);
+            return Err(Denied::Empty {
+                retry_at: oldest + WINDOW,
+            });
+        }
+        self.sync_rate(now);
+        let floor = match class {
+            Class::Priority => 0.0,
+            Class::Normal => self.priority_floor(),
+        };
+        self.bucket
+            .try_take(floor, now)
+            .map_err(|retry_at| Denied::Empty { retry_at })?;
+        self.window.push_back(now);
+        Ok(())
+    }
+
+    /// Feeds back what an upstream answer said about the rate limit.
+    pub fn observe(&mut self, limits: RateLimits, now: Instant) {
+        if let Some(limit) = limits.limit_minute.filter(|l| *l > 0) {
+            self.reported_limit = Some(limit);
+        }
+        if let Some(remaining) = limits.remaining_minute {
+            self.remaining = Some(remaining);
+            let reserve = self.reserve * f64::from(self.limit());
+            let headroom = f64::from(remaining) - reserve;
+            if headroom <= 0.0 {
+                self.pause(now + RESERVE_PAUSE, PauseReason::Reserve);
+                self.headroom_rate = None;
+            } else {
+                self.headroom_rate = Some((headroom / WINDOW.as_secs_f64(), now));
+            }
+        }
+        self.sync_rate(now);
+    }
+
+    /// A typing call on this budget succeeded: the 429 backoff starts over.
+    pub fn succeeded(&mut self) {
+        self.consecutive_429 = 0;
+    }
+
+    /// The upstream answered 429. Pauses for `retry_after` when given, else for an exponential
+    /// backoff (1 s doubling to 60 s) scaled by `jitter` in `[0, 1)` to between 80% and 120%.
+    pub fn rate_limited(&mut self, retry_after: Option<Duration>, jitter: f64, now: Instant) {
+        self.consecutive_429 = self.consecutive_429.saturating_add(1);
+        let pause = retry_after.unwrap_or_else(|| {
+            let exp = BACKOFF_BASE.saturating_mul(1 << (self.consecutive_429 - 1).min(6));
+            exp.min(BACKOFF_MAX)
+                .mul_f64(0.8 + 0.4 * jitter.clamp(0.0, 1.0))
+        });
+        self.pause(now + pause, PauseReason::RateLimited);
+        // Whatever the bucket held was evidently too much.
+        self.bucket.tokens = self.bucket.tokens.min(0.0);
+    }
+
+    fn pause(&mut self, until: Instant, reason: PauseReason) {
+        let later = self.paused_until.is_none_or(|(u, _)| until > u);
+        if later {
+            self.paused_until = Some((until, reason));
+        }
+    }
+
+    /// A snapshot for `/v1/budget` and the gauges.
+    pub fn snapshot(&mut self, refire_interval: Duration, now: Instant) -> BudgetSnapshot {
+        self.sync_rate(now);
+        let paused = self.paused_until.filter(|(u, _)| *u > now);
+        let per_fan = WINDOW.as_secs_f64() / refire_interval.as_secs_f64();
+        BudgetSnapshot {
+            name: self.name.clone(),
+            limit_per_minute: self.limit(),
+            limit_source: if self.reported_limit.is_some() {
+                "upstream"
+            } else {
+                "config"
+            },
+            remaining_minute: self.remaining,
+            typing_per_minute: self.typing_per_minute(),
+            effective_typing_per_minute: self.effective_rate(now) * WINDOW.as_secs_f64(),
+            tokens: self.bucket.tokens(now),
+            sent_last_minute: self
+                .window
+                .iter()
+                .filter(|t| now.saturating_duration_since(**t) < WINDOW)
+                .count(),
+            paused: paused.is_some(),
+            paused_for_ms: paused
+                .map(|(u, _)| u128_to_u64(u.saturating_duration_since(now).as_millis())),
+            pause_reason: paused.map(|(_, r)| r),
+            capacity_fans: self.typing_per_minute() / per_fan,
+        }
+    }
+}
+
+fn u128_to_u64(v: u128) -> u64 {
+    u64::try_from(v).unwrap_or(u64::MAX)
+}
+
+/// What `/v1/budget` shows of one budget.
+#[derive(Debug, Clone, Serialize)]
+pub struct BudgetSnapshot {
+    /// The budget name.
+    pub name: String,
+    /// The per-minute limit in force.
+    pub limit_per_minute: u32,
+    /// `upstream` once the upstream reported `limit_minute`, else `config`.
+    pub limit_source: &'static str,
+    /// `remaining_minute` as last reported.
+    pub remaining_minute: Option<u32>,
+    /// `typing_share x limit`.
+    pub typing_per_minute: f64,
+    /// The typing rate after the headroom cap.
+    pub effective_typing_per_minute: f64,
+    /// Tokens in the bucket.
+    pub tokens: f64,
+    /// Typing calls granted in the last 60 s.
+    pub sent_last_minute: usize,
+    /// Whether typing is paused.
+    pub paused: bool,
+    /// How much longer the pause lasts.
+    pub paused_for_ms: Option<u64>,
+    /// What paused it.
+    pub pause_reason: Option<PauseReason>,
+    /// Fans the budget keeps fully lit at the OnlyFans cadence.
+    pub capacity_fans: f64,
+}
+
+/// Every budget, by index. Each state sits behind its own `std` mutex: sections are a few
+/// arithmetic operations and never await.
+#[derive(Debug)]
+pub struct Budgets {
+    states: Vec<Mutex<BudgetState>>,
+    by_name: HashMap<String, BudgetIndex>,
+}
+
+// === impl Budgets ===
+
+impl Budgets {
+    /// One budget per distinct name in `names`.
+    pub fn new(names: &[String], settings: &BudgetSettings, now: Instant) -> Self {
+        let mut by_name = HashMap::new();
+        let mut states = Vec::new();
+        for name in names {
+            if by_name.contains_key(name) {
+                continue;
+            }
+            let limit = settings
+                .limits
+                .get(name)
+                .copied()
+                .unwrap_or(settings.limit_per_minute);
+            by_name.insert(name.clone(), states.len());
+            states.push(Mutex::new(BudgetState::new(name, limit, settings, now)));
+        }
+        Self { states, by_name }
+    }
+
+    /// The index of budget `name`.
+    pub fn index(&self, name: &str) -> Option<BudgetIndex> {
+        self.by_name.get(name).copied()
+    }
+
+    /// Number of budgets.
+    pub fn len(&self) -> usize {
+        self.states.len()
+    }
+
+    /// Whether there is no budget.
+    pub fn is_empty(&self) -> bool {
+        self.states.is_empty()
+    }
+
+    /// Runs `f` on budget `i` under its lock.
+    pub fn with<R>(&self, i: BudgetIndex, f: impl FnOnce(&mut BudgetState) -> R) -> Option<R> {
+        let m = self.states.get(i)?;
+        // A poisoned budget lock means a panic mid-arithmetic; the state is still usable.
+        let mut guard = m.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        Some(f(&mut guard))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(limit: u32) -> BudgetSettings {
+        BudgetSettings {
+            limit_per_minute: limit,
+            ..BudgetSettings::default()
+        }
+    }
+
+    fn secs(s: f64) -> Duration {
+        Duration::from_secs_f64(s)
+    }
+
+    #[test]
+    fn bucket_refills_at_its_rate_up_to_capacity() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(2.0, 1.0, t0);
+        assert!(b.try_take(0.0, t0).is_ok());
+        assert!(b.try_take(0.0, t0).is_ok());
+        let retry = b.try_take(0.0, t0).unwrap_err();
+        assert_eq!(retry, t0 + secs(1.0));
+        assert!(b.try_take(0.0, t0 + secs(1.0)).is_ok());
+        assert!(
+            (b.tokens(t0 + secs(100.0)) - 2.0).abs() < 1e-9,
+            "capped at capacity"
+        );
+    }
+
+    #[test]
+    fn burst_then_steady_rate_and_never_more_than_the_share_per_window() {
+        // 120/min with share 0.5: 60 typing calls per minute, 1 per second, burst 10.
+        let t0 = Instant::now();
+        let mut b = BudgetState::new("b", 120, &settings(120), t0);
+        let mut granted = Vec::new();
+        let mut t = t0;
+        while t < t0 + secs(180.0) {
+            while b.try_acquire(Class::Priority, t).is_ok() {
+                granted.push(t);
+            }
+            t += Duration::from_millis(50);
+        }
+        // Burst of 10 at once, then one per second.
+        assert_eq!(granted.iter().filter(|g| **g == t0).count(), 10);
+        for (i, start) in granted.iter().enumerate() {
+            let in_window = granted[i..]
+                .iter()
+                .take_while(|g| g.duration_since(*start) < WINDOW)
+                .count();
+            assert!(
+                in_window <= 60,
+                "{in_window} grants in the 60 s from grant {i}"
+            );
+        }
+        let total = granted.len();
+        assert!((175..=181).contains(&total), "{total} grants in 180 s");
+    }
+
+    #[test]
+    fn normal_refires_leave_the_priority_floor() {
+        let t0 = Instant::now();
+        let mut b = BudgetState::new("b", 120, &settings(120), t0);
+        // burst 10, floor 5: five normal grants, then only priority.
+        for _ in 0..5 {
+            assert!(b.try_acquire(Class::Normal, t0).is_ok());
+        }
+        assert!(matches!(
+            b.try_acquire(Class::Normal, t0),
+            Err(Denied::Empty { .. })
+        ));
+        for _ in 0..5 {
+            assert!(b.try_acquire(Class::Priority, t0).is_ok());
+        }
+        assert!(b.try_acquire(Class::Priority, t0).is_err());
+    }
+
+    #[test]
+    fn reported_limit_replaces_the_configured_one_mid_minute() {
+        let t0 = Instant::now();
+        let mut b = BudgetState::new("b", 120, &settings(120), t0);
+        b.observe(
+            RateLimits {
+                limit_minute: Some(1200),
+                remaining_minute: Some(1100),
+            },
+            t0,
+        );
+        assert_eq!(b.limit(), 1200);
+        // Drain the burst, then the refill runs at 600/min = 10 per second.
+        while b.try_acquire(Class::Priority, t0).is_ok() {}
+        let mut n = 0;
+        let mut t = t0;
+        for _ in 0..100 {
+            t += Duration::from_millis(10);
+            if b.try_acquire(Class::Priority, t).is_ok() {
+                n += 1;
+            }
+        }
+        assert!((9..=11).contains(&n), "{n} grants in one second at 10/s");
+    }
+
+    #[test]
+    fn remaining_at_the_reserve_pauses_and_the_pause_expires() {
+        let t0 = Instant::now();
+        let mut b = BudgetState::new("b", 1000, &settings(1000), t0);
+        b.observe(
+            RateLimits {
+                limit_minute: Some(1000),
+                remaining_minute: Some(100),
+            },
+            t0,
+        );
+        match b.try_acquire(Class::Priority, t0) {
+            Err(Denied::Paused {
+                until,
+                reason: PauseReason::Reserve,
+            }) => assert_eq!(until, t0 + RESERVE_PAUSE),
+            other => panic!("{other:?}"),
+        }
+        assert!(b.try_acquire(Class::Priority, t0 + RESERVE_PAUSE).is_ok());
+    }
+
+    #[test]
+    fn shrinking_remaining_slows_the_refill() {
+        let t0 = Instant::now();
+        let mut b = BudgetState::new("b", 1000, &settings(1000), t0);
+        let full = b.effective_rate(t0);
+        b.observe(
+            RateLimits {
+                limit_minute: Some(1000),
+                remaining_minute: Some(160),
+            },
+            t0,
+        );
+        let slowed = b.effective_rate(t0);
+        assert!(
+            (slowed - 1.0).abs() < 1e-9,
+            "60 above the reserve spread over 60 s: {slowed}"
+        );
+        assert!(slowed < full);
+        // Forgotten when the upstream stops reporting.
+        assert!((b.effective_rate(t0 + HEADROOM_TTL) - full).abs() < 1e-9);
+    }
+
+    #[test]
+    fn retry_after_pauses_exactly_that_long() {
+        let t0 = Instant::now();
+        let mut b = BudgetState::new("b", 1000, &settings(1000), t0);
+        b.rate_limited(Some(secs(5.0)), 0.5, t0);
+        assert!(matches!(
+            b.try_acquire(Class::Priority, t0 + secs(4.9)),
+            Err(Denied::Paused { .. })
+        ));
+        // The bucket was emptied by the 429; it has refilled after 5 s.
+        assert!(b.try_acquire(Class::Priority, t0 + secs(5.0)).is_ok());
+    }
+
+    #[test]
+    fn backoff_without_retry_after_doubles_with_jitter_and_resets_on_success() {
+        let t0 = Instant::now();
+        let mut b = BudgetState::new("b", 1000, &settings(1000), t0);
+        let pause = |b: &mut BudgetState| match b.try_acquire(Class::Priority, t0) {
+            Err(Denied::Paused { until, .. }) => until - t0,
+            other => panic!("{other:?}"),
+        };
+        b.rate_limited(None, 0.5, t0);
+        assert_eq!(pause(&mut b), secs(1.0));
+        b.rate_limited(None, 0.5, t0);
+        assert_eq!(pause(&mut b), secs(2.0));
+        b.rate_limited(None, 0.0, t0);
+        assert_eq!(pause(&mut b), secs(4.0 * 0.8).max(secs(2.0)));
+        for _ in 0..10 {
+            b.rate_limited(None, 0.999, t0);
+        }
+        assert!(pause(&mut b) <= secs(72.0), "capped at 60 s x 1.2");
+        b.succeeded();
+        let t1 = t0 + secs(100.0);
+        b.rate_limited(None, 0.5, t1);
+        match b.try_acquire(Class::Priority, t1) {
+            Err(Denied::Paused { until, .. }) => assert_eq!(until - t1, secs(1.0)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn budgets_share_one_state_per_name() {
+        let names = vec!["team".to_owned(), "team".to_owned(), "other".to_owned()];
+        let s = BudgetSettings {
+            limits: [("other".to_owned(), 5000)].into(),
+            ..BudgetSettings::default()
+        };
+        let b = Budgets::new(&names, &s, Instant::now());
+        assert_eq!(b.len(), 2);
+        let other = b.index("other").unwrap();
+        assert_eq!(b.with(other, |s| s.limit()), Some(5000));
+    }
+}

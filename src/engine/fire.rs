@@ -1,0 +1,111 @@
+//! One typing call: the last check before it leaves, and what its answer changes.
+//!
+//! The check runs synchronously right before the request is handed to the upstream: if the
+//! session was stopped (or restarted, or the drain began) since the scheduler launched it, the
+//! call is dropped. Answers feed the budget (`_meta._rate_limits`, 429s), the session's coverage,
+//! and act on [`ErrorKind`]: 401 refuses the key and ends its sessions, 403/404/422 end the
+//! session, 503 pauses the account, transient failures only skip the beat.
+
+use std::sync::atomic::Ordering;
+
+use tokio::time::Instant;
+
+use super::Shared;
+use super::readiness::PauseCause;
+use crate::budget::BudgetIndex;
+use crate::ids::SessionKey;
+use crate::metrics::{self, EndReason};
+use crate::upstream::{ErrorKind, KeyIndex};
+
+/// Sends the typing call of `key` (generation `generation`) launched at `launched_at`.
+pub(crate) async fn fire(
+    shared: &Shared,
+    key: SessionKey,
+    generation: u64,
+    api_key: KeyIndex,
+    budget: BudgetIndex,
+    launched_at: Instant,
+) {
+    let still_wanted = !shared.draining.load(Ordering::Acquire)
+        && shared
+            .table
+            .with_generation(&key, generation, |_| ())
+            .is_some();
+    if !still_wanted {
+        return;
+    }
+    let outcome = shared.upstream.typing(&key, api_key).await;
+    let now = Instant::now();
+    metrics::refire(key.platform.as_str(), outcome.label(), outcome.elapsed);
+    if let Some(limits) = outcome.rate_limits {
+        shared.budgets.with(budget, |b| b.observe(limits, now));
+    }
+    let lifetime = shared.platform(key.platform).indicator_lifetime;
+    match &outcome.result {
+        Ok(()) => {
+            shared
+                .budgets
+                .with(budget, crate::budget::BudgetState::succeeded);
+            let gap = shared.table.with_generation(&key, generation, |s| {
+                s.in_flight = false;
+                s.lit(launched_at, lifetime)
+            });
+            if gap == Some(true) {
+                metrics::indicator_gap();
+            }
+            if shared.readiness.get(&key.account).is_some() {
+                shared.readiness.resume(&key.account);
+            }
+        }
+        Err(e) => {
+            match e.kind() {
+                ErrorKind::RateLimited { retry_after } => {
+                    let jitter: f64 = rand::random();
+                    shared
+                        .budgets
+                        .with(budget, |b| b.rate_limited(retry_after, jitter, now));
+                    tracing::warn!(
+                        budget,
+                        ?retry_after,
+                        "upstream rate limited typing; pausing the budget"
+                    );
+                }
+                ErrorKind::Unauthorized => {
+                    shared.keys.refuse(api_key, now);
+                    let name = shared.keys.get(api_key).map_or("?", |k| k.name.as_str());
+                    tracing::error!(
+                        api_key = name,
+                        "upstream refused the api key (401); ending its sessions"
+                    );
+                    for (k, g) in shared.table.keys_where(|_, s| s.api_key == api_key) {
+                        if let Some(s) = shared.table.remove_if_generation(&k, g) {
+                            shared.ended(&s, EndReason::Unauthorized, now);
+                        }
+                    }
+                    return;
+                }
+                ErrorKind::Rejected => {
+                    tracing::info!(account = %key.account, chat = %key.chat, error = %e, "upstream rejected the chat; ending its session");
+                    if let Some(s) = shared.table.remove_if_generation(&key, generation) {
+                        shared.ended(&s, EndReason::Rejected, now);
+                    }
+                    return;
+                }
+                ErrorKind::Unavailable => {
+                    tracing::warn!(account = %key.account, "account answers 503 (re-authenticating); pausing it");
+                    shared.readiness.pause(
+                        &key.account,
+                        PauseCause::Reauthenticating,
+                        now + shared.cfg.unavailable_pause,
+                    );
+                }
+                ErrorKind::Transient => {
+                    tracing::debug!(account = %key.account, chat = %key.chat, error = %e, "typing call failed; skipping this beat");
+                }
+            }
+            shared
+                .table
+                .with_generation(&key, generation, |s| s.in_flight = false);
+        }
+    }
+}

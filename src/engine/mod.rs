@@ -1,0 +1,385 @@
+//! The engine: typing sessions and the one scheduler that refires them.
+//!
+//! [`Engine`] is the cheap, cloneable handle hook handlers call: [`Engine::start`] inserts or
+//! refreshes a session and returns at once (the scheduler sends the first typing call
+//! immediately); [`Engine::stop`] removes it, after which no typing call for that chat leaves.
+//! [`Scheduler::run`] is the single task that owns every deadline.
+//!
+//! The engine knows nothing of HTTP: it is driven by plain method calls and talks to the
+//! upstream through the [`Upstream`] trait and to the budget through [`Budgets`].
+
+mod fire;
+mod keys;
+mod readiness;
+mod scheduler;
+mod session;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::time::Instant;
+
+pub use keys::{KeyEntry, KeyRing, REFUSED_FOR};
+pub use readiness::{PauseCause, Paused, Readiness};
+pub use scheduler::Scheduler;
+pub use session::{Holder, MAX_HOLDERS, Priority, Session, SessionTable, Upsert};
+
+use crate::budget::{BudgetSnapshot, Budgets};
+use crate::config::{BudgetSettings, EngineSettings, PlatformsSettings};
+use crate::ids::{AccountId, Platform, SessionKey};
+use crate::metrics::{self, EndReason};
+use crate::upstream::{KeyIndex, Upstream};
+
+/// What the engine needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// `[engine]`
+    pub engine: EngineSettings,
+    /// `[platforms.*]`
+    pub platforms: PlatformsSettings,
+    /// `[budget]`
+    pub budget: BudgetSettings,
+    /// How long an account answering 503 is paused before it is probed again.
+    pub unavailable_pause: Duration,
+}
+
+/// A start, already validated by the caller.
+#[derive(Debug, Clone)]
+pub struct StartCommand {
+    /// The chat.
+    pub key: SessionKey,
+    /// The chatter holding it, if named.
+    pub holder: Option<Arc<str>>,
+    /// Its priority.
+    pub priority: Priority,
+    /// Idle lease for this holder instead of `engine.idle_timeout`.
+    pub ttl: Option<Duration>,
+    /// The API key the caller's tenant prefers.
+    pub preferred_key: Option<KeyIndex>,
+}
+
+/// What a start did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartOutcome {
+    /// A new session; its first typing call is on its way.
+    Started,
+    /// The live session's lease was refreshed.
+    Refreshed,
+    /// The session is held, but its account is paused: nothing is sent until it resumes.
+    Paused(PauseCause),
+}
+
+/// Why a start was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum StartError {
+    /// The service is shutting down.
+    #[error("the service is shutting down")]
+    ShuttingDown,
+    /// `engine.max_sessions` sessions are live.
+    #[error("the session cap is reached")]
+    AtCapacity,
+    /// No configured API key covers the account.
+    #[error("no api key is configured for this account")]
+    NoApiKey,
+    /// The upstream refused the account's API key (401) moments ago.
+    #[error("the upstream refused the api key for this account")]
+    KeyRefused,
+}
+
+/// What a stop did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopOutcome {
+    /// The session ended; no typing call for the chat leaves after this.
+    Stopped,
+    /// This holder let go; `holders` others still hold the chat.
+    Released {
+        /// Holders left.
+        holders: usize,
+    },
+    /// No session for that chat.
+    NotFound,
+}
+
+/// A live session as `/v1/typing/sessions` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionInfo {
+    /// Platform.
+    pub platform: Platform,
+    /// Account.
+    pub account_id: AccountId,
+    /// Chat.
+    pub chat_id: crate::ids::ChatId,
+    /// Chatter ids holding it (`null` for anonymous holders).
+    pub holders: Vec<Option<String>>,
+    /// Priority.
+    pub priority: Priority,
+    /// Milliseconds since it started.
+    pub age_ms: u64,
+    /// Milliseconds until it ends unless refreshed.
+    pub expires_in_ms: u64,
+    /// Whether its account is paused.
+    pub paused: bool,
+}
+
+/// State shared by the handle, the scheduler and the fire tasks.
+pub(crate) struct Shared {
+    pub(crate) cfg: EngineConfig,
+    pub(crate) table: SessionTable,
+    pub(crate) budgets: Budgets,
+    pub(crate) keys: KeyRing,
+    pub(crate) readiness: Readiness,
+    pub(crate) upstream: Arc<dyn Upstream>,
+    pub(crate) commands: mpsc::UnboundedSender<scheduler::Command>,
+    pub(crate) in_flight: Arc<Semaphore>,
+    pub(crate) generation: AtomicU64,
+    /// Set when the drain starts: no new typing call leaves after this.
+    pub(crate) draining: AtomicBool,
+}
+
+/// The cloneable engine handle.
+#[derive(Clone)]
+pub struct Engine {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("sessions", &self.shared.table.len())
+            .finish_non_exhaustive()
+    }
+}
+
+// === impl Engine ===
+
+impl Engine {
+    /// Builds the engine and its scheduler; run the scheduler with [`Scheduler::run`].
+    pub fn new(
+        cfg: EngineConfig,
+        upstream: Arc<dyn Upstream>,
+        budgets: Budgets,
+        keys: KeyRing,
+    ) -> (Self, Scheduler) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let in_flight = Arc::new(Semaphore::new(cfg.engine.max_in_flight));
+        let shared = Arc::new(Shared {
+            cfg,
+            table: SessionTable::default(),
+            budgets,
+            keys,
+            readiness: Readiness::default(),
+            upstream,
+            commands: tx,
+            in_flight,
+            generation: AtomicU64::new(1),
+            draining: AtomicBool::new(false),
+        });
+        let scheduler = Scheduler::new(Arc::clone(&shared), rx);
+        (Self { shared }, scheduler)
+    }
+
+    /// Inserts or refreshes the session of `cmd.key`.
+    ///
+    /// # Errors
+    /// [`StartError`] when the service drains, the cap is reached, or no usable key covers the
+    /// account. Nothing changes then.
+    pub fn start(&self, cmd: StartCommand) -> Result<StartOutcome, StartError> {
+        let s = &self.shared;
+        if s.draining.load(Ordering::Acquire) {
+            return Err(StartError::ShuttingDown);
+        }
+        let api_key = s
+            .keys
+            .resolve(&cmd.key.account, cmd.preferred_key)
+            .ok_or(StartError::NoApiKey)?;
+        let now = Instant::now();
+        if s.keys.is_refused(api_key, now) {
+            return Err(StartError::KeyRefused);
+        }
+        let budget = s.keys.get(api_key).map_or(0, |k| k.budget);
+        let ttl = cmd
+            .ttl
+            .unwrap_or(s.cfg.engine.idle_timeout)
+            .min(s.cfg.engine.max_lifetime);
+        let holder = Holder {
+            id: cmd.holder,
+            lease_until: now + ttl,
+        };
+        let generation = &s.generation;
+        let max_lifetime = s.cfg.engine.max_lifetime;
+        let upsert = s.table.upsert(
+            cmd.key.clone(),
+            holder,
+            cmd.priority,
+            s.cfg.engine.max_sessions,
+            || Session {
+                generation: generation.fetch_add(1, Ordering::Relaxed),
+                api_key,
+                budget,
+                priority: cmd.priority,
+                started_at: now,
+                max_until: now + max_lifetime,
+                holders: Vec::new(),
+                next_due: now,
+                in_flight: false,
+                first_sent: false,
+                lit_until: None,
+                lit_total: Duration::ZERO,
+                gaps: 0,
+            },
+        );
+        let outcome = match upsert {
+            Upsert::Full => return Err(StartError::AtCapacity),
+            Upsert::Inserted { generation } => {
+                metrics::session_started();
+                metrics::sessions_active(s.table.len());
+                // The scheduler owns deadlines; a send error means it has stopped (shutdown),
+                // and the session then ends with the process.
+                let _ = s.commands.send(scheduler::Command::Due {
+                    key: cmd.key.clone(),
+                    generation,
+                    due: now,
+                });
+                StartOutcome::Started
+            }
+            Upsert::Refreshed => StartOutcome::Refreshed,
+        };
+        match s.readiness.get(&cmd.key.account) {
+            Some(p) => Ok(StartOutcome::Paused(p.cause)),
+            None => Ok(outcome),
+        }
+    }
+
+    /// Releases `holder`'s hold on `key`; ends the session when no holder is left.
+    pub fn stop(&self, key: &SessionKey, holder: Option<&str>) -> StopOutcome {
+        match self.shared.table.release(key, holder) {
+            None => StopOutcome::NotFound,
+            Some(Ok(session)) => {
+                self.shared
+                    .ended(&session, EndReason::Stopped, Instant::now());
+                StopOutcome::Stopped
+            }
+            Some(Err(holders)) => StopOutcome::Released { holders },
+        }
+    }
+
+    /// Ends the session of `key` whoever holds it (an outbound message was sent).
+    pub fn end_chat(&self, key: &SessionKey, reason: EndReason) -> bool {
+        match self.shared.table.remove(key) {
+            Some(session) => {
+                self.shared.ended(&session, reason, Instant::now());
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The live sessions on accounts `visible` accepts.
+    pub fn sessions(&self, visible: impl Fn(&AccountId) -> bool) -> Vec<SessionInfo> {
+        let now = Instant::now();
+        let readiness = &self.shared.readiness;
+        self.shared.table.collect(|k, s| {
+            visible(&k.account).then(|| SessionInfo {
+                platform: k.platform,
+                account_id: k.account.clone(),
+                chat_id: k.chat.clone(),
+                holders: s
+                    .holders
+                    .iter()
+                    .map(|h| h.id.as_deref().map(str::to_owned))
+                    .collect(),
+                priority: s.priority,
+                age_ms: millis(now.saturating_duration_since(s.started_at)),
+                expires_in_ms: millis(s.expires_at().saturating_duration_since(now)),
+                paused: readiness.get(&k.account).is_some(),
+            })
+        })
+    }
+
+    /// Number of live sessions.
+    pub fn active_count(&self) -> usize {
+        self.shared.table.len()
+    }
+
+    /// Pauses typing for `account` until resumed (probing again after `probe_after`).
+    pub fn pause_account(&self, account: &AccountId, cause: PauseCause, probe_after: Duration) {
+        self.shared
+            .readiness
+            .pause(account, cause, Instant::now() + probe_after);
+    }
+
+    /// Resumes typing for `account`. Returns whether it was paused.
+    pub fn resume_account(&self, account: &AccountId) -> bool {
+        self.shared.readiness.resume(account)
+    }
+
+    /// Paused accounts.
+    pub fn paused_accounts(&self) -> Vec<(AccountId, Paused)> {
+        self.shared.readiness.list()
+    }
+
+    /// The key ring (names and budgets of the configured keys).
+    pub fn keys(&self) -> &KeyRing {
+        &self.shared.keys
+    }
+
+    /// A snapshot of every budget, with the names of the keys spending from it.
+    pub fn budgets(&self) -> Vec<(BudgetSnapshot, Vec<String>)> {
+        let now = Instant::now();
+        let interval = self.shared.cfg.platforms.onlyfans.refire_interval;
+        (0..self.shared.budgets.len())
+            .filter_map(|i| {
+                let snap = self.shared.budgets.with(i, |b| b.snapshot(interval, now))?;
+                let keys = self
+                    .shared
+                    .keys
+                    .entries()
+                    .iter()
+                    .filter(|k| k.budget == i)
+                    .map(|k| k.name.clone())
+                    .collect();
+                Some((snap, keys))
+            })
+            .collect()
+    }
+
+    /// Typing calls on the wire right now.
+    pub fn in_flight(&self) -> usize {
+        self.shared.cfg.engine.max_in_flight - self.shared.in_flight.available_permits()
+    }
+
+    /// Starts the drain: starts are refused and no new typing call leaves from now on.
+    pub fn drain(&self) {
+        self.shared.draining.store(true, Ordering::Release);
+    }
+
+    /// Whether the drain has started.
+    pub fn is_draining(&self) -> bool {
+        self.shared.draining.load(Ordering::Acquire)
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+// === impl Shared ===
+
+impl Shared {
+    /// Records the end of `session`.
+    pub(crate) fn ended(&self, session: &Session, reason: EndReason, now: Instant) {
+        metrics::session_ended(reason, session.coverage(now));
+        metrics::sessions_active(self.table.len());
+    }
+
+    /// The cadence of `platform`.
+    pub(crate) fn platform(&self, platform: Platform) -> crate::config::PlatformSettings {
+        self.cfg.platforms.get(platform)
+    }
+}
+
+#[cfg(test)]
+mod tests;

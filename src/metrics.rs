@@ -1,0 +1,300 @@
+//! Telemetry: the Prometheus recorder, every metric name, its HELP text and buckets, and the
+//! typed helpers that call sites use. No other module writes a metric name or a `counter!`.
+//!
+//! Labels are bounded enums (platform, outcome, reason, route, status) or configured budget
+//! names; chat, fan and account ids never become labels.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{
+    Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Live typing sessions.
+pub const SESSIONS_ACTIVE: &str = "keeptyping_sessions_active";
+/// Sessions started.
+pub const SESSIONS_STARTED: &str = "keeptyping_sessions_started_total";
+/// Sessions ended, by reason.
+pub const SESSIONS_ENDED: &str = "keeptyping_sessions_ended_total";
+/// Typing calls made, by platform and outcome.
+pub const REFIRES: &str = "keeptyping_refires_total";
+/// Refires that were due but not sent, by reason.
+pub const REFIRES_SKIPPED: &str = "keeptyping_refires_skipped_total";
+/// Time a refire was sent minus the time it was due.
+pub const REFIRE_LATENESS: &str = "keeptyping_refire_lateness_seconds";
+/// Duration of upstream requests, by endpoint and outcome.
+pub const UPSTREAM_DURATION: &str = "keeptyping_upstream_request_duration_seconds";
+/// Upstream requests in flight.
+pub const UPSTREAM_IN_FLIGHT: &str = "keeptyping_upstream_in_flight";
+/// Tokens in a budget's bucket.
+pub const BUDGET_TOKENS: &str = "keeptyping_budget_tokens";
+/// The per-minute limit reported by the upstream (or configured until it reports one).
+pub const UPSTREAM_LIMIT_MINUTE: &str = "keeptyping_upstream_limit_minute";
+/// The per-minute remaining count last reported by the upstream.
+pub const UPSTREAM_REMAINING_MINUTE: &str = "keeptyping_upstream_remaining_minute";
+/// 1 while a budget is paused.
+pub const BUDGET_PAUSED: &str = "keeptyping_budget_paused";
+/// How many fans a budget can keep fully lit.
+pub const BUDGET_CAPACITY_FANS: &str = "keeptyping_budget_capacity_fans";
+/// Share of each ended session's composing time with an indicator showing.
+pub const COVERAGE: &str = "keeptyping_indicator_coverage_ratio";
+/// Times an indicator lapsed while its session was still composing.
+pub const GAPS: &str = "keeptyping_indicator_gaps_total";
+/// Hook requests, by route and status.
+pub const HOOK_REQUESTS: &str = "keeptyping_hook_requests_total";
+/// Hook request duration, by route.
+pub const HOOK_DURATION: &str = "keeptyping_hook_request_duration_seconds";
+/// Accounts whose typing is paused.
+pub const ACCOUNTS_PAUSED: &str = "keeptyping_accounts_paused";
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0,
+];
+const COVERAGE_BUCKETS: &[f64] = &[0.5, 0.75, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 1.0];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide recorder once and returns its handle; later calls (a test binary
+/// starts many apps) return the same handle.
+///
+/// # Panics
+/// If another recorder was installed by someone else first: a startup wiring error.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full(REFIRE_LATENESS.into()), LATENCY_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(UPSTREAM_DURATION.into()),
+                        LATENCY_BUCKETS,
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(HOOK_DURATION.into()), LATENCY_BUCKETS)
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(COVERAGE.into()), COVERAGE_BUCKETS)
+                })
+                .expect("bucket lists are non-empty constants")
+                .build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder)
+                .expect("keeptyping installs the only metrics recorder");
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    describe_gauge!(SESSIONS_ACTIVE, "Live typing sessions.");
+    describe_counter!(SESSIONS_STARTED, "Typing sessions started.");
+    describe_counter!(SESSIONS_ENDED, "Typing sessions ended, by reason.");
+    describe_counter!(
+        REFIRES,
+        "Typing calls made to the upstream, by platform and outcome."
+    );
+    describe_counter!(
+        REFIRES_SKIPPED,
+        "Typing calls that were due but not sent, by reason."
+    );
+    describe_histogram!(
+        REFIRE_LATENESS,
+        Unit::Seconds,
+        "Time a typing call was sent minus the time it was due."
+    );
+    describe_histogram!(
+        UPSTREAM_DURATION,
+        Unit::Seconds,
+        "Duration of upstream requests, by endpoint and outcome."
+    );
+    describe_gauge!(UPSTREAM_IN_FLIGHT, "Upstream typing requests in flight.");
+    describe_gauge!(BUDGET_TOKENS, "Tokens in a budget's typing bucket.");
+    describe_gauge!(
+        UPSTREAM_LIMIT_MINUTE,
+        "Per-minute request limit reported by the upstream, or configured until reported."
+    );
+    describe_gauge!(
+        UPSTREAM_REMAINING_MINUTE,
+        "Per-minute requests remaining, as last reported by the upstream."
+    );
+    describe_gauge!(BUDGET_PAUSED, "1 while typing on a budget is paused.");
+    describe_gauge!(
+        BUDGET_CAPACITY_FANS,
+        "Fans a budget can keep fully lit at the OnlyFans cadence."
+    );
+    describe_histogram!(
+        COVERAGE,
+        "Share of an ended session's composing time with an indicator showing."
+    );
+    describe_counter!(
+        GAPS,
+        "Times an indicator lapsed while its session was still composing."
+    );
+    describe_counter!(HOOK_REQUESTS, "Hook API requests, by route and status.");
+    describe_histogram!(
+        HOOK_DURATION,
+        Unit::Seconds,
+        "Hook API request duration, by route."
+    );
+    describe_gauge!(ACCOUNTS_PAUSED, "Accounts whose typing is paused.");
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    /// The last holder called stop.
+    Stopped,
+    /// Every holder's idle lease ran out.
+    Idle,
+    /// The hard maximum lifetime was reached.
+    MaxLifetime,
+    /// The upstream refused the API key.
+    Unauthorized,
+    /// The upstream refused the account or chat (403/404/422).
+    Rejected,
+    /// An outbound-message webhook ended it.
+    MessageSent,
+    /// The service shut down.
+    Shutdown,
+}
+
+impl EndReason {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stopped => "stopped",
+            Self::Idle => "idle",
+            Self::MaxLifetime => "max_lifetime",
+            Self::Unauthorized => "unauthorized",
+            Self::Rejected => "rejected",
+            Self::MessageSent => "message_sent",
+            Self::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Why a due refire was not sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SkipReason {
+    /// The budget had no token.
+    Budget,
+    /// The budget is paused (429, reserve reached).
+    BudgetPaused,
+    /// The account is paused (re-authenticating, expired).
+    AccountPaused,
+    /// The in-flight cap was reached.
+    InFlightCap,
+    /// The previous call for this chat had not answered yet.
+    PreviousInFlight,
+    /// No API key covers the account.
+    NoKey,
+}
+
+impl SkipReason {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Budget => "budget",
+            Self::BudgetPaused => "budget_paused",
+            Self::AccountPaused => "account_paused",
+            Self::InFlightCap => "in_flight_cap",
+            Self::PreviousInFlight => "previous_in_flight",
+            Self::NoKey => "no_key",
+        }
+    }
+}
+
+/// A session started.
+pub fn session_started() {
+    counter!(SESSIONS_STARTED).increment(1);
+}
+
+/// A session ended, with its coverage (None when it never composed long enough to measure).
+pub fn session_ended(reason: EndReason, coverage: Option<f64>) {
+    counter!(SESSIONS_ENDED, "reason" => reason.as_str()).increment(1);
+    if let Some(c) = coverage {
+        histogram!(COVERAGE).record(c);
+    }
+}
+
+/// The number of live sessions.
+pub fn sessions_active(n: usize) {
+    #[allow(
+        clippy::cast_precision_loss,
+        reason = "a gauge; session counts are far below 2^52"
+    )]
+    gauge!(SESSIONS_ACTIVE).set(n as f64);
+}
+
+/// One typing call completed.
+pub fn refire(platform: &'static str, outcome: &'static str, elapsed: Duration) {
+    counter!(REFIRES, "platform" => platform, "outcome" => outcome).increment(1);
+    histogram!(UPSTREAM_DURATION, "endpoint" => "typing", "outcome" => outcome)
+        .record(elapsed.as_secs_f64());
+}
+
+/// One non-typing upstream request completed.
+pub fn upstream_request(endpoint: &'static str, outcome: &'static str, elapsed: Duration) {
+    histogram!(UPSTREAM_DURATION, "endpoint" => endpoint, "outcome" => outcome)
+        .record(elapsed.as_secs_f64());
+}
+
+/// A due refire was not sent.
+pub fn refire_skipped(reason: SkipReason) {
+    counter!(REFIRES_SKIPPED, "reason" => reason.as_str()).increment(1);
+}
+
+/// A refire was launched `lateness` after it was due.
+pub fn refire_lateness(lateness: Duration) {
+    histogram!(REFIRE_LATENESS).record(lateness.as_secs_f64());
+}
+
+/// The indicator lapsed while composing.
+pub fn indicator_gap() {
+    counter!(GAPS).increment(1);
+}
+
+/// Upstream typing requests in flight.
+pub fn in_flight(n: usize) {
+    #[allow(
+        clippy::cast_precision_loss,
+        reason = "bounded by engine.max_in_flight"
+    )]
+    gauge!(UPSTREAM_IN_FLIGHT).set(n as f64);
+}
+
+/// A budget's state, as gauges.
+pub fn budget_state(
+    budget: &str,
+    tokens: f64,
+    limit: u32,
+    remaining: Option<u32>,
+    paused: bool,
+    capacity_fans: f64,
+) {
+    let name = budget.to_owned();
+    gauge!(BUDGET_TOKENS, "budget" => name.clone()).set(tokens);
+    gauge!(UPSTREAM_LIMIT_MINUTE, "budget" => name.clone()).set(f64::from(limit));
+    if let Some(r) = remaining {
+        gauge!(UPSTREAM_REMAINING_MINUTE, "budget" => name.clone()).set(f64::from(r));
+    }
+    gauge!(BUDGET_PAUSED, "budget" => name.clone()).set(if paused { 1.0 } else { 0.0 });
+    gauge!(BUDGET_CAPACITY_FANS, "budget" => name).set(capacity_fans);
+}
+
+/// Accounts paused.
+pub fn accounts_paused(n: usize) {
+    #[allow(clippy::cast_precision_loss, reason = "a gauge of a small count")]
+    gauge!(ACCOUNTS_PAUSED).set(n as f64);
+}
+
+/// One hook request answered.
+pub fn hook_request(route: &str, status: u16, elapsed: Duration) {
+    let route = route.to_owned();
+    counter!(HOOK_REQUESTS, "route" => route.clone(), "status" => status.to_string()).increment(1);
+    histogram!(HOOK_DURATION, "route" => route).record(elapsed.as_secs_f64());
+}

@@ -1,0 +1,312 @@
+//! A stand-in OnlyFansAPI on loopback: `keeptyping mock-upstream`, the demo, the tests and the
+//! benchmarks all talk to it over real HTTP.
+//!
+//! It serves the typing endpoints of the three platforms (and answers any other `/api/...`
+//! request as the chat tool's own traffic), with `_meta._rate_limits` in every answer and a
+//! sliding 60-second per-minute limit per API key that answers 429 with `Retry-After` when
+//! exceeded. Latency, latency spikes, error rates and faults (black hole, connection reset,
+//! garbage or truncated bodies, odd `_meta` types, forced statuses) are switchable at run time
+//! through `POST /_mock/config`, and every request received is recorded with its receive time,
+//! readable at `GET /_mock/requests`. It is a test instrument, not part of the service path.
+
+mod state;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+pub use state::{Fault, MockConfig, MockState, Record, RecordQuery, key_id};
+
+/// A running mock upstream.
+#[derive(Debug)]
+pub struct MockUpstream {
+    addr: SocketAddr,
+    state: Arc<MockState>,
+    token: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl MockUpstream {
+    /// Binds `listen` and serves until [`MockUpstream::stop`] (or drop of the runtime).
+    ///
+    /// # Errors
+    /// When the address cannot be bound.
+    pub async fn start(listen: SocketAddr, config: MockConfig) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(listen).await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(MockState::new(config));
+        let token = CancellationToken::new();
+        let task = tokio::spawn(serve(listener, Arc::clone(&state), token.clone()));
+        Ok(Self {
+            addr,
+            state,
+            token,
+            task,
+        })
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The shared state (records and configuration), for in-process callers.
+    pub fn state(&self) -> &Arc<MockState> {
+        &self.state
+    }
+
+    /// Stops accepting and closes every connection.
+    pub async fn stop(self) {
+        self.token.cancel();
+        let _ = self.task.await;
+    }
+}
+
+/// Serves the mock on `listener` until `token` is cancelled. Each connection is served by
+/// hyper directly so that the `reset` fault can drop it without an answer.
+pub async fn serve(listener: TcpListener, state: Arc<MockState>, token: CancellationToken) {
+    let router = router(Arc::clone(&state));
+    loop {
+        let (stream, _) = tokio::select! {
+            () = token.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let router = router.clone();
+        let state = Arc::clone(&state);
+        let token = token.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let router = router.clone();
+                let state = Arc::clone(&state);
+                async move {
+                    if req.uri().path().starts_with("/api/") && state.should_reset() {
+                        state.record_reset(req.uri().path());
+                        return Err(ResetConnection);
+                    }
+                    let resp = router.oneshot(req.map(Body::new)).await;
+                    Ok::<_, ResetConnection>(resp.unwrap_or_else(|e: Infallible| match e {}))
+                }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                _ = conn => {}
+                () = token.cancelled() => {}
+            }
+        });
+    }
+}
+
+/// The error that makes hyper drop a connection without answering.
+#[derive(Debug)]
+struct ResetConnection;
+
+impl std::fmt::Display for ResetConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("connection reset by the mock")
+    }
+}
+
+impl std::error::Error for ResetConnection {}
+
+fn router(state: Arc<MockState>) -> Router {
+    Router::new()
+        .route(
+            "/api/fansly/{account}/chats/{chat}/typing",
+            post(typing_fansly),
+        )
+        .route(
+            "/api/fanvue/{account}/chats/{chat}/typing",
+            post(typing_fanvue),
+        )
+        .route("/api/{account}/chats/{chat}/typing", post(typing_onlyfans))
+        .route("/_mock/requests", get(requests))
+        .route("/_mock/config", get(get_config).post(set_config))
+        .route("/_mock/reset", post(reset))
+        .route("/_mock/stats", get(stats))
+        .fallback(other)
+        .with_state(state)
+}
+
+async fn typing_onlyfans(
+    State(s): State<Arc<MockState>>,
+    Path((account, chat)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    typing(&s, "onlyfans", account, chat, &headers).await
+}
+
+async fn typing_fansly(
+    State(s): State<Arc<MockState>>,
+    Path((account, chat)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    typing(&s, "fansly", account, chat, &headers).await
+}
+
+async fn typing_fanvue(
+    State(s): State<Arc<MockState>>,
+    Path((account, chat)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    typing(&s, "fanvue", account, chat, &headers).await
+}
+
+async fn typing(
+    s: &MockState,
+    platform: &'static str,
+    account: String,
+    chat: String,
+    headers: &HeaderMap,
+) -> Response {
+    let key = bearer(headers);
+    let plan = s.admit("typing", platform, account, chat, &key);
+    plan.respond(s).await
+}
+
+async fn other(State(s): State<Arc<MockState>>, headers: HeaderMap) -> Response {
+    let key = bearer(&headers);
+    let plan = s.admit("other", "", String::new(), String::new(), &key);
+    plan.respond(&s).await
+}
+
+fn bearer(headers: &HeaderMap) -> String {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("")
+        .to_owned()
+}
+
+async fn requests(State(s): State<Arc<MockState>>, Query(q): Query<RecordQuery>) -> Response {
+    Json(serde_json::json!({ "requests": s.records(&q) })).into_response()
+}
+
+async fn get_config(State(s): State<Arc<MockState>>) -> Json<MockConfig> {
+    Json(s.config())
+}
+
+async fn set_config(State(s): State<Arc<MockState>>, Json(c): Json<MockConfig>) -> StatusCode {
+    s.set_config(c);
+    StatusCode::NO_CONTENT
+}
+
+async fn reset(State(s): State<Arc<MockState>>) -> StatusCode {
+    s.reset();
+    StatusCode::NO_CONTENT
+}
+
+async fn stats(State(s): State<Arc<MockState>>) -> Json<serde_json::Value> {
+    Json(s.stats())
+}
+
+/// What the mock decided to answer one request with.
+#[derive(Debug)]
+pub(crate) enum Plan {
+    /// Wait, then answer `status` with `body` and headers.
+    Answer {
+        delay: Duration,
+        status: u16,
+        body: String,
+        headers: Vec<(&'static str, String)>,
+    },
+    /// Never answer.
+    BlackHole,
+}
+
+impl Plan {
+    async fn respond(self, _s: &MockState) -> Response {
+        match self {
+            Plan::BlackHole => std::future::pending().await,
+            Plan::Answer {
+                delay,
+                status,
+                body,
+                headers,
+            } => {
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                let mut resp = Response::new(Body::from(body));
+                *resp.status_mut() =
+                    StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static("application/json"),
+                );
+                for (name, value) in headers {
+                    if let Ok(v) = header::HeaderValue::from_str(&value) {
+                        resp.headers_mut().insert(name, v);
+                    }
+                }
+                resp
+            }
+        }
+    }
+}
+
+/// `keeptyping mock-upstream` arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MockArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8088")]
+    pub listen: SocketAddr,
+    /// Requests per minute per API key (0: no limit).
+    #[arg(long, default_value_t = 1000)]
+    pub limit_per_minute: u32,
+    /// Delay before every answer, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
+    /// Share of requests answered 500.
+    #[arg(long, default_value_t = 0.0)]
+    pub error_rate: f64,
+}
+
+/// Runs the mock until SIGINT/SIGTERM.
+///
+/// # Errors
+/// When the address cannot be bound.
+pub async fn run(args: MockArgs) -> anyhow::Result<()> {
+    let config = MockConfig {
+        limit_per_minute: (args.limit_per_minute > 0).then_some(args.limit_per_minute),
+        latency_ms: args.latency_ms,
+        error_rate: args.error_rate,
+        ..MockConfig::default()
+    };
+    let mock = MockUpstream::start(args.listen, config).await?;
+    println!("mock OnlyFansAPI listening on {}", mock.url());
+    println!(
+        "  records: GET {0}/_mock/requests   config: GET/POST {0}/_mock/config",
+        mock.url()
+    );
+    crate::shutdown::signal().await;
+    mock.stop().await;
+    Ok(())
+}
