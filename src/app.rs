@@ -64,10 +64,9 @@ impl App {
             );
         }
         let metrics = crate::metrics::install();
-        let client = OnlyFansClient::build(&settings.upstream, &secrets.api_keys)
-            .context("building the upstream client")?;
-        let mut budget_names: Vec<String> =
-            secrets.api_keys.iter().map(|k| k.budget.clone()).collect();
+        let client =
+            OnlyFansClient::build(&settings.upstream, &secrets.api_keys).context("building the upstream client")?;
+        let mut budget_names: Vec<String> = secrets.api_keys.iter().map(|k| k.budget.clone()).collect();
         if budget_names.is_empty() {
             budget_names.push(DEFAULT_NAME.to_owned());
         }
@@ -81,11 +80,8 @@ impl App {
         };
         let upstream: Arc<dyn Upstream> = Arc::new(client.clone());
         let (engine, scheduler) = Engine::new(engine_cfg, upstream, budgets, keys);
-        let tokens = Tokens::new(
-            &secrets.hook_tokens,
-            settings.hooks.allow_unauthenticated,
-            |name| engine.keys().by_name(name),
-        );
+        let tokens =
+            Tokens::new(&secrets.hook_tokens, settings.hooks.allow_unauthenticated, |name| engine.keys().by_name(name));
         let state = ApiState::new(&settings, engine, tokens, metrics);
         let hook_router = api::router(state.clone(), &settings);
         let admin_router = api::admin_router(state.clone());
@@ -136,20 +132,8 @@ impl App {
     ///
     /// # Errors
     /// When a listener fails.
-    pub async fn run_until_stopped(
-        self,
-        signal: impl std::future::Future<Output = ()> + Send,
-    ) -> anyhow::Result<()> {
-        let Self {
-            hooks,
-            admin,
-            hook_router,
-            admin_router,
-            state,
-            scheduler,
-            shutdown,
-            ..
-        } = self;
+    pub async fn run_until_stopped(self, signal: impl std::future::Future<Output = ()> + Send) -> anyhow::Result<()> {
+        let Self { hooks, admin, hook_router, admin_router, state, scheduler, shutdown, .. } = self;
         let token = shutdown.token.clone();
         shutdown.tracker.spawn(scheduler.run(token.child_token()));
         let metrics = state.metrics.clone();
@@ -163,10 +147,8 @@ impl App {
                 }
             }
         });
-        let hook_server =
-            axum::serve(hooks, hook_router).with_graceful_shutdown(token.clone().cancelled_owned());
-        let admin_server = axum::serve(admin, admin_router)
-            .with_graceful_shutdown(token.clone().cancelled_owned());
+        let hook_server = axum::serve(hooks, hook_router).with_graceful_shutdown(token.clone().cancelled_owned());
+        let admin_server = axum::serve(admin, admin_router).with_graceful_shutdown(token.clone().cancelled_owned());
         let servers = shutdown.tracker.spawn(async move {
             let (a, b) = tokio::join!(hook_server.into_future(), admin_server.into_future());
             a.and(b)

@@ -101,12 +101,7 @@ pub struct TokenBucket {
 impl TokenBucket {
     /// A full bucket of `capacity` tokens refilled at `rate` tokens per second.
     pub fn new(capacity: f64, rate: f64, now: Instant) -> Self {
-        Self {
-            tokens: capacity,
-            capacity,
-            rate,
-            last: now,
-        }
+        Self { tokens: capacity, capacity, rate, last: now }
     }
 
     fn refill(&mut self, now: Instant) {
@@ -198,11 +193,7 @@ impl BudgetState {
 
     fn window_cap(&self) -> usize {
         // Truncation is the point: never more than the share.
-        #[allow(
-            clippy::cast_possible_truncation,
-            clippy::cast_sign_loss,
-            reason = "a small positive count"
-        )]
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "a small positive count")]
         let cap = self.typing_per_minute().floor() as usize;
         cap.max(1)
     }
@@ -237,27 +228,23 @@ impl BudgetState {
             }
             self.paused_until = None;
         }
-        while self
-            .window
-            .front()
-            .is_some_and(|t| now.saturating_duration_since(*t) >= WINDOW)
-        {
+        while self.window.front().is_some_and(|t| now.saturating_duration_since(*t) >= WINDOW) {
             self.window.pop_front();
         }
-        if self.window.len() >= self.window_cap() {
-            let oldest = self.window.front().copied().unwrap_or(now);
-            return Err(Denied::Empty {
-                retry_at: oldest + WINDOW,
-            });
+        // The window keeps slots for priority calls just as the bucket keeps tokens for them.
+        let cap = self.window_cap();
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "half the burst, a small count")]
+        let reserved = (self.priority_floor() as usize).min(cap / 2);
+        let (allowed, floor) = match class {
+            Class::Priority => (cap, 0.0),
+            Class::Normal => (cap - reserved, self.priority_floor()),
+        };
+        if self.window.len() >= allowed {
+            let frees = self.window.get(self.window.len() - allowed).copied().unwrap_or(now);
+            return Err(Denied::Empty { retry_at: frees + WINDOW });
         }
         self.sync_rate(now);
-        let floor = match class {
-            Class::Priority => 0.0,
-            Class::Normal => self.priority_floor(),
-        };
-        self.bucket
-            .try_take(floor, now)
-            .map_err(|retry_at| Denied::Empty { retry_at })?;
+        self.bucket.try_take(floor, now).map_err(|retry_at| Denied::Empty { retry_at })?;
         self.window.push_back(now);
         Ok(())
     }
@@ -292,8 +279,7 @@ impl BudgetState {
         self.consecutive_429 = self.consecutive_429.saturating_add(1);
         let pause = retry_after.unwrap_or_else(|| {
             let exp = BACKOFF_BASE.saturating_mul(1 << (self.consecutive_429 - 1).min(6));
-            exp.min(BACKOFF_MAX)
-                .mul_f64(0.8 + 0.4 * jitter.clamp(0.0, 1.0))
+            exp.min(BACKOFF_MAX).mul_f64(0.8 + 0.4 * jitter.clamp(0.0, 1.0))
         });
         self.pause(now + pause, PauseReason::RateLimited);
         // Whatever the bucket held was evidently too much.
@@ -315,23 +301,14 @@ impl BudgetState {
         BudgetSnapshot {
             name: self.name.clone(),
             limit_per_minute: self.limit(),
-            limit_source: if self.reported_limit.is_some() {
-                "upstream"
-            } else {
-                "config"
-            },
+            limit_source: if self.reported_limit.is_some() { "upstream" } else { "config" },
             remaining_minute: self.remaining,
             typing_per_minute: self.typing_per_minute(),
             effective_typing_per_minute: self.effective_rate(now) * WINDOW.as_secs_f64(),
             tokens: self.bucket.tokens(now),
-            sent_last_minute: self
-                .window
-                .iter()
-                .filter(|t| now.saturating_duration_since(**t) < WINDOW)
-                .count(),
+            sent_last_minute: self.window.iter().filter(|t| now.saturating_duration_since(**t) < WINDOW).count(),
             paused: paused.is_some(),
-            paused_for_ms: paused
-                .map(|(u, _)| u128_to_u64(u.saturating_duration_since(now).as_millis())),
+            paused_for_ms: paused.map(|(u, _)| u128_to_u64(u.saturating_duration_since(now).as_millis())),
             pause_reason: paused.map(|(_, r)| r),
             capacity_fans: self.typing_per_minute() / per_fan,
         }
@@ -390,11 +367,7 @@ impl Budgets {
             if by_name.contains_key(name) {
                 continue;
             }
-            let limit = settings
-                .limits
-                .get(name)
-                .copied()
-                .unwrap_or(settings.limit_per_minute);
+            let limit = settings.limits.get(name).copied().unwrap_or(settings.limit_per_minute);
             by_name.insert(name.clone(), states.len());
             states.push(Mutex::new(BudgetState::new(name, limit, settings, now)));
         }
@@ -430,10 +403,7 @@ mod tests {
     use super::*;
 
     fn settings(limit: u32) -> BudgetSettings {
-        BudgetSettings {
-            limit_per_minute: limit,
-            ..BudgetSettings::default()
-        }
+        BudgetSettings { limit_per_minute: limit, ..BudgetSettings::default() }
     }
 
     fn secs(s: f64) -> Duration {
@@ -449,10 +419,7 @@ mod tests {
         let retry = b.try_take(0.0, t0).unwrap_err();
         assert_eq!(retry, t0 + secs(1.0));
         assert!(b.try_take(0.0, t0 + secs(1.0)).is_ok());
-        assert!(
-            (b.tokens(t0 + secs(100.0)) - 2.0).abs() < 1e-9,
-            "capped at capacity"
-        );
+        assert!((b.tokens(t0 + secs(100.0)) - 2.0).abs() < 1e-9, "capped at capacity");
     }
 
     #[test]
@@ -471,14 +438,8 @@ mod tests {
         // Burst of 10 at once, then one per second.
         assert_eq!(granted.iter().filter(|g| **g == t0).count(), 10);
         for (i, start) in granted.iter().enumerate() {
-            let in_window = granted[i..]
-                .iter()
-                .take_while(|g| g.duration_since(*start) < WINDOW)
-                .count();
-            assert!(
-                in_window <= 60,
-                "{in_window} grants in the 60 s from grant {i}"
-            );
+            let in_window = granted[i..].iter().take_while(|g| g.duration_since(*start) < WINDOW).count();
+            assert!(in_window <= 60, "{in_window} grants in the 60 s from grant {i}");
         }
         let total = granted.len();
         assert!((175..=181).contains(&total), "{total} grants in 180 s");
@@ -492,10 +453,7 @@ mod tests {
         for _ in 0..5 {
             assert!(b.try_acquire(Class::Normal, t0).is_ok());
         }
-        assert!(matches!(
-            b.try_acquire(Class::Normal, t0),
-            Err(Denied::Empty { .. })
-        ));
+        assert!(matches!(b.try_acquire(Class::Normal, t0), Err(Denied::Empty { .. })));
         for _ in 0..5 {
             assert!(b.try_acquire(Class::Priority, t0).is_ok());
         }
@@ -506,13 +464,7 @@ mod tests {
     fn reported_limit_replaces_the_configured_one_mid_minute() {
         let t0 = Instant::now();
         let mut b = BudgetState::new("b", 120, &settings(120), t0);
-        b.observe(
-            RateLimits {
-                limit_minute: Some(1200),
-                remaining_minute: Some(1100),
-            },
-            t0,
-        );
+        b.observe(RateLimits { limit_minute: Some(1200), remaining_minute: Some(1100) }, t0);
         assert_eq!(b.limit(), 1200);
         // Drain the burst, then the refill runs at 600/min = 10 per second.
         while b.try_acquire(Class::Priority, t0).is_ok() {}
@@ -531,18 +483,9 @@ mod tests {
     fn remaining_at_the_reserve_pauses_and_the_pause_expires() {
         let t0 = Instant::now();
         let mut b = BudgetState::new("b", 1000, &settings(1000), t0);
-        b.observe(
-            RateLimits {
-                limit_minute: Some(1000),
-                remaining_minute: Some(100),
-            },
-            t0,
-        );
+        b.observe(RateLimits { limit_minute: Some(1000), remaining_minute: Some(100) }, t0);
         match b.try_acquire(Class::Priority, t0) {
-            Err(Denied::Paused {
-                until,
-                reason: PauseReason::Reserve,
-            }) => assert_eq!(until, t0 + RESERVE_PAUSE),
+            Err(Denied::Paused { until, reason: PauseReason::Reserve }) => assert_eq!(until, t0 + RESERVE_PAUSE),
             other => panic!("{other:?}"),
         }
         assert!(b.try_acquire(Class::Priority, t0 + RESERVE_PAUSE).is_ok());
@@ -553,18 +496,9 @@ mod tests {
         let t0 = Instant::now();
         let mut b = BudgetState::new("b", 1000, &settings(1000), t0);
         let full = b.effective_rate(t0);
-        b.observe(
-            RateLimits {
-                limit_minute: Some(1000),
-                remaining_minute: Some(160),
-            },
-            t0,
-        );
+        b.observe(RateLimits { limit_minute: Some(1000), remaining_minute: Some(160) }, t0);
         let slowed = b.effective_rate(t0);
-        assert!(
-            (slowed - 1.0).abs() < 1e-9,
-            "60 above the reserve spread over 60 s: {slowed}"
-        );
+        assert!((slowed - 1.0).abs() < 1e-9, "60 above the reserve spread over 60 s: {slowed}");
         assert!(slowed < full);
         // Forgotten when the upstream stops reporting.
         assert!((b.effective_rate(t0 + HEADROOM_TTL) - full).abs() < 1e-9);
@@ -575,10 +509,7 @@ mod tests {
         let t0 = Instant::now();
         let mut b = BudgetState::new("b", 1000, &settings(1000), t0);
         b.rate_limited(Some(secs(5.0)), 0.5, t0);
-        assert!(matches!(
-            b.try_acquire(Class::Priority, t0 + secs(4.9)),
-            Err(Denied::Paused { .. })
-        ));
+        assert!(matches!(b.try_acquire(Class::Priority, t0 + secs(4.9)), Err(Denied::Paused { .. })));
         // The bucket was emptied by the 429; it has refilled after 5 s.
         assert!(b.try_acquire(Class::Priority, t0 + secs(5.0)).is_ok());
     }
@@ -613,10 +544,7 @@ mod tests {
     #[test]
     fn budgets_share_one_state_per_name() {
         let names = vec!["team".to_owned(), "team".to_owned(), "other".to_owned()];
-        let s = BudgetSettings {
-            limits: [("other".to_owned(), 5000)].into(),
-            ..BudgetSettings::default()
-        };
+        let s = BudgetSettings { limits: [("other".to_owned(), 5000)].into(), ..BudgetSettings::default() };
         let b = Budgets::new(&names, &s, Instant::now());
         assert_eq!(b.len(), 2);
         let other = b.index("other").unwrap();

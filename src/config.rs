@@ -87,9 +87,7 @@ pub struct AdminSettings {
 
 impl Default for AdminSettings {
     fn default() -> Self {
-        Self {
-            listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
-        }
+        Self { listen: SocketAddr::from(([0, 0, 0, 0], 9090)) }
     }
 }
 
@@ -208,20 +206,11 @@ impl Default for PlatformsSettings {
     fn default() -> Self {
         let ms = Duration::from_millis;
         Self {
-            onlyfans: PlatformSettings {
-                refire_interval: ms(3500),
-                indicator_lifetime: ms(4000),
-            },
-            fansly: PlatformSettings {
-                refire_interval: ms(2500),
-                indicator_lifetime: ms(3000),
-            },
+            onlyfans: PlatformSettings { refire_interval: ms(3500), indicator_lifetime: ms(4000) },
+            fansly: PlatformSettings { refire_interval: ms(2500), indicator_lifetime: ms(3000) },
             // Fanvue's indicator lifetime is undocumented; Fansly's shorter cadence is the
             // cautious assumption until it is observed.
-            fanvue: PlatformSettings {
-                refire_interval: ms(2500),
-                indicator_lifetime: ms(3000),
-            },
+            fanvue: PlatformSettings { refire_interval: ms(2500), indicator_lifetime: ms(3000) },
         }
     }
 }
@@ -318,10 +307,7 @@ pub struct AccountsSettings {
 
 impl Default for AccountsSettings {
     fn default() -> Self {
-        Self {
-            poll_interval: Duration::from_secs(2),
-            unavailable_pause: Duration::from_secs(30),
-        }
+        Self { poll_interval: Duration::from_secs(2), unavailable_pause: Duration::from_secs(30) }
     }
 }
 
@@ -336,9 +322,7 @@ pub struct ShutdownSettings {
 
 impl Default for ShutdownSettings {
     fn default() -> Self {
-        Self {
-            grace: Duration::from_secs(10),
-        }
+        Self { grace: Duration::from_secs(10) }
     }
 }
 
@@ -353,11 +337,7 @@ pub enum AccountScope {
 
 impl AccountScope {
     fn from_list(list: &[String]) -> Self {
-        if list.iter().any(|a| a == "*") {
-            Self::All
-        } else {
-            Self::Only(list.iter().cloned().collect())
-        }
+        if list.iter().any(|a| a == "*") { Self::All } else { Self::Only(list.iter().cloned().collect()) }
     }
 
     /// Whether `account` is covered.
@@ -458,10 +438,7 @@ pub enum ConfigError {
 }
 
 fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key: key.into(),
-        problem: problem.into(),
-    }
+    ConfigError::Invalid { key: key.into(), problem: problem.into() }
 }
 
 /// Loads the settings from defaults, `file` and the `KEEPTYPING__*` entries of `env`, validates
@@ -471,15 +448,12 @@ fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
 /// # Errors
 /// [`ConfigError`] naming the first key that is unreadable, invalid or names a missing secret.
 pub fn load(file: Option<&Path>, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
-    let defaults = ::config::Config::try_from(&Settings::default())
-        .map_err(|e| ConfigError::Load(format!("defaults: {e}")))?;
+    let defaults =
+        ::config::Config::try_from(&Settings::default()).map_err(|e| ConfigError::Load(format!("defaults: {e}")))?;
     let mut builder = ::config::Config::builder().add_source(defaults);
     if let Some(path) = file {
         if !path.exists() {
-            return Err(ConfigError::Load(format!(
-                "file {} does not exist",
-                path.display()
-            )));
+            return Err(ConfigError::Load(format!("file {} does not exist", path.display())));
         }
         builder = builder.add_source(::config::File::from(path).format(::config::FileFormat::Toml));
     }
@@ -545,10 +519,7 @@ impl Settings {
             return Err(invalid("engine.idle_timeout", "must be greater than zero"));
         }
         if self.engine.max_lifetime < self.engine.idle_timeout {
-            return Err(invalid(
-                "engine.max_lifetime",
-                "must be at least engine.idle_timeout",
-            ));
+            return Err(invalid("engine.max_lifetime", "must be at least engine.idle_timeout"));
         }
         if self.engine.max_sessions == 0 {
             return Err(invalid("engine.max_sessions", "must be at least 1"));
@@ -570,17 +541,11 @@ impl Settings {
         }
         for (name, limit) in &self.budget.limits {
             if *limit == 0 {
-                return Err(invalid(
-                    format!("budget.limits.{name}"),
-                    "must be at least 1",
-                ));
+                return Err(invalid(format!("budget.limits.{name}"), "must be at least 1"));
             }
         }
         if self.budget.starvation_bound.is_zero() {
-            return Err(invalid(
-                "budget.starvation_bound",
-                "must be greater than zero",
-            ));
+            return Err(invalid("budget.starvation_bound", "must be greater than zero"));
         }
         if self.shutdown.grace.is_zero() {
             return Err(invalid("shutdown.grace", "must be greater than zero"));
@@ -615,23 +580,13 @@ impl Settings {
             if t.name.is_empty() || !names.insert(t.name.clone()) {
                 return Err(invalid(format!("{at}.name"), "must be set and unique"));
             }
-            let sources = [
-                t.token_env.is_some(),
-                t.token_file.is_some(),
-                t.token_sha256.is_some(),
-            ];
+            let sources = [t.token_env.is_some(), t.token_file.is_some(), t.token_sha256.is_some()];
             if sources.iter().filter(|s| **s).count() != 1 {
-                return Err(invalid(
-                    at,
-                    "set exactly one of token_env, token_file, token_sha256",
-                ));
+                return Err(invalid(at, "set exactly one of token_env, token_file, token_sha256"));
             }
             if let Some(d) = &t.token_sha256 {
                 if d.len() != 64 || hex::decode(d).is_err() {
-                    return Err(invalid(
-                        format!("{at}.token_sha256"),
-                        "must be 64 hex digits",
-                    ));
+                    return Err(invalid(format!("{at}.token_sha256"), "must be 64 hex digits"));
                 }
             }
             check_accounts(&format!("{at}.accounts"), &t.accounts)?;
@@ -666,9 +621,8 @@ impl Settings {
             let digest = match &t.token_sha256 {
                 Some(hex_digest) => {
                     let mut d = [0u8; 32];
-                    hex::decode_to_slice(hex_digest, &mut d).map_err(|_| {
-                        invalid(format!("{at}.token_sha256"), "must be 64 hex digits")
-                    })?;
+                    hex::decode_to_slice(hex_digest, &mut d)
+                        .map_err(|_| invalid(format!("{at}.token_sha256"), "must be 64 hex digits"))?;
                     d
                 }
                 None => {
@@ -680,10 +634,7 @@ impl Settings {
                 let known = self.upstream.keys.iter().any(|k| &k.name == name)
                     || (name == DEFAULT_NAME && env.contains_key(ENV_API_KEY));
                 if !known {
-                    return Err(invalid(
-                        format!("{at}.api_key"),
-                        format!("names no key ({name})"),
-                    ));
+                    return Err(invalid(format!("{at}.api_key"), format!("names no key ({name})")));
                 }
             }
             secrets.hook_tokens.push(HookToken {
@@ -713,29 +664,15 @@ impl Settings {
     /// The effective settings as TOML, followed by the names (never the values) of the
     /// resolved secrets: what `keeptyping check-config` prints.
     pub fn describe(&self, secrets: &Secrets) -> String {
-        let mut out =
-            toml::to_string_pretty(self).unwrap_or_else(|e| format!("# unprintable: {e}\n"));
+        let mut out = toml::to_string_pretty(self).unwrap_or_else(|e| format!("# unprintable: {e}\n"));
         out.push_str("\n# resolved secrets (values redacted)\n");
         for k in &secrets.api_keys {
-            out.push_str(&format!(
-                "# api key {:?}: budget {:?}, {}\n",
-                k.name,
-                k.budget,
-                scope_text(&k.accounts)
-            ));
+            out.push_str(&format!("# api key {:?}: budget {:?}, {}\n", k.name, k.budget, scope_text(&k.accounts)));
         }
         for t in &secrets.hook_tokens {
-            out.push_str(&format!(
-                "# hook token {:?}: {}\n",
-                t.name,
-                scope_text(&t.accounts)
-            ));
+            out.push_str(&format!("# hook token {:?}: {}\n", t.name, scope_text(&t.accounts)));
         }
-        let webhook = if secrets.webhook_secret.is_some() {
-            "set"
-        } else {
-            "not set"
-        };
+        let webhook = if secrets.webhook_secret.is_some() { "set" } else { "not set" };
         out.push_str(&format!("# webhook signing secret: {webhook}\n"));
         out
     }
@@ -767,10 +704,9 @@ fn read_secret(
     env: &HashMap<String, String>,
 ) -> Result<SecretString, ConfigError> {
     let value = match (env_name, file) {
-        (Some(var), _) => env
-            .get(var)
-            .cloned()
-            .ok_or_else(|| invalid(at, format!("environment variable {var} is not set")))?,
+        (Some(var), _) => {
+            env.get(var).cloned().ok_or_else(|| invalid(at, format!("environment variable {var} is not set")))?
+        }
         (None, Some(path)) => std::fs::read_to_string(path)
             .map_err(|e| invalid(at, format!("cannot read {}: {}", path.display(), e.kind())))?,
         (None, None) => return Err(invalid(at, "no secret source")),
@@ -787,10 +723,7 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
     }
 
     fn default_toml() -> PathBuf {
@@ -807,8 +740,7 @@ mod tests {
     fn default_toml_documents_every_key() {
         let text = std::fs::read_to_string(default_toml()).unwrap();
         let written: toml::Table = toml::from_str(&text).unwrap();
-        let defaults: toml::Table =
-            toml::from_str(&toml::to_string(&Settings::default()).unwrap()).unwrap();
+        let defaults: toml::Table = toml::from_str(&toml::to_string(&Settings::default()).unwrap()).unwrap();
         for (section, table) in &defaults {
             let Some(table) = table.as_table() else {
                 continue;
@@ -823,10 +755,7 @@ mod tests {
                     }
                 } else {
                     let doc = written.get(section).and_then(|t| t.get(key));
-                    assert!(
-                        doc.is_some(),
-                        "{section}.{key} missing from config/default.toml"
-                    );
+                    assert!(doc.is_some(), "{section}.{key} missing from config/default.toml");
                 }
             }
         }
@@ -842,10 +771,7 @@ mod tests {
         ]);
         let cfg = load(Some(&default_toml()), &e).unwrap();
         assert_eq!(cfg.settings.engine.idle_timeout, Duration::from_secs(45));
-        assert_eq!(
-            cfg.settings.platforms.onlyfans.refire_interval,
-            Duration::from_secs(3)
-        );
+        assert_eq!(cfg.settings.platforms.onlyfans.refire_interval, Duration::from_secs(3));
         assert_eq!(cfg.settings.engine.max_sessions, 7);
         assert!(cfg.settings.hooks.allow_unauthenticated);
     }
@@ -853,32 +779,12 @@ mod tests {
     #[test]
     fn bad_values_name_the_key() {
         let cases = [
-            (
-                "KEEPTYPING__ENGINE__IDLE_TIMEOUT",
-                "soon",
-                "engine.idle_timeout",
-            ),
-            (
-                "KEEPTYPING__PLATFORMS__ONLYFANS__REFIRE_INTERVAL",
-                "5s",
-                "platforms.onlyfans.refire_interval",
-            ),
+            ("KEEPTYPING__ENGINE__IDLE_TIMEOUT", "soon", "engine.idle_timeout"),
+            ("KEEPTYPING__PLATFORMS__ONLYFANS__REFIRE_INTERVAL", "5s", "platforms.onlyfans.refire_interval"),
             ("KEEPTYPING__UPSTREAM__TIMEOUT", "3s", "upstream.timeout"),
-            (
-                "KEEPTYPING__BUDGET__TYPING_SHARE",
-                "1.5",
-                "budget.typing_share",
-            ),
-            (
-                "KEEPTYPING__ENGINE__MAX_SESSIONS",
-                "0",
-                "engine.max_sessions",
-            ),
-            (
-                "KEEPTYPING__UPSTREAM__BASE_URL",
-                "ftp://x",
-                "upstream.base_url",
-            ),
+            ("KEEPTYPING__BUDGET__TYPING_SHARE", "1.5", "budget.typing_share"),
+            ("KEEPTYPING__ENGINE__MAX_SESSIONS", "0", "engine.max_sessions"),
+            ("KEEPTYPING__UPSTREAM__BASE_URL", "ftp://x", "upstream.base_url"),
             ("KEEPTYPING__SHUTDOWN__GRACE", "0s", "shutdown.grace"),
         ];
         for (var, value, key) in cases {
@@ -900,28 +806,12 @@ mod tests {
 
     #[test]
     fn shortcuts_create_default_key_and_token_and_debug_redacts_them() {
-        let cfg = load(
-            None,
-            &env(&[
-                (ENV_API_KEY, "sk_live_secret"),
-                (ENV_HOOK_TOKEN, "hook-secret"),
-            ]),
-        )
-        .unwrap();
+        let cfg = load(None, &env(&[(ENV_API_KEY, "sk_live_secret"), (ENV_HOOK_TOKEN, "hook-secret")])).unwrap();
         assert_eq!(cfg.secrets.api_keys.len(), 1);
-        assert_eq!(
-            cfg.secrets.api_keys[0].secret.expose_secret(),
-            "sk_live_secret"
-        );
-        assert_eq!(
-            cfg.secrets.hook_tokens[0].digest,
-            token_digest("hook-secret")
-        );
+        assert_eq!(cfg.secrets.api_keys[0].secret.expose_secret(), "sk_live_secret");
+        assert_eq!(cfg.secrets.hook_tokens[0].digest, token_digest("hook-secret"));
         let shown = format!("{cfg:?}{}", cfg.settings.describe(&cfg.secrets));
-        assert!(
-            !shown.contains("sk_live_secret") && !shown.contains("hook-secret"),
-            "{shown}"
-        );
+        assert!(!shown.contains("sk_live_secret") && !shown.contains("hook-secret"), "{shown}");
     }
 
     #[test]
@@ -955,18 +845,8 @@ accounts = ["acct_c1", "fansly_acct_c2"]
         .unwrap();
         let cfg = load(Some(&path), &env(&[("A_TOKEN", "from-env")])).unwrap();
         let digests: Vec<_> = cfg.secrets.hook_tokens.iter().map(|t| t.digest).collect();
-        assert_eq!(
-            digests,
-            vec![
-                token_digest("from-env"),
-                token_digest("from-file"),
-                token_digest("digested")
-            ]
-        );
+        assert_eq!(digests, vec![token_digest("from-env"), token_digest("from-file"), token_digest("digested")]);
         let missing = load(Some(&path), &HashMap::new()).unwrap_err().to_string();
-        assert!(
-            missing.contains("hooks.tokens[0]") && missing.contains("A_TOKEN"),
-            "{missing}"
-        );
+        assert!(missing.contains("hooks.tokens[0]") && missing.contains("A_TOKEN"), "{missing}");
     }
 }

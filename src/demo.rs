@@ -68,11 +68,8 @@ fn free_or_ephemeral(addr: SocketAddr) -> SocketAddr {
 /// # Errors
 /// When the mock or the service cannot start.
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
-    let mock_cfg = MockConfig {
-        limit_per_minute: Some(args.limit_per_minute),
-        latency_ms: 25,
-        ..MockConfig::default()
-    };
+    let mock_cfg =
+        MockConfig { limit_per_minute: Some(args.limit_per_minute), latency_ms: 25, ..MockConfig::default() };
     let mock = MockUpstream::start(SocketAddr::from(([127, 0, 0, 1], 0)), mock_cfg).await?;
     let listen = free_or_ephemeral(args.listen);
     let admin = free_or_ephemeral(args.admin);
@@ -80,10 +77,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         ("KEEPTYPING__SERVER__LISTEN", listen.to_string()),
         ("KEEPTYPING__ADMIN__LISTEN", admin.to_string()),
         ("KEEPTYPING__UPSTREAM__BASE_URL", mock.url()),
-        (
-            "KEEPTYPING__HOOKS__ALLOW_UNAUTHENTICATED",
-            "true".to_owned(),
-        ),
+        ("KEEPTYPING__HOOKS__ALLOW_UNAUTHENTICATED", "true".to_owned()),
         (ENV_API_KEY, "demo-key-not-secret".to_owned()),
     ]
     .into_iter()
@@ -93,10 +87,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let app = App::build(cfg).await?;
     let hook_url = format!("http://127.0.0.1:{}", app.port());
     let engine = app.engine();
-    println!(
-        "keeptyping demo: {} simulated fans on account {ACCOUNT}",
-        args.fans
-    );
+    println!("keeptyping demo: {} simulated fans on account {ACCOUNT}", args.fans);
     println!("  hooks    {hook_url}/v1/typing/start  (no token needed in the demo)");
     println!("  metrics  http://127.0.0.1:{}/metrics", app.admin_port());
     println!("  mock     {}/_mock/requests", mock.url());
@@ -145,14 +136,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     for t in tasks {
         let _ = t.await;
     }
-    let line = summary(
-        &engine,
-        mock.state(),
-        &spells,
-        started,
-        &mut last_typing,
-        &mut last_t,
-    );
+    let line = summary(&engine, mock.state(), &spells, started, &mut last_typing, &mut last_t);
     println!("final: {line}");
     stop.cancel();
     server.await??;
@@ -187,14 +171,8 @@ async fn chatter(
             return;
         }
         let index = {
-            let mut s = spells
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            s.push(Spell {
-                chat,
-                start_ms,
-                stop_ms: None,
-            });
+            let mut s = spells.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            s.push(Spell { chat, start_ms, stop_ms: None });
             s.len() - 1
         };
         let began = tokio::time::Instant::now();
@@ -206,24 +184,13 @@ async fn chatter(
                 break;
             }
             if began.elapsed() < compose {
-                let _ = http
-                    .post(format!("{hook_url}/v1/typing/start"))
-                    .json(&body)
-                    .send()
-                    .await;
+                let _ = http.post(format!("{hook_url}/v1/typing/start")).json(&body).send().await;
             }
         }
         // "Send" the reply: stop, then note when the stop was answered.
-        let _ = http
-            .post(format!("{hook_url}/v1/typing/stop"))
-            .json(&body)
-            .send()
-            .await;
+        let _ = http.post(format!("{hook_url}/v1/typing/stop")).json(&body).send().await;
         let stop_ms = mock.now_ms();
-        spells
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)[index]
-            .stop_ms = Some(stop_ms);
+        spells.lock().unwrap_or_else(std::sync::PoisonError::into_inner)[index].stop_ms = Some(stop_ms);
         if cancelled || wait(&stop, pause(3000, 12_000)).await {
             return;
         }
@@ -240,10 +207,7 @@ async fn wait(stop: &CancellationToken, d: Duration) -> bool {
 
 /// Coverage of finished spells and typing calls after a stop, from the mock's record.
 fn coverage(mock: &MockState, spells: &[Spell], lifetime_ms: f64) -> (f64, usize, usize) {
-    let records = mock.records(&RecordQuery {
-        kind: Some("typing".to_owned()),
-        ..RecordQuery::default()
-    });
+    let records = mock.records(&RecordQuery { kind: Some("typing".to_owned()), ..RecordQuery::default() });
     let mut by_chat: HashMap<&str, Vec<f64>> = HashMap::new();
     for r in records.iter().filter(|r| r.status == 200) {
         by_chat.entry(r.chat.as_str()).or_default().push(r.t_ms);
@@ -260,15 +224,10 @@ fn coverage(mock: &MockState, spells: &[Spell], lifetime_ms: f64) -> (f64, usize
         let calls = by_chat.get(chat.as_str()).map_or(&[][..], Vec::as_slice);
         lit += lit_ms(calls, s.start_ms, stop, lifetime_ms);
         total += stop - s.start_ms;
-        let next_start = spells[i + 1..]
-            .iter()
-            .find(|n| n.chat == s.chat)
-            .map_or(f64::INFINITY, |n| n.start_ms);
-        after_stop += all.get(chat.as_str()).map_or(0, |ts| {
-            ts.iter()
-                .filter(|t| **t > stop + AFTER_STOP_SLACK_MS && **t < next_start)
-                .count()
-        });
+        let next_start = spells[i + 1..].iter().find(|n| n.chat == s.chat).map_or(f64::INFINITY, |n| n.start_ms);
+        after_stop += all
+            .get(chat.as_str())
+            .map_or(0, |ts| ts.iter().filter(|t| **t > stop + AFTER_STOP_SLACK_MS && **t < next_start).count());
     }
     let ratio = if total > 0.0 { lit / total } else { 1.0 };
     (ratio, after_stop, done)
@@ -278,10 +237,7 @@ fn coverage(mock: &MockState, spells: &[Spell], lifetime_ms: f64) -> (f64, usize
 pub fn lit_ms(calls: &[f64], start: f64, stop: f64, lifetime: f64) -> f64 {
     let mut covered = 0.0;
     let mut until = start;
-    for &t in calls
-        .iter()
-        .filter(|t| **t + lifetime > start && **t < stop)
-    {
+    for &t in calls.iter().filter(|t| **t + lifetime > start && **t < stop) {
         let from = t.max(until);
         let to = (t + lifetime).min(stop);
         if to > from {
@@ -300,15 +256,9 @@ fn summary(
     last_typing: &mut usize,
     last_t: &mut tokio::time::Instant,
 ) -> String {
-    let spells = spells
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clone();
+    let spells = spells.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
     let (cov, after_stop, done) = coverage(mock, &spells, 4000.0);
-    let typing = mock.records(&RecordQuery {
-        kind: Some("typing".to_owned()),
-        ..RecordQuery::default()
-    });
+    let typing = mock.records(&RecordQuery { kind: Some("typing".to_owned()), ..RecordQuery::default() });
     let limited = typing.iter().filter(|r| r.status == 429).count();
     let dt = last_t.elapsed().as_secs_f64().max(0.001);
     #[allow(clippy::cast_precision_loss, reason = "counts far below 2^52")]
@@ -324,8 +274,7 @@ fn summary(
                 "budget {}/{:.0} typing per min, upstream remaining {}",
                 b.sent_last_minute,
                 b.typing_per_minute,
-                b.remaining_minute
-                    .map_or_else(|| "?".to_owned(), |r| r.to_string())
+                b.remaining_minute.map_or_else(|| "?".to_owned(), |r| r.to_string())
             )
         })
         .unwrap_or_default();

@@ -16,9 +16,7 @@ pub const MAX_ACCOUNT_ID_LEN: usize = 80;
 pub const MAX_NUMERIC_CHAT_ID_LEN: usize = 20;
 
 /// The creator platforms OnlyFansAPI proxies a typing call for.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Platform {
     /// OnlyFans: `POST /api/{account}/chats/{chat}/typing`.
@@ -105,21 +103,15 @@ impl AccountId {
             return Err(err("too long"));
         }
         let rest = match platform {
-            Platform::Onlyfans => raw
-                .strip_prefix("acct_")
-                .ok_or(err("must start with acct_"))?,
-            Platform::Fansly => raw
-                .strip_prefix("fansly_acct_")
-                .ok_or(err("must start with fansly_acct_"))?,
+            Platform::Onlyfans => raw.strip_prefix("acct_").ok_or(err("must start with acct_"))?,
+            Platform::Fansly => raw.strip_prefix("fansly_acct_").ok_or(err("must start with fansly_acct_"))?,
             Platform::Fanvue => raw,
         };
         if rest.is_empty() {
             return Err(err("nothing after the prefix"));
         }
         let ok = match platform {
-            Platform::Onlyfans | Platform::Fansly => {
-                rest.bytes().all(|c| c.is_ascii_alphanumeric())
-            }
+            Platform::Onlyfans | Platform::Fansly => rest.bytes().all(|c| c.is_ascii_alphanumeric()),
             Platform::Fanvue => rest.bytes().all(is_id_char),
         };
         if !ok {
@@ -198,9 +190,7 @@ impl ChatId {
                         _ => c.is_ascii_hexdigit(),
                     });
                 if !well_formed {
-                    return Err(err(
-                        "must be a UUID like 0f8fad5b-d9cb-469f-a165-70867728950e",
-                    ));
+                    return Err(err("must be a UUID like 0f8fad5b-d9cb-469f-a165-70867728950e"));
                 }
                 Ok(Self(Arc::from(raw.to_ascii_lowercase())))
             }
@@ -248,24 +238,10 @@ mod tests {
 
     #[test]
     fn onlyfans_account_ids_need_the_prefix_and_alphanumerics() {
-        assert!(
-            AccountId::parse(Platform::Onlyfans, "acct_0123456789abcdef0123456789abcdef").is_ok()
-        );
+        assert!(AccountId::parse(Platform::Onlyfans, "acct_0123456789abcdef0123456789abcdef").is_ok());
         assert!(AccountId::parse(Platform::Onlyfans, "acct_XXXXXXXX").is_ok());
-        for bad in [
-            "",
-            "acct_",
-            "0123",
-            "acct_../x",
-            "acct_a/b",
-            "acct_a%2Fb",
-            "acct_ä",
-            "fansly_acct_1",
-        ] {
-            assert!(
-                AccountId::parse(Platform::Onlyfans, bad).is_err(),
-                "{bad:?} accepted"
-            );
+        for bad in ["", "acct_", "0123", "acct_../x", "acct_a/b", "acct_a%2Fb", "acct_ä", "fansly_acct_1"] {
+            assert!(AccountId::parse(Platform::Onlyfans, bad).is_err(), "{bad:?} accepted");
         }
         let long = format!("acct_{}", "a".repeat(MAX_ACCOUNT_ID_LEN));
         assert!(AccountId::parse(Platform::Onlyfans, &long).is_err());
@@ -283,26 +259,9 @@ mod tests {
     #[test]
     fn numeric_chat_ids_reject_path_tricks() {
         assert!(ChatId::parse(Platform::Onlyfans, "123456789").is_ok());
-        for bad in [
-            "../../api-keys",
-            "1%2F2",
-            "1/2",
-            "",
-            "-1",
-            "+1",
-            " 1",
-            "1 ",
-            "１",
-            "123456789012345678901",
-        ] {
-            assert!(
-                ChatId::parse(Platform::Onlyfans, bad).is_err(),
-                "{bad:?} accepted"
-            );
-            assert!(
-                ChatId::parse(Platform::Fansly, bad).is_err(),
-                "{bad:?} accepted"
-            );
+        for bad in ["../../api-keys", "1%2F2", "1/2", "", "-1", "+1", " 1", "1 ", "１", "123456789012345678901"] {
+            assert!(ChatId::parse(Platform::Onlyfans, bad).is_err(), "{bad:?} accepted");
+            assert!(ChatId::parse(Platform::Fansly, bad).is_err(), "{bad:?} accepted");
         }
     }
 

@@ -8,10 +8,7 @@ use clap::{Parser, Subcommand};
 use keeptyping::{app::App, config, demo, mock, shutdown, telemetry};
 
 #[derive(Parser)]
-#[command(
-    version,
-    about = "Keeps the \"Model is typing...\" indicator alive while a chatter composes"
-)]
+#[command(version, about = "Keeps the \"Model is typing...\" indicator alive while a chatter composes")]
 struct Cli {
     #[command(subcommand)]
     command: Command,

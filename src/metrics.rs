@@ -7,9 +7,7 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use metrics::{
-    Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
-};
+use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Live typing sessions.
@@ -49,9 +47,7 @@ pub const HOOK_DURATION: &str = "keeptyping_hook_request_duration_seconds";
 /// Accounts whose typing is paused.
 pub const ACCOUNTS_PAUSED: &str = "keeptyping_accounts_paused";
 
-const LATENCY_BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0,
-];
+const LATENCY_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0];
 const COVERAGE_BUCKETS: &[f64] = &[0.5, 0.75, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 1.0];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -66,23 +62,13 @@ pub fn install() -> PrometheusHandle {
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Full(REFIRE_LATENESS.into()), LATENCY_BUCKETS)
-                .and_then(|b| {
-                    b.set_buckets_for_metric(
-                        Matcher::Full(UPSTREAM_DURATION.into()),
-                        LATENCY_BUCKETS,
-                    )
-                })
-                .and_then(|b| {
-                    b.set_buckets_for_metric(Matcher::Full(HOOK_DURATION.into()), LATENCY_BUCKETS)
-                })
-                .and_then(|b| {
-                    b.set_buckets_for_metric(Matcher::Full(COVERAGE.into()), COVERAGE_BUCKETS)
-                })
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(UPSTREAM_DURATION.into()), LATENCY_BUCKETS))
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(HOOK_DURATION.into()), LATENCY_BUCKETS))
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(COVERAGE.into()), COVERAGE_BUCKETS))
                 .expect("bucket lists are non-empty constants")
                 .build_recorder();
             let handle = recorder.handle();
-            metrics::set_global_recorder(recorder)
-                .expect("keeptyping installs the only metrics recorder");
+            metrics::set_global_recorder(recorder).expect("keeptyping installs the only metrics recorder");
             describe();
             handle
         })
@@ -93,53 +79,23 @@ fn describe() {
     describe_gauge!(SESSIONS_ACTIVE, "Live typing sessions.");
     describe_counter!(SESSIONS_STARTED, "Typing sessions started.");
     describe_counter!(SESSIONS_ENDED, "Typing sessions ended, by reason.");
-    describe_counter!(
-        REFIRES,
-        "Typing calls made to the upstream, by platform and outcome."
-    );
-    describe_counter!(
-        REFIRES_SKIPPED,
-        "Typing calls that were due but not sent, by reason."
-    );
-    describe_histogram!(
-        REFIRE_LATENESS,
-        Unit::Seconds,
-        "Time a typing call was sent minus the time it was due."
-    );
-    describe_histogram!(
-        UPSTREAM_DURATION,
-        Unit::Seconds,
-        "Duration of upstream requests, by endpoint and outcome."
-    );
+    describe_counter!(REFIRES, "Typing calls made to the upstream, by platform and outcome.");
+    describe_counter!(REFIRES_SKIPPED, "Typing calls that were due but not sent, by reason.");
+    describe_histogram!(REFIRE_LATENESS, Unit::Seconds, "Time a typing call was sent minus the time it was due.");
+    describe_histogram!(UPSTREAM_DURATION, Unit::Seconds, "Duration of upstream requests, by endpoint and outcome.");
     describe_gauge!(UPSTREAM_IN_FLIGHT, "Upstream typing requests in flight.");
     describe_gauge!(BUDGET_TOKENS, "Tokens in a budget's typing bucket.");
     describe_gauge!(
         UPSTREAM_LIMIT_MINUTE,
         "Per-minute request limit reported by the upstream, or configured until reported."
     );
-    describe_gauge!(
-        UPSTREAM_REMAINING_MINUTE,
-        "Per-minute requests remaining, as last reported by the upstream."
-    );
+    describe_gauge!(UPSTREAM_REMAINING_MINUTE, "Per-minute requests remaining, as last reported by the upstream.");
     describe_gauge!(BUDGET_PAUSED, "1 while typing on a budget is paused.");
-    describe_gauge!(
-        BUDGET_CAPACITY_FANS,
-        "Fans a budget can keep fully lit at the OnlyFans cadence."
-    );
-    describe_histogram!(
-        COVERAGE,
-        "Share of an ended session's composing time with an indicator showing."
-    );
-    describe_counter!(
-        GAPS,
-        "Times an indicator lapsed while its session was still composing."
-    );
+    describe_gauge!(BUDGET_CAPACITY_FANS, "Fans a budget can keep fully lit at the OnlyFans cadence.");
+    describe_histogram!(COVERAGE, "Share of an ended session's composing time with an indicator showing.");
+    describe_counter!(GAPS, "Times an indicator lapsed while its session was still composing.");
     describe_counter!(HOOK_REQUESTS, "Hook API requests, by route and status.");
-    describe_histogram!(
-        HOOK_DURATION,
-        Unit::Seconds,
-        "Hook API request duration, by route."
-    );
+    describe_histogram!(HOOK_DURATION, Unit::Seconds, "Hook API request duration, by route.");
     describe_gauge!(ACCOUNTS_PAUSED, "Accounts whose typing is paused.");
 }
 
@@ -223,24 +179,19 @@ pub fn session_ended(reason: EndReason, coverage: Option<f64>) {
 
 /// The number of live sessions.
 pub fn sessions_active(n: usize) {
-    #[allow(
-        clippy::cast_precision_loss,
-        reason = "a gauge; session counts are far below 2^52"
-    )]
+    #[allow(clippy::cast_precision_loss, reason = "a gauge; session counts are far below 2^52")]
     gauge!(SESSIONS_ACTIVE).set(n as f64);
 }
 
 /// One typing call completed.
 pub fn refire(platform: &'static str, outcome: &'static str, elapsed: Duration) {
     counter!(REFIRES, "platform" => platform, "outcome" => outcome).increment(1);
-    histogram!(UPSTREAM_DURATION, "endpoint" => "typing", "outcome" => outcome)
-        .record(elapsed.as_secs_f64());
+    histogram!(UPSTREAM_DURATION, "endpoint" => "typing", "outcome" => outcome).record(elapsed.as_secs_f64());
 }
 
 /// One non-typing upstream request completed.
 pub fn upstream_request(endpoint: &'static str, outcome: &'static str, elapsed: Duration) {
-    histogram!(UPSTREAM_DURATION, "endpoint" => endpoint, "outcome" => outcome)
-        .record(elapsed.as_secs_f64());
+    histogram!(UPSTREAM_DURATION, "endpoint" => endpoint, "outcome" => outcome).record(elapsed.as_secs_f64());
 }
 
 /// A due refire was not sent.
@@ -260,22 +211,12 @@ pub fn indicator_gap() {
 
 /// Upstream typing requests in flight.
 pub fn in_flight(n: usize) {
-    #[allow(
-        clippy::cast_precision_loss,
-        reason = "bounded by engine.max_in_flight"
-    )]
+    #[allow(clippy::cast_precision_loss, reason = "bounded by engine.max_in_flight")]
     gauge!(UPSTREAM_IN_FLIGHT).set(n as f64);
 }
 
 /// A budget's state, as gauges.
-pub fn budget_state(
-    budget: &str,
-    tokens: f64,
-    limit: u32,
-    remaining: Option<u32>,
-    paused: bool,
-    capacity_fans: f64,
-) {
+pub fn budget_state(budget: &str, tokens: f64, limit: u32, remaining: Option<u32>, paused: bool, capacity_fans: f64) {
     let name = budget.to_owned();
     gauge!(BUDGET_TOKENS, "budget" => name.clone()).set(tokens);
     gauge!(UPSTREAM_LIMIT_MINUTE, "budget" => name.clone()).set(f64::from(limit));

@@ -46,11 +46,7 @@ pub struct Shutdown {
 impl Shutdown {
     /// A fresh shutdown handle.
     pub fn new(grace: Duration) -> Self {
-        Self {
-            token: CancellationToken::new(),
-            tracker: TaskTracker::new(),
-            grace,
-        }
+        Self { token: CancellationToken::new(), tracker: TaskTracker::new(), grace }
     }
 
     /// Cancels the token and waits up to `grace` for the tracked tasks. Returns whether they
@@ -58,10 +54,7 @@ impl Shutdown {
     pub async fn drain(&self) -> bool {
         self.token.cancel();
         self.tracker.close();
-        if tokio::time::timeout(self.grace, self.tracker.wait())
-            .await
-            .is_ok()
-        {
+        if tokio::time::timeout(self.grace, self.tracker.wait()).await.is_ok() {
             true
         } else {
             tracing::warn!(grace = ?self.grace, "shutdown grace ran out; cutting remaining work");

@@ -22,13 +22,7 @@ pub fn admin_router(state: ApiState) -> Router {
 }
 
 async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        state.metrics.render(),
-    )
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render())
 }
 
 async fn livez() -> &'static str {

@@ -35,11 +35,7 @@ impl Caller {
     /// # Errors
     /// [`ApiError::ForbiddenAccount`] when `account` is outside the caller's list.
     pub fn check(&self, account: &AccountId) -> Result<(), ApiError> {
-        if self.accounts.allows(account) {
-            Ok(())
-        } else {
-            Err(ApiError::ForbiddenAccount(account.to_string()))
-        }
+        if self.accounts.allows(account) { Ok(()) } else { Err(ApiError::ForbiddenAccount(account.to_string())) }
     }
 }
 
@@ -59,18 +55,9 @@ impl Tokens {
     ) -> Self {
         let tokens = tokens
             .iter()
-            .map(|t| {
-                (
-                    t.clone(),
-                    Arc::new(t.accounts.clone()),
-                    t.api_key.as_deref().and_then(&key_index),
-                )
-            })
+            .map(|t| (t.clone(), Arc::new(t.accounts.clone()), t.api_key.as_deref().and_then(&key_index)))
             .collect();
-        Self {
-            tokens,
-            allow_unauthenticated,
-        }
+        Self { tokens, allow_unauthenticated }
     }
 
     /// Whether any token is configured.
@@ -84,18 +71,11 @@ impl Tokens {
     /// 401 when the token is missing (and unauthenticated hooks are not allowed) or unknown.
     pub fn authenticate(&self, header: Option<&[u8]>) -> Result<Caller, ApiError> {
         let Some(raw) = header else {
-            return if self.allow_unauthenticated {
-                Ok(anonymous())
-            } else {
-                Err(ApiError::MissingToken)
-            };
+            return if self.allow_unauthenticated { Ok(anonymous()) } else { Err(ApiError::MissingToken) };
         };
         let token = std::str::from_utf8(raw)
             .ok()
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or(ApiError::InvalidToken)?;
@@ -118,25 +98,14 @@ impl Tokens {
 }
 
 fn anonymous() -> Caller {
-    Caller {
-        name: Arc::from("anonymous"),
-        token_index: None,
-        accounts: Arc::new(AccountScope::All),
-        api_key: None,
-    }
+    Caller { name: Arc::from("anonymous"), token_index: None, accounts: Arc::new(AccountScope::All), api_key: None }
 }
 
 impl FromRequestParts<ApiState> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &ApiState,
-    ) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get(AUTHORIZATION)
-            .map(axum::http::HeaderValue::as_bytes);
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, Self::Rejection> {
+        let header = parts.headers.get(AUTHORIZATION).map(axum::http::HeaderValue::as_bytes);
         let caller = state.tokens.authenticate(header)?;
         state.hook_limit.check(&caller)?;
         Ok(caller)

@@ -28,11 +28,6 @@ pub struct BudgetResponse {
 
 /// `GET /v1/budget`
 pub async fn budget(State(state): State<ApiState>, _caller: Caller) -> Json<BudgetResponse> {
-    let budgets = state
-        .engine
-        .budgets()
-        .into_iter()
-        .map(|(state, keys)| BudgetView { state, keys })
-        .collect();
+    let budgets = state.engine.budgets().into_iter().map(|(state, keys)| BudgetView { state, keys }).collect();
     Json(BudgetResponse { budgets })
 }

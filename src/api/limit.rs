@@ -24,12 +24,9 @@ impl HookLimiter {
         }
         let now = Instant::now();
         let capacity = f64::from(burst.max(1));
-        let buckets = (0..=tokens)
-            .map(|_| Mutex::new(TokenBucket::new(capacity, f64::from(per_second), now)))
-            .collect();
-        Self {
-            buckets: Some(buckets),
-        }
+        let buckets =
+            (0..=tokens).map(|_| Mutex::new(TokenBucket::new(capacity, f64::from(per_second), now))).collect();
+        Self { buckets: Some(buckets) }
     }
 
     /// # Errors
@@ -38,21 +35,12 @@ impl HookLimiter {
         let Some(buckets) = &self.buckets else {
             return Ok(());
         };
-        let i = caller
-            .token_index
-            .unwrap_or(buckets.len() - 1)
-            .min(buckets.len() - 1);
+        let i = caller.token_index.unwrap_or(buckets.len() - 1).min(buckets.len() - 1);
         let now = Instant::now();
-        let mut b = buckets[i]
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut b = buckets[i].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         b.try_take(0.0, now).map_err(|at| {
             let secs = at.saturating_duration_since(now).as_secs_f64().ceil();
-            #[allow(
-                clippy::cast_possible_truncation,
-                clippy::cast_sign_loss,
-                reason = "at most 60 s"
-            )]
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "at most 60 s")]
             let retry_after_secs = (secs as u64).max(1);
             ApiError::RateLimited { retry_after_secs }
         })

@@ -75,12 +75,7 @@ impl ApiState {
     }
 
     /// Builds the state from settings and its parts.
-    pub fn new(
-        settings: &Settings,
-        engine: Engine,
-        tokens: Tokens,
-        metrics: PrometheusHandle,
-    ) -> Self {
+    pub fn new(settings: &Settings, engine: Engine, tokens: Tokens, metrics: PrometheusHandle) -> Self {
         let hook_limit = HookLimiter::new(
             settings.hooks.tokens.len() + 1,
             settings.hooks.rate_limit_per_second,
@@ -111,35 +106,22 @@ pub fn router(state: ApiState, settings: &Settings) -> Router {
         .route("/v1/budget", get(budget::budget))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            refuse_while_draining,
-        ))
+        .layer(middleware::from_fn_with_state(state.clone(), refuse_while_draining))
         .layer(DefaultBodyLimit::max(settings.server.max_body_bytes))
         .layer(
             ServiceBuilder::new()
-                .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
-                    ApiError::Timeout
-                }))
+                .layer(HandleErrorLayer::new(|_: tower::BoxError| async { ApiError::Timeout }))
                 .timeout(timeout),
         )
         .layer(middleware::from_fn(record_metrics))
         .with_state(state);
     if !settings.hooks.cors_allowed_origins.is_empty() {
-        let origins: Vec<_> = settings
-            .hooks
-            .cors_allowed_origins
-            .iter()
-            .filter_map(|o| o.parse().ok())
-            .collect();
+        let origins: Vec<_> = settings.hooks.cors_allowed_origins.iter().filter_map(|o| o.parse().ok()).collect();
         app = app.layer(
             CorsLayer::new()
                 .allow_origin(AllowOrigin::list(origins))
                 .allow_methods([axum::http::Method::GET, axum::http::Method::POST])
-                .allow_headers([
-                    axum::http::header::AUTHORIZATION,
-                    axum::http::header::CONTENT_TYPE,
-                ]),
+                .allow_headers([axum::http::header::AUTHORIZATION, axum::http::header::CONTENT_TYPE]),
         );
     }
     app
@@ -153,11 +135,7 @@ async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
 }
 
-async fn refuse_while_draining(
-    State(state): State<ApiState>,
-    req: Request,
-    next: Next,
-) -> Response {
+async fn refuse_while_draining(State(state): State<ApiState>, req: Request, next: Next) -> Response {
     if state.engine.is_draining() {
         return ApiError::ShuttingDown.into_response();
     }
@@ -166,10 +144,7 @@ async fn refuse_while_draining(
 
 async fn record_metrics(req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let route = req.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let resp = next.run(req).await;
     crate::metrics::hook_request(&route, resp.status().as_u16(), started.elapsed());
     resp

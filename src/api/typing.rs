@@ -146,10 +146,7 @@ fn id_error(e: &IdError) -> ApiError {
         IdError::Account { .. } => "invalid_account_id",
         IdError::Chat { .. } => "invalid_chat_id",
     };
-    ApiError::InvalidId {
-        code,
-        message: e.to_string(),
-    }
+    ApiError::InvalidId { code, message: e.to_string() }
 }
 
 /// Parses and authorises the chat of a request.
@@ -163,20 +160,14 @@ fn session_key(
     let account = AccountId::parse(platform, account).map_err(|e| id_error(&e))?;
     let chat = ChatId::parse(platform, &chat.text()).map_err(|e| id_error(&e))?;
     caller.check(&account)?;
-    Ok(SessionKey {
-        platform,
-        account,
-        chat,
-    })
+    Ok(SessionKey { platform, account, chat })
 }
 
 fn chatter(raw: Option<&str>) -> Result<Option<Arc<str>>, ApiError> {
     let Some(id) = raw else { return Ok(None) };
     let ok = !id.is_empty()
         && id.len() <= MAX_CHATTER_ID_LEN
-        && id
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || b"_-.:@".contains(&c));
+        && id.bytes().all(|c| c.is_ascii_alphanumeric() || b"_-.:@".contains(&c));
     if !ok {
         return Err(ApiError::InvalidField(format!(
             "chatter_id must be 1 to {MAX_CHATTER_ID_LEN} characters of letters, digits and _-.:@"
@@ -191,19 +182,13 @@ struct ValidStart {
     lease: Duration,
 }
 
-fn validate_start(
-    state: &ApiState,
-    caller: &Caller,
-    req: &StartRequest,
-) -> Result<ValidStart, ApiError> {
+fn validate_start(state: &ApiState, caller: &Caller, req: &StartRequest) -> Result<ValidStart, ApiError> {
     let key = session_key(caller, req.platform, &req.account_id, &req.chat_id)?;
     let holder = chatter(req.chatter_id.as_deref())?;
     let max = state.max_lifetime;
     let ttl = match req.ttl_ms {
         None => None,
-        Some(ms) if ms >= 100 && u128::from(ms) <= max.as_millis() => {
-            Some(Duration::from_millis(ms))
-        }
+        Some(ms) if ms >= 100 && u128::from(ms) <= max.as_millis() => Some(Duration::from_millis(ms)),
         Some(_) => {
             return Err(ApiError::InvalidField(format!(
                 "ttl_ms must be between 100 and {} (engine.max_lifetime)",
@@ -212,38 +197,26 @@ fn validate_start(
         }
     };
     let lease = ttl.unwrap_or(state.idle_timeout);
-    let cmd = StartCommand {
-        key,
-        holder,
-        priority: req.priority.unwrap_or_default(),
-        ttl,
-        preferred_key: caller.api_key,
-    };
+    let cmd =
+        StartCommand { key, holder, priority: req.priority.unwrap_or_default(), ttl, preferred_key: caller.api_key };
     Ok(ValidStart { cmd, lease })
 }
 
-fn validate_stop(
-    caller: &Caller,
-    req: &StopRequest,
-) -> Result<(SessionKey, Option<Arc<str>>), ApiError> {
+fn validate_stop(caller: &Caller, req: &StopRequest) -> Result<(SessionKey, Option<Arc<str>>), ApiError> {
     let key = session_key(caller, req.platform, &req.account_id, &req.chat_id)?;
     let holder = chatter(req.chatter_id.as_deref())?;
     Ok((key, holder))
 }
 
 fn session_ref(key: &SessionKey) -> SessionRef {
-    SessionRef {
-        platform: key.platform,
-        account_id: key.account.clone(),
-        chat_id: key.chat.clone(),
-    }
+    SessionRef { platform: key.platform, account_id: key.account.clone(), chat_id: key.chat.clone() }
 }
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-fn apply_start(state: &ApiState, v: ValidStart) -> Result<TypingResponse, ApiError> {
+fn apply_start(state: &ApiState, v: &ValidStart) -> Result<TypingResponse, ApiError> {
     let outcome = state.engine.start(v.cmd.clone()).map_err(|e| match e {
         StartError::ShuttingDown => ApiError::ShuttingDown,
         StartError::AtCapacity => ApiError::AtCapacity,
@@ -290,7 +263,7 @@ pub async fn start(
     AppJson(req): AppJson<StartRequest>,
 ) -> Result<Json<TypingResponse>, ApiError> {
     let v = validate_start(&state, &caller, &req)?;
-    apply_start(&state, v).map(Json)
+    apply_start(&state, &v).map(Json)
 }
 
 /// `POST /v1/typing/stop`
@@ -315,10 +288,7 @@ pub async fn batch(
     AppJson(req): AppJson<BatchRequest>,
 ) -> Result<Json<BatchResponse>, ApiError> {
     if req.events.len() > state.max_batch_events {
-        return Err(ApiError::InvalidField(format!(
-            "events: at most {} per batch",
-            state.max_batch_events
-        )));
+        return Err(ApiError::InvalidField(format!("events: at most {} per batch", state.max_batch_events)));
     }
     let mut valid = Vec::with_capacity(req.events.len());
     for (i, event) in req.events.iter().enumerate() {
@@ -331,7 +301,7 @@ pub async fn batch(
     let results = valid
         .into_iter()
         .map(|v| match v {
-            ValidEvent::Start(s) => apply_start(&state, s).unwrap_or_else(|e| error_result(&e)),
+            ValidEvent::Start(s) => apply_start(&state, &s).unwrap_or_else(|e| error_result(&e)),
             ValidEvent::Stop(k, h) => apply_stop(&state, &k, h.as_deref()),
         })
         .collect();
@@ -341,10 +311,9 @@ pub async fn batch(
 fn prefix_index(i: usize, e: ApiError) -> ApiError {
     match e {
         ApiError::InvalidField(m) => ApiError::InvalidField(format!("events[{i}]: {m}")),
-        ApiError::InvalidId { code, message } => ApiError::InvalidId {
-            code,
-            message: format!("events[{i}]: {message}"),
-        },
+        ApiError::InvalidId { code, message } => {
+            ApiError::InvalidId { code, message: format!("events[{i}]: {message}") }
+        }
         other => other,
     }
 }
@@ -365,8 +334,5 @@ fn error_result(e: &ApiError) -> TypingResponse {
 /// `GET /v1/typing/sessions`
 pub async fn sessions(State(state): State<ApiState>, caller: Caller) -> Json<SessionsResponse> {
     let sessions = state.engine.sessions(|a| caller.accounts.allows(a));
-    Json(SessionsResponse {
-        count: sessions.len(),
-        sessions,
-    })
+    Json(SessionsResponse { count: sessions.len(), sessions })
 }

@@ -26,11 +26,8 @@ pub(crate) async fn fire(
     budget: BudgetIndex,
     launched_at: Instant,
 ) {
-    let still_wanted = !shared.draining.load(Ordering::Acquire)
-        && shared
-            .table
-            .with_generation(&key, generation, |_| ())
-            .is_some();
+    let still_wanted =
+        !shared.draining.load(Ordering::Acquire) && shared.table.with_generation(&key, generation, |_| ()).is_some();
     if !still_wanted {
         return;
     }
@@ -43,9 +40,7 @@ pub(crate) async fn fire(
     let lifetime = shared.platform(key.platform).indicator_lifetime;
     match &outcome.result {
         Ok(()) => {
-            shared
-                .budgets
-                .with(budget, crate::budget::BudgetState::succeeded);
+            shared.budgets.with(budget, crate::budget::BudgetState::succeeded);
             let gap = shared.table.with_generation(&key, generation, |s| {
                 s.in_flight = false;
                 s.lit(launched_at, lifetime)
@@ -61,22 +56,13 @@ pub(crate) async fn fire(
             match e.kind() {
                 ErrorKind::RateLimited { retry_after } => {
                     let jitter: f64 = rand::random();
-                    shared
-                        .budgets
-                        .with(budget, |b| b.rate_limited(retry_after, jitter, now));
-                    tracing::warn!(
-                        budget,
-                        ?retry_after,
-                        "upstream rate limited typing; pausing the budget"
-                    );
+                    shared.budgets.with(budget, |b| b.rate_limited(retry_after, jitter, now));
+                    tracing::warn!(budget, ?retry_after, "upstream rate limited typing; pausing the budget");
                 }
                 ErrorKind::Unauthorized => {
                     shared.keys.refuse(api_key, now);
                     let name = shared.keys.get(api_key).map_or("?", |k| k.name.as_str());
-                    tracing::error!(
-                        api_key = name,
-                        "upstream refused the api key (401); ending its sessions"
-                    );
+                    tracing::error!(api_key = name, "upstream refused the api key (401); ending its sessions");
                     for (k, g) in shared.table.keys_where(|_, s| s.api_key == api_key) {
                         if let Some(s) = shared.table.remove_if_generation(&k, g) {
                             shared.ended(&s, EndReason::Unauthorized, now);
@@ -103,9 +89,7 @@ pub(crate) async fn fire(
                     tracing::debug!(account = %key.account, chat = %key.chat, error = %e, "typing call failed; skipping this beat");
                 }
             }
-            shared
-                .table
-                .with_generation(&key, generation, |s| s.in_flight = false);
+            shared.table.with_generation(&key, generation, |s| s.in_flight = false);
         }
     }
 }

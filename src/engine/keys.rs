@@ -51,20 +51,13 @@ impl KeyRing {
             })
             .collect();
         let refused_until = Mutex::new(vec![None; keys.len()]);
-        Self {
-            keys,
-            refused_until,
-        }
+        Self { keys, refused_until }
     }
 
     /// The key for `account`: `preferred` when it covers the account, else the first key
     /// naming the account explicitly, else the first key covering all accounts.
     pub fn resolve(&self, account: &AccountId, preferred: Option<KeyIndex>) -> Option<KeyIndex> {
-        if let Some(i) = preferred.filter(|i| {
-            self.keys
-                .get(*i)
-                .is_some_and(|k| k.accounts.allows(account))
-        }) {
+        if let Some(i) = preferred.filter(|i| self.keys.get(*i).is_some_and(|k| k.accounts.allows(account))) {
             return Some(i);
         }
         self.keys
@@ -90,10 +83,7 @@ impl KeyRing {
 
     /// Marks key `i` refused from `now`.
     pub fn refuse(&self, i: KeyIndex, now: Instant) {
-        let mut r = self
-            .refused_until
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut r = self.refused_until.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(slot) = r.get_mut(i) {
             *slot = Some(now + REFUSED_FOR);
         }
@@ -101,10 +91,7 @@ impl KeyRing {
 
     /// Whether key `i` is refused at `now`.
     pub fn is_refused(&self, i: KeyIndex, now: Instant) -> bool {
-        let r = self
-            .refused_until
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let r = self.refused_until.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         r.get(i).copied().flatten().is_some_and(|until| now < until)
     }
 }

@@ -147,9 +147,7 @@ pub struct Engine {
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine")
-            .field("sessions", &self.shared.table.len())
-            .finish_non_exhaustive()
+        f.debug_struct("Engine").field("sessions", &self.shared.table.len()).finish_non_exhaustive()
     }
 }
 
@@ -157,12 +155,7 @@ impl std::fmt::Debug for Engine {
 
 impl Engine {
     /// Builds the engine and its scheduler; run the scheduler with [`Scheduler::run`].
-    pub fn new(
-        cfg: EngineConfig,
-        upstream: Arc<dyn Upstream>,
-        budgets: Budgets,
-        keys: KeyRing,
-    ) -> (Self, Scheduler) {
+    pub fn new(cfg: EngineConfig, upstream: Arc<dyn Upstream>, budgets: Budgets, keys: KeyRing) -> (Self, Scheduler) {
         let (tx, rx) = mpsc::unbounded_channel();
         let in_flight = Arc::new(Semaphore::new(cfg.engine.max_in_flight));
         let shared = Arc::new(Shared {
@@ -191,46 +184,31 @@ impl Engine {
         if s.draining.load(Ordering::Acquire) {
             return Err(StartError::ShuttingDown);
         }
-        let api_key = s
-            .keys
-            .resolve(&cmd.key.account, cmd.preferred_key)
-            .ok_or(StartError::NoApiKey)?;
+        let api_key = s.keys.resolve(&cmd.key.account, cmd.preferred_key).ok_or(StartError::NoApiKey)?;
         let now = Instant::now();
         if s.keys.is_refused(api_key, now) {
             return Err(StartError::KeyRefused);
         }
         let budget = s.keys.get(api_key).map_or(0, |k| k.budget);
-        let ttl = cmd
-            .ttl
-            .unwrap_or(s.cfg.engine.idle_timeout)
-            .min(s.cfg.engine.max_lifetime);
-        let holder = Holder {
-            id: cmd.holder,
-            lease_until: now + ttl,
-        };
+        let ttl = cmd.ttl.unwrap_or(s.cfg.engine.idle_timeout).min(s.cfg.engine.max_lifetime);
+        let holder = Holder { id: cmd.holder, lease_until: now + ttl };
         let generation = &s.generation;
         let max_lifetime = s.cfg.engine.max_lifetime;
-        let upsert = s.table.upsert(
-            cmd.key.clone(),
-            holder,
-            cmd.priority,
-            s.cfg.engine.max_sessions,
-            || Session {
-                generation: generation.fetch_add(1, Ordering::Relaxed),
-                api_key,
-                budget,
-                priority: cmd.priority,
-                started_at: now,
-                max_until: now + max_lifetime,
-                holders: Vec::new(),
-                next_due: now,
-                in_flight: false,
-                first_sent: false,
-                lit_until: None,
-                lit_total: Duration::ZERO,
-                gaps: 0,
-            },
-        );
+        let upsert = s.table.upsert(cmd.key.clone(), holder, cmd.priority, s.cfg.engine.max_sessions, || Session {
+            generation: generation.fetch_add(1, Ordering::Relaxed),
+            api_key,
+            budget,
+            priority: cmd.priority,
+            started_at: now,
+            max_until: now + max_lifetime,
+            holders: Vec::new(),
+            next_due: now,
+            in_flight: false,
+            first_sent: false,
+            lit_until: None,
+            lit_total: Duration::ZERO,
+            gaps: 0,
+        });
         let outcome = match upsert {
             Upsert::Full => return Err(StartError::AtCapacity),
             Upsert::Inserted { generation } => {
@@ -238,11 +216,7 @@ impl Engine {
                 metrics::sessions_active(s.table.len());
                 // The scheduler owns deadlines; a send error means it has stopped (shutdown),
                 // and the session then ends with the process.
-                let _ = s.commands.send(scheduler::Command::Due {
-                    key: cmd.key.clone(),
-                    generation,
-                    due: now,
-                });
+                let _ = s.commands.send(scheduler::Command::Due { key: cmd.key.clone(), generation, due: now });
                 StartOutcome::Started
             }
             Upsert::Refreshed => StartOutcome::Refreshed,
@@ -258,8 +232,7 @@ impl Engine {
         match self.shared.table.release(key, holder) {
             None => StopOutcome::NotFound,
             Some(Ok(session)) => {
-                self.shared
-                    .ended(&session, EndReason::Stopped, Instant::now());
+                self.shared.ended(&session, EndReason::Stopped, Instant::now());
                 StopOutcome::Stopped
             }
             Some(Err(holders)) => StopOutcome::Released { holders },
@@ -286,11 +259,7 @@ impl Engine {
                 platform: k.platform,
                 account_id: k.account.clone(),
                 chat_id: k.chat.clone(),
-                holders: s
-                    .holders
-                    .iter()
-                    .map(|h| h.id.as_deref().map(str::to_owned))
-                    .collect(),
+                holders: s.holders.iter().map(|h| h.id.as_deref().map(str::to_owned)).collect(),
                 priority: s.priority,
                 age_ms: millis(now.saturating_duration_since(s.started_at)),
                 expires_in_ms: millis(s.expires_at().saturating_duration_since(now)),
@@ -306,9 +275,7 @@ impl Engine {
 
     /// Pauses typing for `account` until resumed (probing again after `probe_after`).
     pub fn pause_account(&self, account: &AccountId, cause: PauseCause, probe_after: Duration) {
-        self.shared
-            .readiness
-            .pause(account, cause, Instant::now() + probe_after);
+        self.shared.readiness.pause(account, cause, Instant::now() + probe_after);
     }
 
     /// Resumes typing for `account`. Returns whether it was paused.
@@ -333,14 +300,8 @@ impl Engine {
         (0..self.shared.budgets.len())
             .filter_map(|i| {
                 let snap = self.shared.budgets.with(i, |b| b.snapshot(interval, now))?;
-                let keys = self
-                    .shared
-                    .keys
-                    .entries()
-                    .iter()
-                    .filter(|k| k.budget == i)
-                    .map(|k| k.name.clone())
-                    .collect();
+                let keys =
+                    self.shared.keys.entries().iter().filter(|k| k.budget == i).map(|k| k.name.clone()).collect();
                 Some((snap, keys))
             })
             .collect()

@@ -89,9 +89,6 @@ impl Readiness {
 
     /// Every paused account.
     pub fn list(&self) -> Vec<(AccountId, Paused)> {
-        self.paused
-            .iter()
-            .map(|e| (e.key().clone(), *e.value()))
-            .collect()
+        self.paused.iter().map(|e| (e.key().clone(), *e.value())).collect()
     }
 }

@@ -103,9 +103,7 @@ pub struct Scheduler {
 
 impl std::fmt::Debug for Scheduler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Scheduler")
-            .field("queued", &self.heap.len())
-            .finish_non_exhaustive()
+        f.debug_struct("Scheduler").field("queued", &self.heap.len()).finish_non_exhaustive()
     }
 }
 
@@ -113,9 +111,7 @@ impl std::fmt::Debug for Scheduler {
 
 impl Scheduler {
     pub(crate) fn new(shared: Arc<Shared>, rx: mpsc::UnboundedReceiver<Command>) -> Self {
-        let waiting = (0..shared.budgets.len().max(1))
-            .map(|_| Waiting::default())
-            .collect();
+        let waiting = (0..shared.budgets.len().max(1)).map(|_| Waiting::default()).collect();
         Self {
             shared,
             rx,
@@ -158,31 +154,20 @@ impl Scheduler {
                 _ = gauges.tick() => self.update_gauges(),
             }
         }
-        self.shared
-            .draining
-            .store(true, std::sync::atomic::Ordering::Release);
+        self.shared.draining.store(true, std::sync::atomic::Ordering::Release);
         self.tasks.close();
         self.tasks.wait().await;
     }
 
     fn accept(&mut self, cmd: Command) {
         match cmd {
-            Command::Due {
-                key,
-                generation,
-                due,
-            } => self.push(key, generation, due),
+            Command::Due { key, generation, due } => self.push(key, generation, due),
         }
     }
 
     fn push(&mut self, key: SessionKey, generation: u64, due: Instant) {
         self.seq += 1;
-        self.heap.push(Reverse(Entry {
-            due,
-            seq: self.seq,
-            key,
-            generation,
-        }));
+        self.heap.push(Reverse(Entry { due, seq: self.seq, key, generation }));
     }
 
     fn next_wake(&self) -> Option<Instant> {
@@ -226,39 +211,27 @@ impl Scheduler {
     fn verdict(&self, entry: &Entry, now: Instant) -> Verdict {
         let shared = &self.shared;
         let bound = shared.cfg.budget.starvation_bound;
-        let v = shared
-            .table
-            .with_generation(&entry.key, entry.generation, |s| {
-                if s.next_due != entry.due {
-                    return Verdict::Stale;
-                }
-                if now >= s.max_until {
-                    return Verdict::Expired(EndReason::MaxLifetime);
-                }
-                if now >= s.expires_at() {
-                    return Verdict::Expired(EndReason::Idle);
-                }
-                if s.in_flight {
-                    return Verdict::PreviousInFlight;
-                }
-                let starved = s
-                    .lit_until
-                    .is_some_and(|u| now.saturating_duration_since(u) >= bound);
-                let class = if !s.first_sent || s.priority == Priority::High || starved {
-                    Class::Priority
-                } else {
-                    Class::Normal
-                };
-                Verdict::Ready {
-                    budget: s.budget,
-                    class,
-                }
-            });
+        let v = shared.table.with_generation(&entry.key, entry.generation, |s| {
+            if s.next_due != entry.due {
+                return Verdict::Stale;
+            }
+            if now >= s.max_until {
+                return Verdict::Expired(EndReason::MaxLifetime);
+            }
+            if now >= s.expires_at() {
+                return Verdict::Expired(EndReason::Idle);
+            }
+            if s.in_flight {
+                return Verdict::PreviousInFlight;
+            }
+            let starved = s.lit_until.is_some_and(|u| now.saturating_duration_since(u) >= bound);
+            let class =
+                if !s.first_sent || s.priority == Priority::High || starved { Class::Priority } else { Class::Normal };
+            Verdict::Ready { budget: s.budget, class }
+        });
         match v {
             None => Verdict::Stale,
-            Some(Verdict::Ready { budget, class })
-                if shared.readiness.blocks(&entry.key.account, now) =>
-            {
+            Some(Verdict::Ready { budget, class }) if shared.readiness.blocks(&entry.key.account, now) => {
                 let _ = (budget, class);
                 Verdict::AccountPaused
             }
@@ -280,7 +253,13 @@ impl Scheduler {
             }
             Verdict::Ready { budget, class } => {
                 let w = &self.waiting[budget.min(self.waiting.len() - 1)];
-                if !w.priority.is_empty() || !w.normal.is_empty() {
+                // A priority call only queues behind other priority calls: it may be paid
+                // where normal refires cannot (reserved tokens and window slots).
+                let behind = match class {
+                    Class::Priority => !w.priority.is_empty(),
+                    Class::Normal => !w.priority.is_empty() || !w.normal.is_empty(),
+                };
+                if behind {
                     // Others on this budget were due first: queue behind them.
                     metrics::refire_skipped(SkipReason::Budget);
                     self.enqueue(budget, class, entry);
@@ -300,25 +279,14 @@ impl Scheduler {
     }
 
     /// Asks `budget` for a token; launches on success, queues on refusal.
-    fn try_pay(
-        &mut self,
-        budget: usize,
-        class: Class,
-        entry: Entry,
-        now: Instant,
-        count: bool,
-    ) -> bool {
+    fn try_pay(&mut self, budget: usize, class: Class, entry: Entry, now: Instant, count: bool) -> bool {
         let Some(permit) = self.take_permit() else {
             // Keep the entry first in line and wait for a permit.
             self.heap.push(Reverse(entry));
             self.blocked = true;
             return false;
         };
-        let paid = self
-            .shared
-            .budgets
-            .with(budget, |b| b.try_acquire(class, now))
-            .unwrap_or(Ok(()));
+        let paid = self.shared.budgets.with(budget, |b| b.try_acquire(class, now)).unwrap_or(Ok(()));
         match paid {
             Ok(()) => {
                 self.launch(entry, permit, now);
@@ -333,7 +301,8 @@ impl Scheduler {
                     });
                 }
                 let i = budget.min(self.waiting.len() - 1);
-                self.waiting[i].wake = Some(denied.retry_at());
+                let retry = denied.retry_at();
+                self.waiting[i].wake = Some(self.waiting[i].wake.map_or(retry, |w| w.min(retry)));
                 self.enqueue(budget, class, entry);
                 false
             }
@@ -344,12 +313,19 @@ impl Scheduler {
     fn drain_budget(&mut self, b: usize, now: Instant) {
         self.waiting[b].wake = None;
         loop {
-            let from_priority = !self.waiting[b].priority.is_empty();
-            let next = if from_priority {
-                self.waiting[b].priority.pop_front()
-            } else {
-                self.waiting[b].normal.pop_front()
+            // Priority first, except that a normal entry which has starved meanwhile (and so
+            // now counts as priority) keeps its place in due order.
+            let w = &self.waiting[b];
+            let from_normal = match (w.priority.front(), w.normal.front()) {
+                (None, None) => return,
+                (None, Some(_)) => true,
+                (Some(_), None) => false,
+                (Some(p), Some(n)) => {
+                    n.due < p.due && matches!(self.verdict(n, now), Verdict::Ready { class: Class::Priority, .. })
+                }
             };
+            let w = &mut self.waiting[b];
+            let next = if from_normal { w.normal.pop_front() } else { w.priority.pop_front() };
             let Some(entry) = next else { return };
             match self.verdict(&entry, now) {
                 Verdict::Stale => {}
@@ -382,32 +358,23 @@ impl Scheduler {
     }
 
     fn take_permit(&mut self) -> Option<OwnedSemaphorePermit> {
-        self.permit
-            .take()
-            .or_else(|| Arc::clone(&self.shared.in_flight).try_acquire_owned().ok())
+        self.permit.take().or_else(|| Arc::clone(&self.shared.in_flight).try_acquire_owned().ok())
     }
 
     /// Moves a skipped entry's deadline one interval on (or to its expiry, if sooner).
     fn reschedule(&mut self, entry: Entry, now: Instant) {
         let interval = self.shared.platform(entry.key.platform).refire_interval;
-        let next = self
-            .shared
-            .table
-            .with_generation(&entry.key, entry.generation, |s| {
-                s.next_due = (now + interval).min(s.expires_at().max(now));
-                s.next_due
-            });
+        let next = self.shared.table.with_generation(&entry.key, entry.generation, |s| {
+            s.next_due = (now + interval).min(s.expires_at().max(now));
+            s.next_due
+        });
         if let Some(due) = next {
             self.push(entry.key, entry.generation, due);
         }
     }
 
     fn expire(&mut self, entry: &Entry, reason: EndReason, now: Instant) {
-        if let Some(session) = self
-            .shared
-            .table
-            .remove_if_generation(&entry.key, entry.generation)
-        {
+        if let Some(session) = self.shared.table.remove_if_generation(&entry.key, entry.generation) {
             self.shared.ended(&session, reason, now);
         }
     }
@@ -415,15 +382,12 @@ impl Scheduler {
     /// Launches the typing call of `entry` now.
     fn launch(&mut self, entry: Entry, permit: OwnedSemaphorePermit, now: Instant) {
         let cadence = self.shared.platform(entry.key.platform);
-        let launched = self
-            .shared
-            .table
-            .with_generation(&entry.key, entry.generation, |s| {
-                s.in_flight = true;
-                s.first_sent = true;
-                s.next_due = (now + cadence.refire_interval).min(s.expires_at().max(now));
-                (s.next_due, s.api_key, s.budget)
-            });
+        let launched = self.shared.table.with_generation(&entry.key, entry.generation, |s| {
+            s.in_flight = true;
+            s.first_sent = true;
+            s.next_due = (now + cadence.refire_interval).min(s.expires_at().max(now));
+            (s.next_due, s.api_key, s.budget)
+        });
         let Some((next_due, api_key, budget)) = launched else {
             return;
         };
@@ -453,9 +417,7 @@ impl Scheduler {
                 );
             }
         }
-        metrics::in_flight(
-            self.shared.cfg.engine.max_in_flight - self.shared.in_flight.available_permits(),
-        );
+        metrics::in_flight(self.shared.cfg.engine.max_in_flight - self.shared.in_flight.available_permits());
         metrics::sessions_active(self.shared.table.len());
     }
 }

@@ -75,12 +75,7 @@ pub struct Session {
 impl Session {
     /// When its last lease runs out or its lifetime ends, whichever is first.
     pub fn expires_at(&self) -> Instant {
-        let lease = self
-            .holders
-            .iter()
-            .map(|h| h.lease_until)
-            .max()
-            .unwrap_or(self.started_at);
+        let lease = self.holders.iter().map(|h| h.lease_until).max().unwrap_or(self.started_at);
         lease.min(self.max_until)
     }
 
@@ -90,9 +85,7 @@ impl Session {
         if composing.is_zero() {
             return None;
         }
-        let overhang = self
-            .lit_until
-            .map_or(Duration::ZERO, |u| u.saturating_duration_since(end));
+        let overhang = self.lit_until.map_or(Duration::ZERO, |u| u.saturating_duration_since(end));
         let lit = self.lit_total.saturating_sub(overhang);
         Some((lit.as_secs_f64() / composing.as_secs_f64()).clamp(0.0, 1.0))
     }
@@ -179,9 +172,7 @@ impl SessionTable {
                     None => {
                         if s.holders.len() >= MAX_HOLDERS {
                             // Replace the holder whose lease ends first.
-                            if let Some(i) =
-                                (0..s.holders.len()).min_by_key(|i| s.holders[*i].lease_until)
-                            {
+                            if let Some(i) = (0..s.holders.len()).min_by_key(|i| s.holders[*i].lease_until) {
                                 s.holders.swap_remove(i);
                             }
                         }
@@ -204,11 +195,7 @@ impl SessionTable {
 
     /// Releases `holder`. Returns `None` when there is no session, `Some(None)` when the session
     /// ended (it is returned), `Some(Some(n))` when `n` holders remain.
-    pub fn release(
-        &self,
-        key: &SessionKey,
-        holder: Option<&str>,
-    ) -> Option<Result<Session, usize>> {
+    pub fn release(&self, key: &SessionKey, holder: Option<&str>) -> Option<Result<Session, usize>> {
         let mut ended = None;
         let remaining = {
             let mut s = self.map.get_mut(key)?;
@@ -257,22 +244,12 @@ impl SessionTable {
 
     /// Copies out a summary of every session `filter` accepts.
     pub fn collect<T>(&self, mut f: impl FnMut(&SessionKey, &Session) -> Option<T>) -> Vec<T> {
-        self.map
-            .iter()
-            .filter_map(|e| f(e.key(), e.value()))
-            .collect()
+        self.map.iter().filter_map(|e| f(e.key(), e.value())).collect()
     }
 
     /// Keys (and generations) of every session `pred` accepts.
-    pub fn keys_where(
-        &self,
-        mut pred: impl FnMut(&SessionKey, &Session) -> bool,
-    ) -> Vec<(SessionKey, u64)> {
-        self.map
-            .iter()
-            .filter(|e| pred(e.key(), e.value()))
-            .map(|e| (e.key().clone(), e.generation))
-            .collect()
+    pub fn keys_where(&self, mut pred: impl FnMut(&SessionKey, &Session) -> bool) -> Vec<(SessionKey, u64)> {
+        self.map.iter().filter(|e| pred(e.key(), e.value())).map(|e| (e.key().clone(), e.generation)).collect()
     }
 }
 

@@ -1,1 +1,310 @@
-//! Engine tests on paused time.
+//! Engine tests on paused tokio time with a fake upstream that records every call: cadence,
+//! stop, leases, lifetimes, generations and upstream outcomes, without sockets or sleeping.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use secrecy::SecretString;
+use tokio::time::{Instant, sleep};
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::budget::Budgets;
+use crate::config::{AccountScope, ApiKey, BudgetSettings, EngineSettings, PlatformsSettings};
+use crate::ids::{AccountId, ChatId, Platform, SessionKey};
+use crate::upstream::{BoxFuture, KeyIndex, Outcome, Upstream, UpstreamError};
+
+/// Records each call's instant and answers with the configured status after `latency`.
+#[derive(Default)]
+struct FakeUpstream {
+    calls: Mutex<Vec<(String, Instant)>>,
+    /// 0 means 200.
+    status: Mutex<u16>,
+    latency: Mutex<Duration>,
+}
+
+impl FakeUpstream {
+    fn calls_for(&self, chat: &str) -> Vec<Instant> {
+        self.calls.lock().unwrap().iter().filter(|(c, _)| c == chat).map(|(_, t)| *t).collect()
+    }
+}
+
+impl Upstream for FakeUpstream {
+    fn typing(&self, key: &SessionKey, _api_key: KeyIndex) -> BoxFuture<Outcome> {
+        self.calls.lock().unwrap().push((key.chat.to_string(), Instant::now()));
+        let status = *self.status.lock().unwrap();
+        let latency = *self.latency.lock().unwrap();
+        Box::pin(async move {
+            sleep(latency).await;
+            let result = if status == 0 || status == 200 {
+                Ok(())
+            } else {
+                Err(UpstreamError::Status { status, retry_after: None })
+            };
+            Outcome { result, rate_limits: None, elapsed: latency }
+        })
+    }
+}
+
+struct Harness {
+    engine: Engine,
+    fake: Arc<FakeUpstream>,
+    stop: CancellationToken,
+    t0: Instant,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+fn harness_with(engine: EngineSettings, budget: BudgetSettings) -> Harness {
+    let fake = Arc::new(FakeUpstream::default());
+    let keys = vec![ApiKey {
+        name: "default".into(),
+        budget: "default".into(),
+        accounts: AccountScope::All,
+        secret: SecretString::from("k".to_owned()),
+    }];
+    let budgets = Budgets::new(&["default".to_owned()], &budget, Instant::now());
+    let ring = KeyRing::new(&keys, &budgets);
+    let cfg = EngineConfig {
+        engine,
+        platforms: PlatformsSettings::default(),
+        budget,
+        unavailable_pause: Duration::from_secs(30),
+    };
+    let upstream: Arc<dyn Upstream> = fake.clone();
+    let (engine, scheduler) = Engine::new(cfg, upstream, budgets, ring);
+    let stop = CancellationToken::new();
+    tokio::spawn(scheduler.run(stop.clone()));
+    Harness { engine, fake, stop, t0: Instant::now() }
+}
+
+fn harness() -> Harness {
+    let budget = BudgetSettings { limit_per_minute: 1_000_000, burst: 1000, ..BudgetSettings::default() };
+    harness_with(EngineSettings::default(), budget)
+}
+
+fn key(chat: &str) -> SessionKey {
+    SessionKey {
+        platform: Platform::Onlyfans,
+        account: AccountId::parse(Platform::Onlyfans, "acct_abc").unwrap(),
+        chat: ChatId::parse(Platform::Onlyfans, chat).unwrap(),
+    }
+}
+
+fn start_cmd(chat: &str) -> StartCommand {
+    StartCommand { key: key(chat), holder: None, priority: Priority::Normal, ttl: None, preferred_key: None }
+}
+
+fn offsets(h: &Harness, chat: &str) -> Vec<u128> {
+    h.fake.calls_for(chat).iter().map(|t| t.duration_since(h.t0).as_millis()).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn fires_at_once_then_every_interval_and_never_after_stop() {
+    let h = harness();
+    assert_eq!(h.engine.start(start_cmd("1")), Ok(StartOutcome::Started));
+    sleep(Duration::from_millis(8000)).await;
+    assert_eq!(h.engine.stop(&key("1"), None), StopOutcome::Stopped);
+    sleep(Duration::from_secs(20)).await;
+    assert_eq!(offsets(&h, "1"), vec![0, 3500, 7000]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refresh_does_not_add_a_second_cadence() {
+    let h = harness();
+    h.engine.start(start_cmd("1")).unwrap();
+    for _ in 0..10 {
+        sleep(Duration::from_millis(900)).await;
+        assert_eq!(h.engine.start(start_cmd("1")), Ok(StartOutcome::Refreshed));
+    }
+    h.engine.stop(&key("1"), None);
+    assert_eq!(offsets(&h, "1"), vec![0, 3500, 7000]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restart_after_stop_is_a_new_generation_with_one_cadence() {
+    let h = harness();
+    h.engine.start(start_cmd("1")).unwrap();
+    sleep(Duration::from_millis(1000)).await;
+    h.engine.stop(&key("1"), None);
+    // The old deadline (3.5 s) is still queued; the new session must not inherit it.
+    h.engine.start(start_cmd("1")).unwrap();
+    sleep(Duration::from_millis(5000)).await;
+    h.engine.stop(&key("1"), None);
+    assert_eq!(offsets(&h, "1"), vec![0, 1000, 4500]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_idle_lease_ends_a_session_without_stop() {
+    let h = harness();
+    h.engine.start(start_cmd("1")).unwrap();
+    sleep(Duration::from_secs(31)).await;
+    assert_eq!(h.engine.active_count(), 0);
+    let calls = offsets(&h, "1");
+    assert_eq!(*calls.last().unwrap(), 28_000, "last refire before the 30 s lease: {calls:?}");
+    sleep(Duration::from_secs(10)).await;
+    assert_eq!(offsets(&h, "1").len(), calls.len());
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_lifetime_caps_a_session_that_keeps_being_refreshed() {
+    let engine = EngineSettings { max_lifetime: Duration::from_secs(20), ..EngineSettings::default() };
+    let budget = BudgetSettings { limit_per_minute: 1_000_000, burst: 1000, ..BudgetSettings::default() };
+    let h = harness_with(engine, budget);
+    h.engine.start(start_cmd("1")).unwrap();
+    let mut ended_at = None;
+    for i in 1..=50u64 {
+        sleep(Duration::from_millis(500)).await;
+        if h.engine.active_count() == 0 && ended_at.is_none() {
+            ended_at = Some(i * 500);
+        }
+        if ended_at.is_none() {
+            h.engine.start(start_cmd("1")).unwrap();
+        }
+    }
+    // Ended at the 20 s cap (seen at the first check at or after it).
+    assert!(matches!(ended_at, Some(20_000 | 20_500)), "{ended_at:?}");
+    assert!(offsets(&h, "1").iter().all(|t| *t < 20_000));
+}
+
+#[tokio::test(start_paused = true)]
+async fn two_holders_share_one_session() {
+    let h = harness();
+    let mut a = start_cmd("1");
+    a.holder = Some(Arc::from("alice"));
+    let mut b = start_cmd("1");
+    b.holder = Some(Arc::from("bob"));
+    assert_eq!(h.engine.start(a), Ok(StartOutcome::Started));
+    assert_eq!(h.engine.start(b), Ok(StartOutcome::Refreshed));
+    sleep(Duration::from_millis(4000)).await;
+    assert_eq!(h.engine.stop(&key("1"), Some("alice")), StopOutcome::Released { holders: 1 });
+    sleep(Duration::from_millis(4000)).await;
+    assert_eq!(h.engine.stop(&key("1"), Some("bob")), StopOutcome::Stopped);
+    sleep(Duration::from_millis(10_000)).await;
+    assert_eq!(offsets(&h, "1"), vec![0, 3500, 7000]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_answer_shifts_nothing_and_causes_no_burst() {
+    let h = harness();
+    *h.fake.latency.lock().unwrap() = Duration::from_millis(1500);
+    h.engine.start(start_cmd("1")).unwrap();
+    sleep(Duration::from_millis(11_000)).await;
+    h.engine.stop(&key("1"), None);
+    // Launch times stay on the 3.5 s grid measured from the previous send.
+    assert_eq!(offsets(&h, "1"), vec![0, 3500, 7000, 10_500]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_401_ends_every_session_of_the_key() {
+    let h = harness();
+    *h.fake.status.lock().unwrap() = 401;
+    h.engine.start(start_cmd("1")).unwrap();
+    h.engine.start(start_cmd("2")).unwrap();
+    sleep(Duration::from_millis(100)).await;
+    assert_eq!(h.engine.active_count(), 0);
+    assert_eq!(h.engine.start(start_cmd("3")), Err(StartError::KeyRefused));
+    sleep(Duration::from_secs(61)).await;
+    // After REFUSED_FOR the key may be tried again.
+    *h.fake.status.lock().unwrap() = 0;
+    assert_eq!(h.engine.start(start_cmd("3")), Ok(StartOutcome::Started));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_404_ends_that_session_and_a_503_pauses_the_account() {
+    let h = harness();
+    *h.fake.status.lock().unwrap() = 404;
+    h.engine.start(start_cmd("1")).unwrap();
+    sleep(Duration::from_millis(100)).await;
+    assert_eq!(h.engine.active_count(), 0);
+    *h.fake.status.lock().unwrap() = 503;
+    h.engine.start(start_cmd("2")).unwrap();
+    sleep(Duration::from_millis(100)).await;
+    assert!(matches!(h.engine.start(start_cmd("2")), Ok(StartOutcome::Paused(PauseCause::Reauthenticating))));
+    sleep(Duration::from_secs(20)).await;
+    assert_eq!(offsets(&h, "2").len(), 1, "nothing is sent while the account is paused");
+    // The chatter is still composing: the lease is refreshed while paused.
+    assert!(matches!(h.engine.start(start_cmd("2")), Ok(StartOutcome::Paused(_))));
+    *h.fake.status.lock().unwrap() = 0;
+    // The probe after the 30 s pause succeeds and the account resumes.
+    sleep(Duration::from_secs(15)).await;
+    assert!(offsets(&h, "2").len() >= 3, "{:?}", offsets(&h, "2"));
+    assert!(h.engine.paused_accounts().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_session_cap_refuses_new_chats_but_refreshes_live_ones() {
+    let engine = EngineSettings { max_sessions: 2, ..EngineSettings::default() };
+    let budget = BudgetSettings { limit_per_minute: 1_000_000, burst: 1000, ..BudgetSettings::default() };
+    let h = harness_with(engine, budget);
+    h.engine.start(start_cmd("1")).unwrap();
+    h.engine.start(start_cmd("2")).unwrap();
+    assert_eq!(h.engine.start(start_cmd("3")), Err(StartError::AtCapacity));
+    assert_eq!(h.engine.start(start_cmd("1")), Ok(StartOutcome::Refreshed));
+}
+
+#[tokio::test(start_paused = true)]
+async fn in_flight_calls_never_exceed_the_cap() {
+    let engine = EngineSettings { max_in_flight: 3, ..EngineSettings::default() };
+    let budget = BudgetSettings { limit_per_minute: 1_000_000, burst: 1000, ..BudgetSettings::default() };
+    let h = harness_with(engine, budget);
+    *h.fake.latency.lock().unwrap() = Duration::from_millis(1000);
+    for i in 0..9 {
+        h.engine.start(start_cmd(&format!("{}", 10 + i))).unwrap();
+    }
+    let mut most = 0;
+    for _ in 0..40 {
+        sleep(Duration::from_millis(100)).await;
+        most = most.max(h.engine.in_flight());
+    }
+    assert_eq!(most, 3);
+    // Nine sessions, three at a time, one second each: every session got its first call.
+    for i in 0..9 {
+        assert!(!h.fake.calls_for(&format!("{}", 10 + i)).is_empty());
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_short_budget_serves_new_sessions_first_and_starves_nobody() {
+    // 60 per minute (share 0.5 of 120), burst 10: far below 20 sessions at 17 calls a minute.
+    let budget = BudgetSettings { limit_per_minute: 120, ..BudgetSettings::default() };
+    let h =
+        harness_with(EngineSettings { idle_timeout: Duration::from_secs(600), ..EngineSettings::default() }, budget);
+    for i in 0..20 {
+        h.engine.start(start_cmd(&format!("{}", 100 + i))).unwrap();
+        sleep(Duration::from_millis(300)).await;
+    }
+    // A newcomer gets its first indicator within a second although the budget is saturated.
+    sleep(Duration::from_secs(30)).await;
+    let newcomer = h.engine.start(start_cmd("999"));
+    let asked = Instant::now();
+    assert_eq!(newcomer, Ok(StartOutcome::Started));
+    sleep(Duration::from_secs(1)).await;
+    let first = h.fake.calls_for("999");
+    assert!(!first.is_empty() && first[0].duration_since(asked) <= Duration::from_secs(1));
+    sleep(Duration::from_secs(60)).await;
+    // Over 60 s: at most 60 calls in total, and every session lit at least every N seconds.
+    let end = Instant::now();
+    let window: usize = (0..20)
+        .map(|i| {
+            h.fake
+                .calls_for(&format!("{}", 100 + i))
+                .iter()
+                .filter(|t| end.duration_since(**t) < Duration::from_secs(60))
+                .count()
+        })
+        .sum::<usize>()
+        + h.fake.calls_for("999").iter().filter(|t| end.duration_since(**t) < Duration::from_secs(60)).count();
+    assert!(window <= 60, "{window} calls in 60 s on a 60 per minute budget");
+    for i in 0..20 {
+        let calls = h.fake.calls_for(&format!("{}", 100 + i));
+        let worst = calls.windows(2).map(|w| w[1].duration_since(w[0])).max().unwrap_or_default();
+        // README "Scarcity policy": N = max(starvation_bound, (sessions + burst) / calls per
+        // second) = max(20 s, (21 + 10) / 1) = 31 s; the fair share alone is 21 s.
+        assert!(worst <= Duration::from_secs(31), "session {i} waited {worst:?} between indicators");
+    }
+}

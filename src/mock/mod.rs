@@ -51,12 +51,7 @@ impl MockUpstream {
         let state = Arc::new(MockState::new(config));
         let token = CancellationToken::new();
         let task = tokio::spawn(serve(listener, Arc::clone(&state), token.clone()));
-        Ok(Self {
-            addr,
-            state,
-            token,
-            task,
-        })
+        Ok(Self { addr, state, token, task })
     }
 
     /// The bound address.
@@ -113,8 +108,7 @@ pub async fn serve(listener: TcpListener, state: Arc<MockState>, token: Cancella
                     Ok::<_, ResetConnection>(resp.unwrap_or_else(|e: Infallible| match e {}))
                 }
             });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service);
+            let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
             tokio::select! {
                 _ = conn => {}
                 () = token.cancelled() => {}
@@ -137,14 +131,8 @@ impl std::error::Error for ResetConnection {}
 
 fn router(state: Arc<MockState>) -> Router {
     Router::new()
-        .route(
-            "/api/fansly/{account}/chats/{chat}/typing",
-            post(typing_fansly),
-        )
-        .route(
-            "/api/fanvue/{account}/chats/{chat}/typing",
-            post(typing_fanvue),
-        )
+        .route("/api/fansly/{account}/chats/{chat}/typing", post(typing_fansly))
+        .route("/api/fanvue/{account}/chats/{chat}/typing", post(typing_fanvue))
         .route("/api/{account}/chats/{chat}/typing", post(typing_onlyfans))
         .route("/_mock/requests", get(requests))
         .route("/_mock/config", get(get_config).post(set_config))
@@ -178,13 +166,7 @@ async fn typing_fanvue(
     typing(&s, "fanvue", account, chat, &headers).await
 }
 
-async fn typing(
-    s: &MockState,
-    platform: &'static str,
-    account: String,
-    chat: String,
-    headers: &HeaderMap,
-) -> Response {
+async fn typing(s: &MockState, platform: &'static str, account: String, chat: String, headers: &HeaderMap) -> Response {
     let key = bearer(headers);
     let plan = s.admit("typing", platform, account, chat, &key);
     plan.respond(s).await
@@ -231,12 +213,7 @@ async fn stats(State(s): State<Arc<MockState>>) -> Json<serde_json::Value> {
 #[derive(Debug)]
 pub(crate) enum Plan {
     /// Wait, then answer `status` with `body` and headers.
-    Answer {
-        delay: Duration,
-        status: u16,
-        body: String,
-        headers: Vec<(&'static str, String)>,
-    },
+    Answer { delay: Duration, status: u16, body: String, headers: Vec<(&'static str, String)> },
     /// Never answer.
     BlackHole,
 }
@@ -245,22 +222,13 @@ impl Plan {
     async fn respond(self, _s: &MockState) -> Response {
         match self {
             Plan::BlackHole => std::future::pending().await,
-            Plan::Answer {
-                delay,
-                status,
-                body,
-                headers,
-            } => {
+            Plan::Answer { delay, status, body, headers } => {
                 if !delay.is_zero() {
                     tokio::time::sleep(delay).await;
                 }
                 let mut resp = Response::new(Body::from(body));
-                *resp.status_mut() =
-                    StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-                resp.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    header::HeaderValue::from_static("application/json"),
-                );
+                *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
                 for (name, value) in headers {
                     if let Ok(v) = header::HeaderValue::from_str(&value) {
                         resp.headers_mut().insert(name, v);
@@ -302,10 +270,7 @@ pub async fn run(args: MockArgs) -> anyhow::Result<()> {
     };
     let mock = MockUpstream::start(args.listen, config).await?;
     println!("mock OnlyFansAPI listening on {}", mock.url());
-    println!(
-        "  records: GET {0}/_mock/requests   config: GET/POST {0}/_mock/config",
-        mock.url()
-    );
+    println!("  records: GET {0}/_mock/requests   config: GET/POST {0}/_mock/config", mock.url());
     crate::shutdown::signal().await;
     mock.stop().await;
     Ok(())

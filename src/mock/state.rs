@@ -146,18 +146,12 @@ impl MockState {
     pub fn new(config: MockConfig) -> Self {
         Self {
             started: Instant::now(),
-            inner: Mutex::new(Inner {
-                config,
-                windows: HashMap::new(),
-                records: Vec::new(),
-            }),
+            inner: Mutex::new(Inner { config, windows: HashMap::new(), records: Vec::new() }),
         }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Milliseconds since the mock started.
@@ -212,18 +206,13 @@ impl MockState {
     /// Whether the next `/api` request's connection should be dropped.
     pub(crate) fn should_reset(&self) -> bool {
         let g = self.lock();
-        g.config.fault == Fault::Reset
-            && rand::rng().random_bool(g.config.fault_rate.clamp(0.0, 1.0))
+        g.config.fault == Fault::Reset && rand::rng().random_bool(g.config.fault_rate.clamp(0.0, 1.0))
     }
 
     /// Records a dropped connection.
     pub(crate) fn record_reset(&self, path: &str) {
         let t_ms = self.now_ms();
-        let kind = if path.ends_with("/typing") {
-            "typing"
-        } else {
-            "other"
-        };
+        let kind = if path.ends_with("/typing") { "typing" } else { "other" };
         self.lock().records.push(Record {
             t_ms,
             kind: kind.to_owned(),
@@ -236,68 +225,35 @@ impl MockState {
     }
 
     /// Decides the answer to one `/api` request and records it.
-    pub(crate) fn admit(
-        &self,
-        kind: &str,
-        platform: &str,
-        account: String,
-        chat: String,
-        key: &str,
-    ) -> Plan {
+    pub(crate) fn admit(&self, kind: &str, platform: &str, account: String, chat: String, key: &str) -> Plan {
         let now = Instant::now();
         let t_ms = self.now_ms();
         let mut rng = rand::rng();
         let mut g = self.lock();
         let cfg = g.config.clone();
-        let key_ok = cfg
-            .valid_keys
-            .as_ref()
-            .is_none_or(|keys| keys.iter().any(|k| k == key));
+        let key_ok = cfg.valid_keys.as_ref().is_none_or(|keys| keys.iter().any(|k| k == key));
         // The per-minute window of this key.
         let limit = cfg.limit_per_minute;
         let window = g.windows.entry(key.to_owned()).or_default();
-        while window
-            .front()
-            .is_some_and(|t| now.saturating_duration_since(*t) >= WINDOW)
-        {
+        while window.front().is_some_and(|t| now.saturating_duration_since(*t) >= WINDOW) {
             window.pop_front();
         }
         let mut headers = Vec::new();
         let (status, mut body, remaining) = if !key_ok {
-            (
-                401,
-                r#"{"error":"Unauthorized. Invalid API key."}"#.to_owned(),
-                None,
-            )
+            (401, r#"{"error":"Unauthorized. Invalid API key."}"#.to_owned(), None)
         } else if limit.is_some_and(|l| window.len() >= l as usize) {
             let oldest = window.front().copied().unwrap_or(now);
-            let wait = (oldest + WINDOW)
-                .saturating_duration_since(now)
-                .as_secs_f64()
-                .ceil()
-                .max(1.0);
+            let wait = (oldest + WINDOW).saturating_duration_since(now).as_secs_f64().ceil().max(1.0);
             headers.push(("retry-after", format!("{wait}")));
             (429, r#"{"error":"Too Many Requests"}"#.to_owned(), Some(0))
         } else {
             window.push_back(now);
-            let remaining =
-                limit.map(|l| l.saturating_sub(u32::try_from(window.len()).unwrap_or(u32::MAX)));
-            match cfg
-                .account_status
-                .get(&account)
-                .copied()
-                .filter(|_| kind == "typing")
-            {
-                Some(s) => (
-                    s,
-                    format!(r#"{{"error":"status {s} for this account"}}"#),
-                    remaining,
-                ),
-                None if rng.random_bool(cfg.error_rate.clamp(0.0, 1.0)) => (
-                    cfg.error_status,
-                    r#"{"error":"Internal Server Error"}"#.to_owned(),
-                    remaining,
-                ),
+            let remaining = limit.map(|l| l.saturating_sub(u32::try_from(window.len()).unwrap_or(u32::MAX)));
+            match cfg.account_status.get(&account).copied().filter(|_| kind == "typing") {
+                Some(s) => (s, format!(r#"{{"error":"status {s} for this account"}}"#), remaining),
+                None if rng.random_bool(cfg.error_rate.clamp(0.0, 1.0)) => {
+                    (cfg.error_status, r#"{"error":"Internal Server Error"}"#.to_owned(), remaining)
+                }
                 None => (200, r#"{"data":{"success":true}}"#.to_owned(), remaining),
             }
         };
@@ -314,9 +270,7 @@ impl MockState {
         }
         let mut status = status;
         let mut black_hole = false;
-        let faulted = cfg.fault != Fault::None
-            && status != 429
-            && rng.random_bool(cfg.fault_rate.clamp(0.0, 1.0));
+        let faulted = cfg.fault != Fault::None && status != 429 && rng.random_bool(cfg.fault_rate.clamp(0.0, 1.0));
         if faulted {
             match cfg.fault {
                 Fault::None | Fault::Reset => {}
@@ -363,11 +317,6 @@ impl MockState {
         } else {
             Duration::from_millis(cfg.latency_ms)
         };
-        Plan::Answer {
-            delay,
-            status,
-            body,
-            headers,
-        }
+        Plan::Answer { delay, status, body, headers }
     }
 }

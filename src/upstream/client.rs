@@ -12,18 +12,12 @@ use reqwest::header::{AUTHORIZATION, HeaderValue};
 use secrecy::ExposeSecret;
 use tokio::time::Instant;
 
-use super::{
-    BoxFuture, KeyIndex, Outcome, Upstream, UpstreamError, parse_rate_limits, parse_retry_after,
-};
+use super::{BoxFuture, KeyIndex, Outcome, Upstream, UpstreamError, parse_rate_limits, parse_retry_after};
 use crate::config::{ApiKey, UpstreamSettings};
 use crate::ids::{Platform, SessionKey};
 
 /// Characters left unescaped in a path segment: RFC 3986 unreserved ones only.
-const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'~');
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
 
 /// Largest answer body read; `_meta` is small, anything longer is not worth reading.
 const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -69,22 +63,11 @@ impl OnlyFansClient {
         let mut auth = Vec::with_capacity(keys.len());
         for k in keys {
             let mut v = HeaderValue::from_str(&format!("Bearer {}", k.secret.expose_secret()))
-                .map_err(|_| {
-                    anyhow::anyhow!(
-                        "api key {:?} contains characters not allowed in a header",
-                        k.name
-                    )
-                })?;
+                .map_err(|_| anyhow::anyhow!("api key {:?} contains characters not allowed in a header", k.name))?;
             v.set_sensitive(true);
             auth.push(v);
         }
-        Ok(Self {
-            inner: Arc::new(Inner {
-                http,
-                base_url: settings.base_url.trim_end_matches('/').to_owned(),
-                auth,
-            }),
-        })
+        Ok(Self { inner: Arc::new(Inner { http, base_url: settings.base_url.trim_end_matches('/').to_owned(), auth }) })
     }
 
     /// The shared reqwest client (for the account endpoints).
@@ -111,50 +94,27 @@ impl Upstream for OnlyFansClient {
             let started = Instant::now();
             let Some(auth) = inner.auth.get(api_key).cloned() else {
                 return Outcome {
-                    result: Err(UpstreamError::Status {
-                        status: 401,
-                        retry_after: None,
-                    }),
+                    result: Err(UpstreamError::Status { status: 401, retry_after: None }),
                     rate_limits: None,
                     elapsed: Duration::ZERO,
                 };
             };
-            let sent = inner
-                .http
-                .post(url)
-                .header(AUTHORIZATION, auth)
-                .header("content-length", "0")
-                .send()
-                .await;
+            let sent = inner.http.post(url).header(AUTHORIZATION, auth).header("content-length", "0").send().await;
             let (result, rate_limits) = match sent {
                 Ok(resp) => read_answer(resp).await,
                 Err(e) => (Err(classify(&e)), None),
             };
-            Outcome {
-                result,
-                rate_limits,
-                elapsed: started.elapsed(),
-            }
+            Outcome { result, rate_limits, elapsed: started.elapsed() }
         })
     }
 }
 
 /// Reads status, headers and (bounded) body of an answer.
-pub(crate) async fn read_answer(
-    mut resp: reqwest::Response,
-) -> (Result<(), UpstreamError>, Option<super::RateLimits>) {
+pub(crate) async fn read_answer(mut resp: reqwest::Response) -> (Result<(), UpstreamError>, Option<super::RateLimits>) {
     let status = resp.status();
-    let header = |name: &str| {
-        resp.headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
-    let retry_after = parse_retry_after(
-        header("retry-after").as_deref(),
-        header("retry-after-ms").as_deref(),
-        SystemTime::now(),
-    );
+    let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let retry_after =
+        parse_retry_after(header("retry-after").as_deref(), header("retry-after-ms").as_deref(), SystemTime::now());
     let mut body = Vec::new();
     let mut read_error = None;
     loop {
@@ -177,10 +137,7 @@ pub(crate) async fn read_answer(
         // A 2xx whose body was cut off still reached the upstream: the indicator was lit.
         Ok(())
     } else {
-        Err(UpstreamError::Status {
-            status: status.as_u16(),
-            retry_after,
-        })
+        Err(UpstreamError::Status { status: status.as_u16(), retry_after })
     };
     let _ = read_error;
     (result, rate_limits)
@@ -215,20 +172,13 @@ mod tests {
             account: AccountId::parse(p, a).unwrap(),
             chat: ChatId::parse(p, c).unwrap(),
         };
-        assert_eq!(
-            typing_path(&key(Platform::Onlyfans, "acct_abc", "123")),
-            "/api/acct_abc/chats/123/typing"
-        );
+        assert_eq!(typing_path(&key(Platform::Onlyfans, "acct_abc", "123")), "/api/acct_abc/chats/123/typing");
         assert_eq!(
             typing_path(&key(Platform::Fansly, "fansly_acct_x1", "99")),
             "/api/fansly/fansly_acct_x1/chats/99/typing"
         );
         assert_eq!(
-            typing_path(&key(
-                Platform::Fanvue,
-                "fv-1",
-                "0f8fad5b-d9cb-469f-a165-70867728950e"
-            )),
+            typing_path(&key(Platform::Fanvue, "fv-1", "0f8fad5b-d9cb-469f-a165-70867728950e")),
             "/api/fanvue/fv-1/chats/0f8fad5b-d9cb-469f-a165-70867728950e/typing"
         );
     }

@@ -45,17 +45,10 @@ impl UpstreamError {
     /// Classifies the error.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Self::Status {
-                status: 429,
-                retry_after,
-            } => ErrorKind::RateLimited {
-                retry_after: *retry_after,
-            },
+            Self::Status { status: 429, retry_after } => ErrorKind::RateLimited { retry_after: *retry_after },
             Self::Status { status: 401, .. } => ErrorKind::Unauthorized,
             Self::Status { status: 503, .. } => ErrorKind::Unavailable,
-            Self::Status { status, .. } if (400..500).contains(status) && *status != 408 => {
-                ErrorKind::Rejected
-            }
+            Self::Status { status, .. } if (400..500).contains(status) && *status != 408 => ErrorKind::Rejected,
             Self::Status { .. } | Self::Timeout | Self::Network(_) => ErrorKind::Transient,
         }
     }
@@ -82,10 +75,7 @@ mod tests {
     use super::*;
 
     fn status(s: u16) -> UpstreamError {
-        UpstreamError::Status {
-            status: s,
-            retry_after: None,
-        }
+        UpstreamError::Status { status: s, retry_after: None }
     }
 
     #[test]
@@ -98,16 +88,8 @@ mod tests {
         for s in [500, 502, 504, 408] {
             assert_eq!(status(s).kind(), ErrorKind::Transient, "{s}");
         }
-        let limited = UpstreamError::Status {
-            status: 429,
-            retry_after: Some(Duration::from_secs(5)),
-        };
-        assert_eq!(
-            limited.kind(),
-            ErrorKind::RateLimited {
-                retry_after: Some(Duration::from_secs(5))
-            }
-        );
+        let limited = UpstreamError::Status { status: 429, retry_after: Some(Duration::from_secs(5)) };
+        assert_eq!(limited.kind(), ErrorKind::RateLimited { retry_after: Some(Duration::from_secs(5)) });
         assert_eq!(UpstreamError::Timeout.kind(), ErrorKind::Transient);
     }
 

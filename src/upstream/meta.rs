@@ -19,17 +19,9 @@ fn as_count(v: &Value) -> Option<u32> {
     match v {
         Value::Number(n) => n
             .as_u64()
-            .or_else(|| {
-                n.as_f64()
-                    .filter(|f| f.is_finite() && *f >= 0.0)
-                    .map(|f| f as u64)
-            })
+            .or_else(|| n.as_f64().filter(|f| f.is_finite() && *f >= 0.0).map(|f| f as u64))
             .map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
-        Value::String(s) => s
-            .trim()
-            .parse::<u64>()
-            .ok()
-            .map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
+        Value::String(s) => s.trim().parse::<u64>().ok().map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
         _ => None,
     }
 }
@@ -48,16 +40,9 @@ pub fn parse_rate_limits(body: &[u8]) -> Option<RateLimits> {
 
 /// Parses `retry-after-ms` (milliseconds) or `Retry-After` (seconds, or an HTTP date relative
 /// to `now`). Absurd values are capped at one hour.
-pub fn parse_retry_after(
-    retry_after: Option<&str>,
-    retry_after_ms: Option<&str>,
-    now: SystemTime,
-) -> Option<Duration> {
+pub fn parse_retry_after(retry_after: Option<&str>, retry_after_ms: Option<&str>, now: SystemTime) -> Option<Duration> {
     const CAP: Duration = Duration::from_secs(3600);
-    if let Some(ms) = retry_after_ms
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .filter(|v| v.is_finite() && *v >= 0.0)
-    {
+    if let Some(ms) = retry_after_ms.and_then(|v| v.trim().parse::<f64>().ok()).filter(|v| v.is_finite() && *v >= 0.0) {
         return Some(Duration::from_secs_f64(ms / 1000.0).min(CAP));
     }
     let raw = retry_after?.trim();
@@ -75,13 +60,7 @@ mod tests {
     #[test]
     fn parses_documented_meta_with_null_daily_fields() {
         let body = br#"{"data":{"success":true},"_meta":{"_credits":{"used":0},"_rate_limits":{"limit_minute":1000,"remaining_minute":999,"limit_day":null,"remaining_day":null}}}"#;
-        assert_eq!(
-            parse_rate_limits(body),
-            Some(RateLimits {
-                limit_minute: Some(1000),
-                remaining_minute: Some(999)
-            })
-        );
+        assert_eq!(parse_rate_limits(body), Some(RateLimits { limit_minute: Some(1000), remaining_minute: Some(999) }));
     }
 
     #[test]
@@ -89,46 +68,25 @@ mod tests {
         let legacy = br#"{"_meta":{"_rate_limits":{"limit_minute":5000,"remaining_minute":"12","limit_day":50000,"remaining_day":49000}}}"#;
         assert_eq!(
             parse_rate_limits(legacy),
-            Some(RateLimits {
-                limit_minute: Some(5000),
-                remaining_minute: Some(12)
-            })
+            Some(RateLimits { limit_minute: Some(5000), remaining_minute: Some(12) })
         );
         let odd = br#"{"_meta":{"_rate_limits":{"limit_minute":true,"remaining_minute":[1]}}}"#;
         assert_eq!(parse_rate_limits(odd), None);
         assert_eq!(parse_rate_limits(b"not json"), None);
         assert_eq!(parse_rate_limits(br#"{"_meta":"x"}"#), None);
         let neg = br#"{"_meta":{"_rate_limits":{"limit_minute":-5,"remaining_minute":1e30}}}"#;
-        assert_eq!(
-            parse_rate_limits(neg),
-            Some(RateLimits {
-                limit_minute: None,
-                remaining_minute: Some(u32::MAX)
-            })
-        );
+        assert_eq!(parse_rate_limits(neg), Some(RateLimits { limit_minute: None, remaining_minute: Some(u32::MAX) }));
     }
 
     #[test]
     fn retry_after_forms() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
-        assert_eq!(
-            parse_retry_after(Some("5"), None, now),
-            Some(Duration::from_secs(5))
-        );
-        assert_eq!(
-            parse_retry_after(Some("5"), Some("250"), now),
-            Some(Duration::from_millis(250))
-        );
+        assert_eq!(parse_retry_after(Some("5"), None, now), Some(Duration::from_secs(5)));
+        assert_eq!(parse_retry_after(Some("5"), Some("250"), now), Some(Duration::from_millis(250)));
         let date = httpdate::fmt_http_date(now + Duration::from_secs(7));
-        assert_eq!(
-            parse_retry_after(Some(&date), None, now),
-            Some(Duration::from_secs(7))
-        );
+        assert_eq!(parse_retry_after(Some(&date), None, now), Some(Duration::from_secs(7)));
         assert_eq!(parse_retry_after(Some("soon"), None, now), None);
         assert_eq!(parse_retry_after(Some("-3"), None, now), None);
-        assert_eq!(
-            parse_retry_after(Some("999999"), None, now),
-            Some(Duration::from_secs(3600))
-        );
+        assert_eq!(parse_retry_after(Some("999999"), None, now), Some(Duration::from_secs(3600)));
     }
 }

@@ -1,0 +1,16 @@
+#![allow(
+    unreachable_pub,
+    missing_docs,
+    clippy::unwrap_used,
+    reason = "a test binary: helpers are shared between its modules and may panic"
+)]
+
+//! API tests: the real service on an ephemeral loopback port against the real mock upstream,
+//! on real time with short intervals. One test binary.
+
+mod faults;
+mod helpers;
+mod metrics;
+mod shutdown;
+mod typing;
+mod validation;
