@@ -26,7 +26,7 @@ use tokio::time::Instant;
 use crate::config::BudgetSettings;
 use crate::upstream::RateLimits;
 
-/// The window the upstream limit is expressed over.
+/// The window the upstream limit is expressed over (`budget.window`; only tests shorten it).
 pub const WINDOW: Duration = Duration::from_secs(60);
 /// First backoff after a 429 that named no `Retry-After`.
 pub const BACKOFF_BASE: Duration = Duration::from_secs(1);
@@ -151,7 +151,9 @@ pub struct BudgetState {
     share: f64,
     reserve: f64,
     bucket: TokenBucket,
-    /// Grant instants within the last [`WINDOW`], oldest first.
+    /// The period the limit is counted over (60 s).
+    period: Duration,
+    /// Grant instants within the last `period`, oldest first.
     window: VecDeque<Instant>,
     paused_until: Option<(Instant, PauseReason)>,
     consecutive_429: u32,
@@ -165,7 +167,8 @@ impl BudgetState {
     /// A budget named `name` with `limit` requests per minute assumed until reported.
     pub fn new(name: &str, limit: u32, settings: &BudgetSettings, now: Instant) -> Self {
         let share = settings.typing_share;
-        let rate = share * f64::from(limit) / WINDOW.as_secs_f64();
+        let period = settings.window;
+        let rate = share * f64::from(limit) / period.as_secs_f64();
         Self {
             name: name.to_owned(),
             configured_limit: limit,
@@ -174,6 +177,7 @@ impl BudgetState {
             share,
             reserve: settings.reserve,
             bucket: TokenBucket::new(f64::from(settings.burst), rate, now),
+            period,
             window: VecDeque::new(),
             paused_until: None,
             consecutive_429: 0,
@@ -203,9 +207,9 @@ impl BudgetState {
     }
 
     fn effective_rate(&self, now: Instant) -> f64 {
-        let base = self.typing_per_minute() / WINDOW.as_secs_f64();
+        let base = self.typing_per_minute() / self.period.as_secs_f64();
         match self.headroom_rate {
-            Some((cap, at)) if now.saturating_duration_since(at) < HEADROOM_TTL => base.min(cap),
+            Some((cap, at)) if now.saturating_duration_since(at) < self.period.min(HEADROOM_TTL) => base.min(cap),
             _ => base,
         }
     }
@@ -228,7 +232,7 @@ impl BudgetState {
             }
             self.paused_until = None;
         }
-        while self.window.front().is_some_and(|t| now.saturating_duration_since(*t) >= WINDOW) {
+        while self.window.front().is_some_and(|t| now.saturating_duration_since(*t) >= self.period) {
             self.window.pop_front();
         }
         // The window keeps slots for priority calls just as the bucket keeps tokens for them.
@@ -241,7 +245,7 @@ impl BudgetState {
         };
         if self.window.len() >= allowed {
             let frees = self.window.get(self.window.len() - allowed).copied().unwrap_or(now);
-            return Err(Denied::Empty { retry_at: frees + WINDOW });
+            return Err(Denied::Empty { retry_at: frees + self.period });
         }
         self.sync_rate(now);
         self.bucket.try_take(floor, now).map_err(|retry_at| Denied::Empty { retry_at })?;
@@ -259,10 +263,12 @@ impl BudgetState {
             let reserve = self.reserve * f64::from(self.limit());
             let headroom = f64::from(remaining) - reserve;
             if headroom <= 0.0 {
-                self.pause(now + RESERVE_PAUSE, PauseReason::Reserve);
+                // 10 s of a 60 s window, scaled with the window.
+                let pause = RESERVE_PAUSE.mul_f64(self.period.as_secs_f64() / WINDOW.as_secs_f64());
+                self.pause(now + pause, PauseReason::Reserve);
                 self.headroom_rate = None;
             } else {
-                self.headroom_rate = Some((headroom / WINDOW.as_secs_f64(), now));
+                self.headroom_rate = Some((headroom / self.period.as_secs_f64(), now));
             }
         }
         self.sync_rate(now);
@@ -297,16 +303,16 @@ impl BudgetState {
     pub fn snapshot(&mut self, refire_interval: Duration, now: Instant) -> BudgetSnapshot {
         self.sync_rate(now);
         let paused = self.paused_until.filter(|(u, _)| *u > now);
-        let per_fan = WINDOW.as_secs_f64() / refire_interval.as_secs_f64();
+        let per_fan = self.period.as_secs_f64() / refire_interval.as_secs_f64();
         BudgetSnapshot {
             name: self.name.clone(),
             limit_per_minute: self.limit(),
             limit_source: if self.reported_limit.is_some() { "upstream" } else { "config" },
             remaining_minute: self.remaining,
             typing_per_minute: self.typing_per_minute(),
-            effective_typing_per_minute: self.effective_rate(now) * WINDOW.as_secs_f64(),
+            effective_typing_per_minute: self.effective_rate(now) * self.period.as_secs_f64(),
             tokens: self.bucket.tokens(now),
-            sent_last_minute: self.window.iter().filter(|t| now.saturating_duration_since(**t) < WINDOW).count(),
+            sent_last_minute: self.window.iter().filter(|t| now.saturating_duration_since(**t) < self.period).count(),
             paused: paused.is_some(),
             paused_for_ms: paused.map(|(u, _)| u128_to_u64(u.saturating_duration_since(now).as_millis())),
             pause_reason: paused.map(|(_, r)| r),

@@ -230,6 +230,9 @@ pub struct BudgetSettings {
     /// Longest time any session may go without an indicator when the budget is short.
     #[serde(with = "humantime_serde")]
     pub starvation_bound: Duration,
+    /// The period the upstream counts its limit over (60 s; tests shorten it to scale time).
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
     /// Per-budget overrides of `limit_per_minute` (budget name -> limit).
     pub limits: BTreeMap<String, u32>,
 }
@@ -242,6 +245,7 @@ impl Default for BudgetSettings {
             reserve: 0.1,
             burst: 10,
             starvation_bound: Duration::from_secs(20),
+            window: Duration::from_secs(60),
             limits: BTreeMap::new(),
         }
     }
@@ -543,6 +547,9 @@ impl Settings {
             if *limit == 0 {
                 return Err(invalid(format!("budget.limits.{name}"), "must be at least 1"));
             }
+        }
+        if self.budget.window < Duration::from_secs(1) {
+            return Err(invalid("budget.window", "must be at least 1s"));
         }
         if self.budget.starvation_bound.is_zero() {
             return Err(invalid("budget.starvation_bound", "must be greater than zero"));

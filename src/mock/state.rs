@@ -13,9 +13,6 @@ use tokio::time::Instant;
 
 use super::Plan;
 
-/// The sliding window of the mock's per-minute limit.
-const WINDOW: Duration = Duration::from_secs(60);
-
 /// A fault applied to `/api/...` requests (with probability `fault_rate`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -43,6 +40,8 @@ pub enum Fault {
 pub struct MockConfig {
     /// Requests per minute per API key; `null` for no limit (reported as `null`).
     pub limit_per_minute: Option<u32>,
+    /// The sliding window the limit counts over (60000; tests shorten it to scale time).
+    pub window_ms: u64,
     /// Delay before every answer.
     pub latency_ms: u64,
     /// Share of requests delayed by `slow_ms` instead (latency spikes).
@@ -57,6 +56,8 @@ pub struct MockConfig {
     pub fault: Fault,
     /// Share of requests the fault applies to.
     pub fault_rate: f64,
+    /// API keys the fault applies to; `null` for every key.
+    pub fault_keys: Option<Vec<String>>,
     /// Status answered by `Fault::Status`.
     pub fault_status: u16,
     /// `Retry-After` sent with `Fault::Status`.
@@ -73,6 +74,7 @@ impl Default for MockConfig {
     fn default() -> Self {
         Self {
             limit_per_minute: Some(1000),
+            window_ms: 60_000,
             latency_ms: 0,
             slow_rate: 0.0,
             slow_ms: 3000,
@@ -80,6 +82,7 @@ impl Default for MockConfig {
             error_status: 500,
             fault: Fault::None,
             fault_rate: 1.0,
+            fault_keys: None,
             fault_status: 429,
             retry_after: None,
             retry_after_ms: None,
@@ -234,8 +237,9 @@ impl MockState {
         let key_ok = cfg.valid_keys.as_ref().is_none_or(|keys| keys.iter().any(|k| k == key));
         // The per-minute window of this key.
         let limit = cfg.limit_per_minute;
+        let period = Duration::from_millis(cfg.window_ms.max(1));
         let window = g.windows.entry(key.to_owned()).or_default();
-        while window.front().is_some_and(|t| now.saturating_duration_since(*t) >= WINDOW) {
+        while window.front().is_some_and(|t| now.saturating_duration_since(*t) >= period) {
             window.pop_front();
         }
         let mut headers = Vec::new();
@@ -243,7 +247,7 @@ impl MockState {
             (401, r#"{"error":"Unauthorized. Invalid API key."}"#.to_owned(), None)
         } else if limit.is_some_and(|l| window.len() >= l as usize) {
             let oldest = window.front().copied().unwrap_or(now);
-            let wait = (oldest + WINDOW).saturating_duration_since(now).as_secs_f64().ceil().max(1.0);
+            let wait = (oldest + period).saturating_duration_since(now).as_secs_f64().ceil().max(1.0);
             headers.push(("retry-after", format!("{wait}")));
             (429, r#"{"error":"Too Many Requests"}"#.to_owned(), Some(0))
         } else {
@@ -270,7 +274,9 @@ impl MockState {
         }
         let mut status = status;
         let mut black_hole = false;
-        let faulted = cfg.fault != Fault::None && status != 429 && rng.random_bool(cfg.fault_rate.clamp(0.0, 1.0));
+        let key_faulted = cfg.fault_keys.as_ref().is_none_or(|keys| keys.iter().any(|k| k == key));
+        let faulted =
+            cfg.fault != Fault::None && key_faulted && status != 429 && rng.random_bool(cfg.fault_rate.clamp(0.0, 1.0));
         if faulted {
             match cfg.fault {
                 Fault::None | Fault::Reset => {}

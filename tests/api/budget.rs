@@ -1,0 +1,197 @@
+//! The rate budget against the real mock with a small limit. The per-minute window is scaled
+//! down tenfold (`budget.window = 6s`, mock `window_ms = 6000`) so that three "minutes" of
+//! budget behaviour run in 18 s; Retry-After and backoff are real seconds.
+
+use std::time::Duration;
+
+use keeptyping::demo::lit_ms;
+use keeptyping::mock::{Fault, MockConfig, Record};
+use serde_json::json;
+
+use crate::helpers::*;
+
+const WINDOW_MS: f64 = 6000.0;
+
+fn scaled(limit: u32) -> Opts {
+    let mock = MockConfig { limit_per_minute: Some(limit), window_ms: 6000, ..MockConfig::default() };
+    Opts { mock, ..Opts::default() }
+        .env("KEEPTYPING__BUDGET__WINDOW", "6s")
+        .env("KEEPTYPING__BUDGET__LIMIT_PER_MINUTE", &limit.to_string())
+        .env("KEEPTYPING__BUDGET__BURST", "10")
+        .env("KEEPTYPING__ENGINE__IDLE_TIMEOUT", "60s")
+}
+
+/// Most typing calls in any window of `window_ms` starting at a call.
+fn busiest_window(calls: &[Record], window_ms: f64) -> usize {
+    let mut t: Vec<f64> = calls.iter().map(|r| r.t_ms).collect();
+    t.sort_by(f64::total_cmp);
+    (0..t.len()).map(|i| t[i..].iter().take_while(|x| **x < t[i] + window_ms).count()).max().unwrap_or(0)
+}
+
+fn typing(app: &TestApp) -> Vec<Record> {
+    app.all_requests().into_iter().filter(|r| r.kind == "typing").collect()
+}
+
+#[tokio::test]
+async fn an_oversubscribed_budget_never_exceeds_its_share_and_lights_every_newcomer_fast() {
+    // 120 per window, typing_share 0.5: 60 typing calls per window for 30 fans that would
+    // need 900 at a 200 ms cadence.
+    let app = spawn_with(scaled(120)).await;
+    let mut first_delays = Vec::new();
+    let t0 = app.now_ms();
+    for i in 0..30 {
+        let chat = format!("{}", 10_000 + i);
+        let asked = app.now_ms();
+        assert_eq!(app.start(&chat).await.0, 200);
+        first_delays.push((chat, asked));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    while app.now_ms() - t0 < 3.0 * WINDOW_MS {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let calls = typing(&app);
+    assert!(calls.iter().all(|r| r.status != 429), "the mock answered 429 to typing");
+    let busiest = busiest_window(&calls, WINDOW_MS);
+    assert!(busiest <= 60, "{busiest} typing calls in one window; the share is 60");
+    assert!(calls.len() >= 150, "only {} calls in three windows: the budget is under-used", calls.len());
+    for (chat, asked) in first_delays {
+        let first = calls.iter().find(|r| r.chat == chat).map(|r| r.t_ms - asked);
+        assert!(first.is_some_and(|d| d <= 1000.0), "chat {chat}: first indicator after {first:?} ms");
+    }
+    let (_, budget) = app.get("/v1/budget").await;
+    let b = &budget["budgets"][0];
+    assert_eq!(b["limit_per_minute"], 120);
+    assert!((b["capacity_fans"].as_f64().unwrap() - 60.0 / 30.0).abs() < 1e-9, "{b}");
+    let text = app.metrics().await;
+    assert!(metric_value(&text, "keeptyping_refires_skipped_total", r#"reason="budget""#) > 0.0);
+}
+
+#[tokio::test]
+async fn the_chat_tools_own_traffic_never_gets_a_429_and_typing_backs_off() {
+    let app = spawn_with(scaled(120)).await;
+    // The tool's "send message" traffic: 10 per second on the same key, 60 per window.
+    let http = reqwest::Client::new();
+    let url = format!("{}/api/{ACCOUNT}/messages", app.mock.url());
+    let traffic = tokio::spawn(async move {
+        let mut statuses = Vec::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        for _ in 0..150 {
+            tick.tick().await;
+            let resp = http.post(&url).bearer_auth(API_KEY).json(&json!({"text": "hi"})).send().await.unwrap();
+            statuses.push(resp.status().as_u16());
+        }
+        statuses
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for i in 0..20 {
+        app.start(&format!("{}", 11_000 + i)).await;
+    }
+    let started = app.now_ms();
+    let statuses = traffic.await.unwrap();
+    let limited = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!(limited, 0, "the tool's own requests got {limited} 429s");
+    // Typing took less than its full share (60 per window) while the tool's traffic ran.
+    let calls: Vec<Record> = typing(&app).into_iter().filter(|r| r.t_ms > started + WINDOW_MS).collect();
+    let busiest = busiest_window(&calls, WINDOW_MS);
+    assert!(busiest < 50, "typing kept {busiest} calls per window although remaining_minute fell");
+    assert!(!calls.is_empty(), "typing stopped entirely");
+    let (_, budget) = app.get("/v1/budget").await;
+    assert!(budget["budgets"][0]["remaining_minute"].as_u64().is_some());
+}
+
+fn two_budgets(mock: MockConfig) -> Opts {
+    let toml = format!(
+        r#"
+[[upstream.keys]]
+name = "a"
+budget = "team-a"
+key_env = "KEY_A"
+accounts = ["{ACCOUNT}"]
+[[upstream.keys]]
+name = "b"
+budget = "team-b"
+key_env = "KEY_B"
+accounts = ["{OTHER_ACCOUNT}"]
+"#
+    );
+    Opts { mock, config_toml: Some(toml), ..Opts::default() }.env("KEY_A", "key-a-secret").env("KEY_B", "key-b-secret")
+}
+
+async fn first_429(app: &TestApp) -> f64 {
+    assert!(eventually(Duration::from_secs(2), || async { typing(app).iter().any(|r| r.status == 429) }).await);
+    app.mock.state().set_config(MockConfig { limit_per_minute: None, ..MockConfig::default() });
+    typing(app).iter().find(|r| r.status == 429).unwrap().t_ms
+}
+
+#[tokio::test]
+async fn a_429_with_retry_after_5_pauses_only_that_budget_for_5_seconds() {
+    let mock = MockConfig {
+        limit_per_minute: None,
+        fault: Fault::Status,
+        fault_status: 429,
+        retry_after: Some("5".to_owned()),
+        fault_keys: Some(vec!["key-a-secret".to_owned()]),
+        ..MockConfig::default()
+    };
+    let app = spawn_with(two_budgets(mock)).await;
+    app.start("12001").await;
+    app.post("/v1/typing/start", &json!({ "account_id": OTHER_ACCOUNT, "chat_id": "12002" })).await;
+    let limited_at = first_429(&app).await;
+    tokio::time::sleep(Duration::from_millis(6500)).await;
+    let a = app.calls("12001");
+    let during: Vec<f64> = a.iter().map(|r| r.t_ms).filter(|t| *t > limited_at && *t < limited_at + 4950.0).collect();
+    assert!(during.is_empty(), "budget team-a typed during its Retry-After: {during:?}");
+    assert!(a.iter().any(|r| r.t_ms >= limited_at + 4950.0 && r.status == 200), "team-a resumed after 5 s");
+    let b_during = app
+        .calls("12002")
+        .iter()
+        .filter(|r| r.t_ms > limited_at && r.t_ms < limited_at + 4950.0 && r.status == 200)
+        .count();
+    assert!(b_during >= 15, "team-b kept typing meanwhile ({b_during} calls in 5 s)");
+    let (_, budget) = app.get("/v1/budget").await;
+    let names: Vec<&str> = budget["budgets"].as_array().unwrap().iter().map(|b| b["name"].as_str().unwrap()).collect();
+    assert!(names.contains(&"team-a") && names.contains(&"team-b"), "{names:?}");
+}
+
+#[tokio::test]
+async fn a_429_without_retry_after_backs_off_and_recovers() {
+    let mock = MockConfig { limit_per_minute: None, fault: Fault::Status, fault_status: 429, ..MockConfig::default() };
+    let app = spawn_with(two_budgets(mock)).await;
+    app.start("13001").await;
+    let limited_at = first_429(&app).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let calls = app.calls("13001");
+    let next = calls.iter().map(|r| r.t_ms).find(|t| *t > limited_at).expect("typing recovered");
+    // The first backoff is 1 s with +-20% jitter.
+    assert!(next - limited_at >= 790.0, "resumed after {:.0} ms: no backoff", next - limited_at);
+    assert!(next - limited_at <= 1500.0, "resumed after {:.0} ms", next - limited_at);
+}
+
+#[tokio::test]
+async fn high_priority_sessions_keep_full_coverage_while_normal_ones_degrade() {
+    // 200 per window, share 0.5: 100 typing calls per window. Three high-priority fans at a
+    // 200 ms cadence need 90 of them; five normal fans get what is left.
+    let app = spawn_with(scaled(200)).await;
+    let started = app.now_ms();
+    for i in 0..3 {
+        let body = json!({ "account_id": ACCOUNT, "chat_id": format!("{}", 14_000 + i), "priority": "high" });
+        assert_eq!(app.post("/v1/typing/start", &body).await.0, 200);
+    }
+    for i in 0..5 {
+        app.start(&format!("{}", 14_100 + i)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(12_000)).await;
+    let until = app.now_ms();
+    let coverage = |chat: String| {
+        let t: Vec<f64> = app.calls(&chat).iter().filter(|r| r.status == 200).map(|r| r.t_ms).collect();
+        lit_ms(&t, started + 500.0, until, LIFETIME_MS as f64) / (until - started - 500.0)
+    };
+    for i in 0..3 {
+        let c = coverage(format!("{}", 14_000 + i));
+        assert!(c >= 0.98, "high-priority fan {i}: coverage {c:.3}");
+    }
+    let mut normal: Vec<f64> = (0..5).map(|i| coverage(format!("{}", 14_100 + i))).collect();
+    normal.sort_by(f64::total_cmp);
+    assert!(normal[2] < 0.6, "normal fans should degrade when the budget covers only the high ones: {normal:?}");
+    assert!(normal[0] > 0.0, "no normal fan starves: {normal:?}");
+}
