@@ -1,6 +1,6 @@
 //! The admin listener: `GET /metrics` (Prometheus text), `/livez` (the process answers),
 //! `/readyz` (200 while accepting hooks, 503 before start-up completes and once the drain
-//! begins).
+//! begins), and the status page `GET /` with its data `GET /status.json`.
 
 use std::sync::atomic::Ordering;
 
@@ -10,7 +10,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use super::ApiState;
+use super::{ApiState, status};
 
 /// The admin router.
 pub fn admin_router(state: ApiState) -> Router {
@@ -18,6 +18,8 @@ pub fn admin_router(state: ApiState) -> Router {
         .route("/metrics", get(metrics))
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
+        .route("/", get(status::page))
+        .route("/status.json", get(status::status))
         .with_state(state)
 }
 

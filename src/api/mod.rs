@@ -10,7 +10,8 @@
 //! | `GET /v1/typing/sessions` | the caller's live sessions |
 //! | `GET /v1/budget` | every budget's state |
 //!
-//! Admin (`admin.listen`): `GET /metrics`, `/livez`, `/readyz`.
+//! Admin (`admin.listen`): `GET /metrics`, `/livez`, `/readyz`, and the status page `GET /`
+//! (with `GET /status.json`).
 //!
 //! Handlers call only [`Engine`]: they never call the upstream for typing and never spawn.
 
@@ -19,6 +20,7 @@ pub mod auth;
 pub mod budget;
 pub mod error;
 mod limit;
+mod status;
 pub mod typing;
 
 use std::sync::Arc;

@@ -53,6 +53,7 @@ pub(crate) async fn fire(
             }
         }
         Err(e) => {
+            shared.recent.record(key.platform.as_str(), e);
             match e.kind() {
                 ErrorKind::RateLimited { retry_after } => {
                     let jitter: f64 = rand::random();

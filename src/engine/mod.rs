@@ -11,6 +11,7 @@
 mod fire;
 mod keys;
 mod readiness;
+mod recent;
 mod scheduler;
 mod session;
 
@@ -24,6 +25,7 @@ use tokio::time::Instant;
 
 pub use keys::{KeyEntry, KeyRing, REFUSED_FOR};
 pub use readiness::{PauseCause, Paused, Readiness};
+pub use recent::{RECENT_ERRORS, RecentError, RecentErrors};
 pub use scheduler::Scheduler;
 pub use session::{Holder, MAX_HOLDERS, Priority, Session, SessionTable, Upsert};
 
@@ -137,6 +139,8 @@ pub(crate) struct Shared {
     pub(crate) generation: AtomicU64,
     /// Set when the drain starts: no new typing call leaves after this.
     pub(crate) draining: AtomicBool,
+    /// The last failed typing calls (status page).
+    pub(crate) recent: RecentErrors,
 }
 
 /// The cloneable engine handle.
@@ -169,6 +173,7 @@ impl Engine {
             in_flight,
             generation: AtomicU64::new(1),
             draining: AtomicBool::new(false),
+            recent: RecentErrors::default(),
         });
         let scheduler = Scheduler::new(Arc::clone(&shared), rx);
         (Self { shared }, scheduler)
@@ -310,6 +315,11 @@ impl Engine {
     /// Typing calls on the wire right now.
     pub fn in_flight(&self) -> usize {
         self.shared.cfg.engine.max_in_flight - self.shared.in_flight.available_permits()
+    }
+
+    /// The last failed typing calls, newest first (no ids of any kind).
+    pub fn recent_errors(&self) -> Vec<RecentError> {
+        self.shared.recent.list()
     }
 
     /// Starts the drain: starts are refused and no new typing call leaves from now on.
