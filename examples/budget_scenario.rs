@@ -58,7 +58,7 @@ async fn main() -> anyhow::Result<()> {
     let minutes = (stop_ms - start_ms) / 60_000.0;
     let mut per_minute = Vec::new();
     let mut m = 0.0;
-    while m < minutes {
+    while m + 1.0 <= minutes + 1e-9 {
         let from = start_ms + m * 60_000.0;
         per_minute.push(calls.iter().filter(|r| r.t_ms >= from && r.t_ms < from + 60_000.0).count());
         m += 1.0;

@@ -28,8 +28,8 @@ const AFTER_STOP_SLACK_MS: f64 = 50.0;
 /// `keeptyping demo` arguments.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DemoArgs {
-    /// Simulated fans being written to.
-    #[arg(long, default_value_t = 40)]
+    /// Simulated fans being written to (25 stay within a Basic key's typing share).
+    #[arg(long, default_value_t = 25)]
     pub fans: u32,
     /// Stop after this long (e.g. `60s`); default: until Ctrl-C.
     #[arg(long, value_parser = humantime::parse_duration)]

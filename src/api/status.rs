@@ -104,13 +104,7 @@ pub(super) struct PausedAccount {
 
 /// `GET /`
 pub(super) async fn page() -> impl IntoResponse {
-    (
-        [
-            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-            (header::CACHE_CONTROL, "no-store"),
-        ],
-        Html(PAGE),
-    )
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-store")], Html(PAGE))
 }
 
 /// `GET /status.json`
@@ -126,21 +120,13 @@ pub(super) async fn status(State(state): State<ApiState>) -> impl IntoResponse {
         .map(|(account, p)| PausedAccount {
             account_id: account.to_string(),
             cause: p.cause.as_str(),
-            probe_in_ms: u64::try_from(p.probe_at.saturating_duration_since(now).as_millis())
-                .unwrap_or(u64::MAX),
+            probe_in_ms: u64::try_from(p.probe_at.saturating_duration_since(now).as_millis()).unwrap_or(u64::MAX),
         })
         .collect();
     paused_accounts.sort_by(|a, b| a.account_id.cmp(&b.account_id));
     let refires_total = refires.values().fold(0.0, |a, b| a + b);
-    let failed = refires
-        .iter()
-        .filter(|(outcome, _)| outcome.as_str() != "ok")
-        .fold(0.0, |a, (_, b)| a + b);
-    let rates = rates(Sample {
-        at: now,
-        refires: refires_total,
-        failed,
-    });
+    let failed = refires.iter().filter(|(outcome, _)| outcome.as_str() != "ok").fold(0.0, |a, (_, b)| a + b);
+    let rates = rates(Sample { at: now, refires: refires_total, failed });
     let body = StatusResponse {
         version: env!("CARGO_PKG_VERSION"),
         ready: state.ready.load(Ordering::Acquire) && !engine.is_draining(),
@@ -152,11 +138,7 @@ pub(super) async fn status(State(state): State<ApiState>) -> impl IntoResponse {
         failed_per_second: rates.map(|r| r.1),
         refires_by_outcome: refires,
         refires_skipped_total: skipped.values().fold(0.0, |a, b| a + b),
-        budgets: engine
-            .budgets()
-            .into_iter()
-            .map(|(state, keys)| BudgetStatus { state, keys })
-            .collect(),
+        budgets: engine.budgets().into_iter().map(|(state, keys)| BudgetStatus { state, keys }).collect(),
         paused_accounts,
         recent_errors: engine.recent_errors(),
         refresh_ms: REFRESH_MS,
@@ -168,35 +150,23 @@ pub(super) async fn status(State(state): State<ApiState>) -> impl IntoResponse {
 /// rates since the oldest sample within [`RATE_WINDOW`].
 fn rates(current: Sample) -> Option<(f64, f64)> {
     // A poisoned lock only means a panic elsewhere mid-push; the samples are still usable.
-    let mut samples = SAMPLES
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut samples = SAMPLES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     rates_from(&mut samples, current)
 }
 
 fn rates_from(samples: &mut VecDeque<Sample>, current: Sample) -> Option<(f64, f64)> {
-    while samples
-        .front()
-        .is_some_and(|s| current.at.saturating_duration_since(s.at) > RATE_WINDOW)
-    {
+    while samples.front().is_some_and(|s| current.at.saturating_duration_since(s.at) > RATE_WINDOW) {
         samples.pop_front();
     }
     let base = samples.front().copied();
-    if samples
-        .back()
-        .is_none_or(|s| current.at.saturating_duration_since(s.at) >= SAMPLE_SPACING)
-    {
+    if samples.back().is_none_or(|s| current.at.saturating_duration_since(s.at) >= SAMPLE_SPACING) {
         samples.push_back(current);
     }
     let base = base?;
     let dt = current.at.saturating_duration_since(base.at).as_secs_f64();
     // A counter that went down means the registry was reset: no rate from that baseline.
-    (dt >= 0.5 && current.refires >= base.refires).then(|| {
-        (
-            (current.refires - base.refires) / dt,
-            (current.failed - base.failed).max(0.0) / dt,
-        )
-    })
+    (dt >= 0.5 && current.refires >= base.refires)
+        .then(|| ((current.refires - base.refires) / dt, (current.failed - base.failed).max(0.0) / dt))
 }
 
 /// Sums the samples of counter `name` in Prometheus text `text`, grouped by the value of
@@ -371,25 +341,15 @@ keeptyping_refires_skipped_total{reason=\"budget\"} 7
     #[test]
     fn rates_come_from_the_oldest_sample_in_the_window() {
         let t0 = Instant::now();
-        let at = |secs: u64, refires: f64, failed: f64| Sample {
-            at: t0 + Duration::from_secs(secs),
-            refires,
-            failed,
-        };
+        let at = |secs: u64, refires: f64, failed: f64| Sample { at: t0 + Duration::from_secs(secs), refires, failed };
         let mut samples = VecDeque::new();
 
         assert_eq!(rates_from(&mut samples, at(0, 0.0, 0.0)), None);
         assert_eq!(rates_from(&mut samples, at(2, 10.0, 1.0)), Some((5.0, 0.5)));
-        assert_eq!(
-            rates_from(&mut samples, at(4, 30.0, 1.0)),
-            Some((7.5, 0.25))
-        );
+        assert_eq!(rates_from(&mut samples, at(4, 30.0, 1.0)), Some((7.5, 0.25)));
         // 20 s later every sample is out of the window: no rate until the next poll.
         assert_eq!(rates_from(&mut samples, at(24, 100.0, 1.0)), None);
-        assert_eq!(
-            rates_from(&mut samples, at(26, 104.0, 1.0)),
-            Some((2.0, 0.0))
-        );
+        assert_eq!(rates_from(&mut samples, at(26, 104.0, 1.0)), Some((2.0, 0.0)));
     }
 
     #[test]

@@ -49,17 +49,9 @@ impl RecentErrors {
             UpstreamError::Status { status, .. } => Some(*status),
             UpstreamError::Timeout | UpstreamError::Network(_) => None,
         };
-        let entry = RecentError {
-            at_unix_ms,
-            platform,
-            outcome: error.label(),
-            status,
-        };
+        let entry = RecentError { at_unix_ms, platform, outcome: error.label(), status };
         // A poisoned lock only means a panic elsewhere mid-push; the ring is still usable.
-        let mut ring = self
-            .ring
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut ring = self.ring.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if ring.len() == RECENT_ERRORS {
             ring.pop_front();
         }
@@ -68,10 +60,7 @@ impl RecentErrors {
 
     /// The kept failures, newest first.
     pub fn list(&self) -> Vec<RecentError> {
-        let ring = self
-            .ring
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let ring = self.ring.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         ring.iter().rev().cloned().collect()
     }
 }
@@ -84,13 +73,7 @@ mod tests {
     fn keeps_only_the_newest_failures_newest_first() {
         let recent = RecentErrors::default();
         for status in 500..(500 + 25) {
-            recent.record(
-                "onlyfans",
-                &UpstreamError::Status {
-                    status,
-                    retry_after: None,
-                },
-            );
+            recent.record("onlyfans", &UpstreamError::Status { status, retry_after: None });
         }
         recent.record("fansly", &UpstreamError::Timeout);
 
