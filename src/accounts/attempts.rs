@@ -322,7 +322,7 @@ impl Attempts {
     }
 
     /// Records a poll's outcome: the new state (if the poll meant one) or the failure label.
-    /// Returns the snapshot when the state changed.
+    /// Returns the snapshot when the state name changed.
     pub(crate) fn record(
         &self,
         key: &AttemptKey,
@@ -349,11 +349,9 @@ impl Attempts {
     }
 }
 
-/// Moves `a` to `next`; returns whether anything changed.
+/// Moves `a` to `next`; returns whether the state *name* changed (a new `progress` or deeplink
+/// within the same state is kept but not reported as a change).
 fn change(a: &mut Attempt, next: AttemptState, now: Instant) -> bool {
-    if a.state == next {
-        return false;
-    }
     let renamed = a.state.name() != next.name();
     if next.is_terminal() {
         a.finished_at = Some(now);
@@ -362,7 +360,7 @@ fn change(a: &mut Attempt, next: AttemptState, now: Instant) -> bool {
     if renamed && a.history.len() < MAX_HISTORY {
         a.history.push(a.state.name());
     }
-    true
+    renamed
 }
 
 fn snapshot(id: &AttemptId, a: &Attempt, now: Instant) -> AttemptSnapshot {

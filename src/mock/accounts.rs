@@ -42,6 +42,7 @@ pub enum Step {
     /// Still going.
     Pending,
     /// A 2FA code is needed (phone ending `42`).
+    #[serde(rename = "needs_2fa")]
     Needs2fa,
     /// A mobile-app login is pending (with a deeplink).
     Mobile,
