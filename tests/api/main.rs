@@ -8,9 +8,11 @@
 //! API tests: the real service on an ephemeral loopback port against the real mock upstream,
 //! on real time with short intervals. One test binary.
 
+mod accounts;
 mod faults;
 mod helpers;
 mod metrics;
 mod shutdown;
 mod typing;
 mod validation;
+mod webhooks;
