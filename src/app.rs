@@ -1,6 +1,7 @@
 //! `App`: binds both listeners and wires config, upstream, budget, engine and API together.
 //!
-//! [`App::build`] does everything fallible (binding, TLS, key headers) so `main` can report it;
+//! [`App::build`] does everything fallible (binding, TLS, key headers, the attempt scheduler) so
+//! `main` can report it;
 //! [`App::run_until_stopped`] serves until the given signal fires, then drains in the order of
 //! DESIGN.md: readiness and hooks go 503 and no typing call leaves, the scheduler stops, the
 //! listeners stop accepting, and tracked work finishes within `shutdown.grace`.
@@ -13,10 +14,12 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
+use crate::accounts::Accounts;
 use crate::api::{self, ApiState, Tokens};
 use crate::budget::Budgets;
 use crate::config::{Config, DEFAULT_NAME};
 use crate::engine::{Engine, EngineConfig, KeyRing, Scheduler};
+use crate::ids::AccountId;
 use crate::shutdown::Shutdown;
 use crate::upstream::{OnlyFansClient, Upstream};
 
@@ -33,6 +36,7 @@ pub struct App {
     scheduler: Scheduler,
     shutdown: Shutdown,
     client: OnlyFansClient,
+    accounts: Accounts,
 }
 
 impl std::fmt::Debug for App {
@@ -82,7 +86,23 @@ impl App {
         let (engine, scheduler) = Engine::new(engine_cfg, upstream, budgets, keys);
         let tokens =
             Tokens::new(&secrets.hook_tokens, settings.hooks.allow_unauthenticated, |name| engine.keys().by_name(name));
-        let state = ApiState::new(&settings, engine, tokens, metrics);
+        // A connected attempt resumes the account's typing at once (accounts does not know the engine).
+        let readiness = engine.clone();
+        let on_connected = Arc::new(move |account: &str| {
+            if let Ok(account) = AccountId::parse_any(account) {
+                readiness.resume_account(&account);
+            }
+        });
+        let accounts = Accounts::build(
+            settings.accounts.clone(),
+            client.clone(),
+            secrets.webhook_secret,
+            secrets.callback_secret,
+            on_connected,
+        )
+        .await
+        .context("starting the authentication-attempt scheduler")?;
+        let state = ApiState::new(&settings, engine, tokens, metrics, accounts.clone());
         let hook_router = api::router(state.clone(), &settings);
         let admin_router = api::admin_router(state.clone());
         let hooks = TcpListener::bind(settings.server.listen)
@@ -100,6 +120,7 @@ impl App {
             scheduler,
             shutdown: Shutdown::new(settings.shutdown.grace),
             client,
+            accounts,
         })
     }
 
@@ -133,9 +154,15 @@ impl App {
     /// # Errors
     /// When a listener fails.
     pub async fn run_until_stopped(self, signal: impl std::future::Future<Output = ()> + Send) -> anyhow::Result<()> {
-        let Self { hooks, admin, hook_router, admin_router, state, scheduler, shutdown, .. } = self;
+        let Self { hooks, admin, hook_router, admin_router, state, scheduler, shutdown, accounts, .. } = self;
         let token = shutdown.token.clone();
         shutdown.tracker.spawn(scheduler.run(token.child_token()));
+        // The attempt watcher's job scheduler stops with everything else.
+        let accounts_token = token.child_token();
+        shutdown.tracker.spawn(async move {
+            accounts_token.cancelled().await;
+            accounts.shutdown().await;
+        });
         let metrics = state.metrics.clone();
         let upkeep_token = token.child_token();
         shutdown.tracker.spawn(async move {

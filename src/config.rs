@@ -25,6 +25,10 @@ pub const ENV_API_KEY: &str = "ONLYFANSAPI_API_KEY";
 pub const ENV_HOOK_TOKEN: &str = "KEEPTYPING_HOOK_TOKEN";
 /// Environment variable holding the OnlyFansAPI webhook signing secret.
 pub const ENV_WEBHOOK_SECRET: &str = "KEEPTYPING_WEBHOOK_SECRET";
+/// Environment variable holding the secret that signs authentication-attempt callbacks
+/// (`accounts.callback_url`). Deliberately not the webhook secret: a chat tool that verifies
+/// callbacks must not be able to forge OnlyFansAPI webhooks.
+pub const ENV_CALLBACK_SECRET: &str = "KEEPTYPING_CALLBACK_SECRET";
 /// Prefix of layered overrides: `KEEPTYPING__ENGINE__IDLE_TIMEOUT=45s`.
 pub const ENV_PREFIX: &str = "KEEPTYPING";
 /// Name given to the key, token and budget created by the single-tenant shortcuts.
@@ -301,17 +305,45 @@ pub struct ApiKeySettings {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AccountsSettings {
-    /// How often a watched authentication attempt is polled.
+    /// How often a watched authentication attempt is polled (whole seconds, at least 1s:
+    /// the job scheduler rounds to seconds).
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
-    /// How long an account answering 503 stays paused before typing is tried again.
+    /// How long an account answering 503 (or reported expired by a webhook) stays paused before
+    /// typing is tried again.
     #[serde(with = "humantime_serde")]
     pub unavailable_pause: Duration,
+    /// A watched attempt that reaches no terminal state within this long stops being polled and
+    /// is reported `timed_out`.
+    #[serde(with = "humantime_serde")]
+    pub attempt_deadline: Duration,
+    /// Most attempts remembered at once; beyond it, watching another answers 503.
+    pub max_attempts: usize,
+    /// How long a finished attempt stays readable before it is forgotten.
+    #[serde(with = "humantime_serde")]
+    pub attempt_retention: Duration,
+    /// URL that receives every state change of a watched attempt (JSON, signed like
+    /// OnlyFansAPI's webhooks with `KEEPTYPING_CALLBACK_SECRET`). Empty: no callback.
+    pub callback_url: String,
 }
+
+/// Default of `accounts.attempt_deadline`: long enough for a creator to find a 2FA code.
+pub const DEFAULT_ATTEMPT_DEADLINE: Duration = Duration::from_secs(10 * 60);
+/// Default of `accounts.attempt_retention`.
+pub const DEFAULT_ATTEMPT_RETENTION: Duration = Duration::from_secs(60 * 60);
+/// Default of `accounts.max_attempts`.
+pub const DEFAULT_MAX_ATTEMPTS: usize = 1000;
 
 impl Default for AccountsSettings {
     fn default() -> Self {
-        Self { poll_interval: Duration::from_secs(2), unavailable_pause: Duration::from_secs(30) }
+        Self {
+            poll_interval: Duration::from_secs(2),
+            unavailable_pause: Duration::from_secs(30),
+            attempt_deadline: DEFAULT_ATTEMPT_DEADLINE,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            attempt_retention: DEFAULT_ATTEMPT_RETENTION,
+            callback_url: String::new(),
+        }
     }
 }
 
@@ -414,6 +446,8 @@ pub struct Secrets {
     pub hook_tokens: Vec<HookToken>,
     /// The OnlyFansAPI webhook signing secret.
     pub webhook_secret: Option<SecretString>,
+    /// The secret signing authentication-attempt callbacks.
+    pub callback_secret: Option<SecretString>,
 }
 
 /// Everything [`load`] produces.
@@ -560,6 +594,21 @@ impl Settings {
         if self.accounts.poll_interval < Duration::from_secs(1) {
             return Err(invalid("accounts.poll_interval", "must be at least 1s"));
         }
+        if self.accounts.attempt_deadline < self.accounts.poll_interval {
+            return Err(invalid("accounts.attempt_deadline", "must be at least accounts.poll_interval"));
+        }
+        if self.accounts.max_attempts == 0 {
+            return Err(invalid("accounts.max_attempts", "must be at least 1"));
+        }
+        if self.accounts.attempt_retention.is_zero() {
+            return Err(invalid("accounts.attempt_retention", "must be greater than zero"));
+        }
+        if !self.accounts.callback_url.is_empty() {
+            match reqwest::Url::parse(&self.accounts.callback_url) {
+                Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+                _ => return Err(invalid("accounts.callback_url", "must be an http(s) URL or empty")),
+            }
+        }
         if self.server.max_body_bytes < 256 {
             return Err(invalid("server.max_body_bytes", "must be at least 256"));
         }
@@ -665,6 +714,13 @@ impl Settings {
             .get(ENV_WEBHOOK_SECRET)
             .filter(|v| !v.trim().is_empty())
             .map(|v| SecretString::from(v.trim().to_owned()));
+        secrets.callback_secret = env
+            .get(ENV_CALLBACK_SECRET)
+            .filter(|v| !v.trim().is_empty())
+            .map(|v| SecretString::from(v.trim().to_owned()));
+        if !self.accounts.callback_url.is_empty() && secrets.callback_secret.is_none() {
+            return Err(invalid("accounts.callback_url", format!("is set, so {ENV_CALLBACK_SECRET} must be set too")));
+        }
         Ok(secrets)
     }
 
@@ -681,6 +737,8 @@ impl Settings {
         }
         let webhook = if secrets.webhook_secret.is_some() { "set" } else { "not set" };
         out.push_str(&format!("# webhook signing secret: {webhook}\n"));
+        let callback = if secrets.callback_secret.is_some() { "set" } else { "not set" };
+        out.push_str(&format!("# callback signing secret: {callback}\n"));
         out
     }
 }
@@ -793,6 +851,11 @@ mod tests {
             ("KEEPTYPING__ENGINE__MAX_SESSIONS", "0", "engine.max_sessions"),
             ("KEEPTYPING__UPSTREAM__BASE_URL", "ftp://x", "upstream.base_url"),
             ("KEEPTYPING__SHUTDOWN__GRACE", "0s", "shutdown.grace"),
+            ("KEEPTYPING__ACCOUNTS__POLL_INTERVAL", "500ms", "accounts.poll_interval"),
+            ("KEEPTYPING__ACCOUNTS__ATTEMPT_DEADLINE", "1s", "accounts.attempt_deadline"),
+            ("KEEPTYPING__ACCOUNTS__MAX_ATTEMPTS", "0", "accounts.max_attempts"),
+            ("KEEPTYPING__ACCOUNTS__CALLBACK_URL", "mailto:x", "accounts.callback_url"),
+            ("KEEPTYPING__ACCOUNTS__CALLBACK_URL", "http://127.0.0.1:1/cb", "KEEPTYPING_CALLBACK_SECRET"),
         ];
         for (var, value, key) in cases {
             let err = load(None, &env(&[(var, value)])).unwrap_err().to_string();

@@ -7,6 +7,8 @@
 //! api (axum hooks, auth, validation)  ──►  engine (sessions + scheduler)  ──►  upstream (reqwest)
 //!                                               │
 //!                                               └──►  budget (token buckets per budget name)
+//! api  ──►  accounts (client sessions, auth-attempt watcher on tokio-cron-scheduler, webhook
+//!           signatures)  ──►  upstream
 //! config, metrics, shutdown, ids: leaves that anything may use
 //! mock: a stand-in OnlyFansAPI for tests, the demo and benchmarks; demo: the one-command tour
 //! app: wires it all together; main.rs only parses the command line
@@ -15,6 +17,7 @@
 //! Dependencies point one way: `engine` never imports axum, handlers never call `upstream` for
 //! typing and never spawn tasks, `upstream` knows nothing of sessions.
 
+pub mod accounts;
 pub mod api;
 pub mod app;
 pub mod budget;

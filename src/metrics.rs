@@ -46,6 +46,14 @@ pub const HOOK_REQUESTS: &str = "keeptyping_hook_requests_total";
 pub const HOOK_DURATION: &str = "keeptyping_hook_request_duration_seconds";
 /// Accounts whose typing is paused.
 pub const ACCOUNTS_PAUSED: &str = "keeptyping_accounts_paused";
+/// OnlyFansAPI webhooks received, by event and outcome.
+pub const WEBHOOKS: &str = "keeptyping_webhooks_total";
+/// Authentication attempts entering a state, by state.
+pub const AUTH_ATTEMPTS: &str = "keeptyping_auth_attempts_total";
+/// Authentication attempts being polled right now.
+pub const AUTH_ATTEMPTS_WATCHED: &str = "keeptyping_auth_attempts_watched";
+/// Authentication-attempt callbacks sent, by outcome.
+pub const AUTH_CALLBACKS: &str = "keeptyping_auth_callbacks_total";
 
 const LATENCY_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0];
 const COVERAGE_BUCKETS: &[f64] = &[0.5, 0.75, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 1.0];
@@ -97,6 +105,10 @@ fn describe() {
     describe_counter!(HOOK_REQUESTS, "Hook API requests, by route and status.");
     describe_histogram!(HOOK_DURATION, Unit::Seconds, "Hook API request duration, by route.");
     describe_gauge!(ACCOUNTS_PAUSED, "Accounts whose typing is paused.");
+    describe_counter!(WEBHOOKS, "OnlyFansAPI webhooks received, by event and outcome.");
+    describe_counter!(AUTH_ATTEMPTS, "Authentication attempts entering a state, by state.");
+    describe_gauge!(AUTH_ATTEMPTS_WATCHED, "Authentication attempts being polled.");
+    describe_counter!(AUTH_CALLBACKS, "Authentication-attempt callbacks sent, by outcome.");
 }
 
 /// Why a session ended.
@@ -238,4 +250,28 @@ pub fn hook_request(route: &str, status: u16, elapsed: Duration) {
     let route = route.to_owned();
     counter!(HOOK_REQUESTS, "route" => route.clone(), "status" => status.to_string()).increment(1);
     histogram!(HOOK_DURATION, "route" => route).record(elapsed.as_secs_f64());
+}
+
+/// One OnlyFansAPI webhook handled. `event` is one of a fixed set of names (`other` for the
+/// rest) and `outcome` one of `applied`, `ignored`, `invalid_signature`, `not_configured`,
+/// `malformed`.
+pub fn webhook(event: &'static str, outcome: &'static str) {
+    counter!(WEBHOOKS, "event" => event, "outcome" => outcome).increment(1);
+}
+
+/// An authentication attempt entered `state` (`pending`, `needs_2fa`, `mobile_pending`,
+/// `connected`, `failed`, `timed_out`).
+pub fn auth_attempt(state: &'static str) {
+    counter!(AUTH_ATTEMPTS, "state" => state).increment(1);
+}
+
+/// Attempts being polled.
+pub fn auth_attempts_watched(n: usize) {
+    #[allow(clippy::cast_precision_loss, reason = "bounded by accounts.max_attempts")]
+    gauge!(AUTH_ATTEMPTS_WATCHED).set(n as f64);
+}
+
+/// One callback sent: `ok`, `refused` (non-2xx) or `failed` (no answer).
+pub fn auth_callback(outcome: &'static str) {
+    counter!(AUTH_CALLBACKS, "outcome" => outcome).increment(1);
 }

@@ -80,6 +80,12 @@ pub enum ApiError {
     /// 503: a bounded table is full.
     #[error("{0}")]
     Full(String),
+    /// 403: no API key is configured that this caller's calls could use.
+    #[error("no api key is configured for this token")]
+    NoApiKey,
+    /// 503: `KEEPTYPING_WEBHOOK_SECRET` is not set, so no webhook can be verified.
+    #[error("no webhook signing secret is configured (KEEPTYPING_WEBHOOK_SECRET)")]
+    WebhookSecretMissing,
 }
 
 #[derive(Serialize)]
@@ -117,6 +123,8 @@ impl ApiError {
             Self::AtCapacity => (StatusCode::SERVICE_UNAVAILABLE, "at_capacity"),
             Self::Timeout => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
             Self::Full(_) => (StatusCode::SERVICE_UNAVAILABLE, "full"),
+            Self::NoApiKey => (StatusCode::FORBIDDEN, "no_api_key"),
+            Self::WebhookSecretMissing => (StatusCode::SERVICE_UNAVAILABLE, "webhook_secret_not_configured"),
         }
     }
 }

@@ -9,12 +9,18 @@
 //! | `POST /v1/typing/batch` | several starts and stops, validated whole |
 //! | `GET /v1/typing/sessions` | the caller's live sessions |
 //! | `GET /v1/budget` | every budget's state |
+//! | `POST /v1/client-sessions` | mint the `ofapi_cs_…` token a browser hands to `startOnlyFansAuthentication` |
+//! | `POST /v1/auth-attempts` | watch an authentication attempt |
+//! | `GET /v1/auth-attempts/{attempt_id}` | its latest state |
+//! | `POST /v1/webhooks/onlyfansapi` | OnlyFansAPI webhooks (signature, not bearer token) |
 //!
 //! Admin (`admin.listen`): `GET /metrics`, `/livez`, `/readyz`, and the status page `GET /`
 //! (with `GET /status.json`).
 //!
-//! Handlers call only [`Engine`]: they never call the upstream for typing and never spawn.
+//! Handlers call only [`Engine`] and [`Accounts`]: they never call the upstream for typing and
+//! never spawn.
 
+pub mod accounts;
 mod admin;
 pub mod auth;
 pub mod budget;
@@ -22,6 +28,7 @@ pub mod error;
 mod limit;
 mod status;
 pub mod typing;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -43,6 +50,7 @@ pub use auth::{Caller, Tokens};
 pub use error::{ApiError, AppJson};
 pub use limit::HookLimiter;
 
+use crate::accounts::Accounts;
 use crate::config::Settings;
 use crate::engine::Engine;
 use crate::ids::Platform;
@@ -68,6 +76,10 @@ pub struct ApiState {
     pub max_batch_events: usize,
     /// Cadence per platform.
     pub platforms: crate::config::PlatformsSettings,
+    /// Client sessions, watched attempts, webhook signatures.
+    pub accounts: Accounts,
+    /// `accounts.unavailable_pause`: how long a webhook-paused account waits before a probe.
+    pub unavailable_pause: Duration,
 }
 
 impl ApiState {
@@ -77,7 +89,13 @@ impl ApiState {
     }
 
     /// Builds the state from settings and its parts.
-    pub fn new(settings: &Settings, engine: Engine, tokens: Tokens, metrics: PrometheusHandle) -> Self {
+    pub fn new(
+        settings: &Settings,
+        engine: Engine,
+        tokens: Tokens,
+        metrics: PrometheusHandle,
+        accounts: Accounts,
+    ) -> Self {
         let hook_limit = HookLimiter::new(
             settings.hooks.tokens.len() + 1,
             settings.hooks.rate_limit_per_second,
@@ -93,6 +111,8 @@ impl ApiState {
             max_lifetime: settings.engine.max_lifetime,
             max_batch_events: settings.hooks.max_batch_events,
             platforms: settings.platforms.clone(),
+            accounts,
+            unavailable_pause: settings.accounts.unavailable_pause,
         }
     }
 }
@@ -106,6 +126,10 @@ pub fn router(state: ApiState, settings: &Settings) -> Router {
         .route("/v1/typing/batch", post(typing::batch))
         .route("/v1/typing/sessions", get(typing::sessions))
         .route("/v1/budget", get(budget::budget))
+        .route("/v1/client-sessions", post(accounts::create_client_session))
+        .route("/v1/auth-attempts", post(accounts::watch_attempt))
+        .route("/v1/auth-attempts/{attempt_id}", get(accounts::get_attempt))
+        .route("/v1/webhooks/onlyfansapi", post(webhooks::onlyfansapi))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), refuse_while_draining))

@@ -47,7 +47,7 @@ impl RecentErrors {
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         let status = match error {
             UpstreamError::Status { status, .. } => Some(*status),
-            UpstreamError::Timeout | UpstreamError::Network(_) => None,
+            UpstreamError::Timeout | UpstreamError::Network(_) | UpstreamError::InvalidBody(_) => None,
         };
         let entry = RecentError { at_unix_ms, platform, outcome: error.label(), status };
         // A poisoned lock only means a panic elsewhere mid-push; the ring is still usable.

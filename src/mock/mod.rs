@@ -8,7 +8,9 @@
 //! garbage or truncated bodies, odd `_meta` types, forced statuses) are switchable at run time
 //! through `POST /_mock/config`, and every request received is recorded with its receive time,
 //! readable at `GET /_mock/requests`. It is a test instrument, not part of the service path.
+//! The account endpoints (client sessions, scripted authentication attempts) are in [`accounts`].
 
+pub mod accounts;
 mod state;
 
 use std::convert::Infallible;
@@ -134,6 +136,10 @@ fn router(state: Arc<MockState>) -> Router {
         .route("/api/fansly/{account}/chats/{chat}/typing", post(typing_fansly))
         .route("/api/fanvue/{account}/chats/{chat}/typing", post(typing_fanvue))
         .route("/api/{account}/chats/{chat}/typing", post(typing_onlyfans))
+        .route("/api/client-sessions", post(accounts::client_sessions))
+        .route("/api/authenticate", post(accounts::start_authentication))
+        .route("/api/authenticate/{attempt_id}", get(accounts::poll_authentication).put(accounts::submit_code))
+        .route("/_mock/attempts", post(accounts::script))
         .route("/_mock/requests", get(requests))
         .route("/_mock/config", get(get_config).post(set_config))
         .route("/_mock/reset", post(reset))
@@ -178,7 +184,7 @@ async fn other(State(s): State<Arc<MockState>>, headers: HeaderMap) -> Response 
     plan.respond(&s).await
 }
 
-fn bearer(headers: &HeaderMap) -> String {
+pub(crate) fn bearer(headers: &HeaderMap) -> String {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

@@ -97,11 +97,11 @@ impl Default for MockConfig {
 pub struct Record {
     /// Milliseconds since the mock started, at receipt.
     pub t_ms: f64,
-    /// `typing` or `other`.
+    /// `typing`, `client_session`, `authenticate`, `auth_poll`, `auth_code` or `other`.
     pub kind: String,
     /// Platform of a typing call.
     pub platform: String,
-    /// Account path segment, as received (decoded).
+    /// Account path segment, as received (decoded); the attempt id of `auth_poll`/`auth_code`.
     pub account: String,
     /// Chat path segment, as received (decoded).
     pub chat: String,
@@ -142,6 +142,8 @@ struct Inner {
 pub struct MockState {
     started: Instant,
     inner: Mutex<Inner>,
+    /// Scripted authentication attempts (`mock/accounts.rs`).
+    pub attempts: super::accounts::MockAttempts,
 }
 
 impl MockState {
@@ -150,6 +152,7 @@ impl MockState {
         Self {
             started: Instant::now(),
             inner: Mutex::new(Inner { config, windows: HashMap::new(), records: Vec::new() }),
+            attempts: super::accounts::MockAttempts::default(),
         }
     }
 

@@ -17,7 +17,7 @@ use crate::config::{ApiKey, UpstreamSettings};
 use crate::ids::{Platform, SessionKey};
 
 /// Characters left unescaped in a path segment: RFC 3986 unreserved ones only.
-const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+pub(crate) const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
 
 /// Largest answer body read; `_meta` is small, anything longer is not worth reading.
 const MAX_BODY_BYTES: usize = 64 * 1024;

@@ -21,6 +21,9 @@ pub enum UpstreamError {
     /// Connecting, sending or reading failed (refused, reset, truncated).
     #[error("upstream connection failed: {0}")]
     Network(String),
+    /// A 2xx answer of an account endpoint whose body is not what the docs describe.
+    #[error("upstream answer is malformed: {0}")]
+    InvalidBody(String),
 }
 
 /// What the engine should do about an error.
@@ -49,7 +52,7 @@ impl UpstreamError {
             Self::Status { status: 401, .. } => ErrorKind::Unauthorized,
             Self::Status { status: 503, .. } => ErrorKind::Unavailable,
             Self::Status { status, .. } if (400..500).contains(status) && *status != 408 => ErrorKind::Rejected,
-            Self::Status { .. } | Self::Timeout | Self::Network(_) => ErrorKind::Transient,
+            Self::Status { .. } | Self::Timeout | Self::Network(_) | Self::InvalidBody(_) => ErrorKind::Transient,
         }
     }
 
@@ -58,6 +61,7 @@ impl UpstreamError {
         match self {
             Self::Timeout => "timeout",
             Self::Network(_) => "network",
+            Self::InvalidBody(_) => "invalid_body",
             Self::Status { status, .. } => match self.kind() {
                 ErrorKind::RateLimited { .. } => "rate_limited",
                 ErrorKind::Unauthorized => "unauthorized",

@@ -4,8 +4,10 @@
 //! [`Outcome`] (the result, classified by [`UpstreamError::kind`], and the `_meta._rate_limits`
 //! the response carried). [`OnlyFansClient`] is the real implementation over reqwest; tests
 //! substitute a fake. This module knows nothing of sessions, budgets or schedules: it makes one
-//! attempt and reports what happened.
+//! attempt and reports what happened. [`accounts`] adds the two account endpoints (client
+//! sessions, authentication status) to the same client.
 
+pub mod accounts;
 mod client;
 mod error;
 mod meta;
@@ -14,6 +16,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
+pub use accounts::{AccountCallError, AuthPoll, ClientSession, NewClientSession};
 pub use client::{OnlyFansClient, typing_path};
 pub use error::{ErrorKind, UpstreamError};
 pub use meta::{RateLimits, parse_rate_limits, parse_retry_after};

@@ -8,6 +8,7 @@
 //! API tests: the real service on an ephemeral loopback port against the real mock upstream,
 //! on real time with short intervals. One test binary.
 
+mod accounts;
 mod budget;
 mod faults;
 mod helpers;
@@ -15,3 +16,4 @@ mod metrics;
 mod shutdown;
 mod typing;
 mod validation;
+mod webhooks;
