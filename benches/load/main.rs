@@ -190,7 +190,12 @@ async fn run(opts: Opts) -> anyhow::Result<()> {
     cmd.env("RUST_LOG", "warn");
     let mock_proc = Proc::spawn("mock-upstream", cmd, &logs.join("mock.log"))?;
     let mut bench = Bench {
-        http: reqwest::Client::builder().pool_max_idle_per_host(64).tcp_nodelay(true).build()?,
+        http: reqwest::Client::builder()
+            .pool_max_idle_per_host(64)
+            .tcp_nodelay(true)
+            // Bounds every driver request: a system that stops answering fails its run.
+            .timeout(Duration::from_secs(60))
+            .build()?,
         mock: format!("http://127.0.0.1:{port}"),
         bin,
         logs,
@@ -215,10 +220,14 @@ async fn run(opts: Opts) -> anyhow::Result<()> {
     for &n in &opts.n {
         for r in 0..opts.repeat {
             for system in &opts.systems {
-                let run =
-                    bench.run(system, n, r, &opts, &mock_proc).await.with_context(|| format!("{system} at {n}"))?;
-                eprintln!("{}", report::line(&run));
-                runs.push(run);
+                // A system that falls over at some N is reported, and the bench goes on.
+                match bench.run(system, n, r, &opts, &mock_proc).await {
+                    Ok(run) => {
+                        eprintln!("{}", report::line(&run));
+                        runs.push(run);
+                    }
+                    Err(e) => eprintln!("{system} at n={n} failed: {e:#}"),
+                }
             }
         }
     }
