@@ -7,13 +7,15 @@
 //! exceeded. Latency, latency spikes, error rates and faults (black hole, connection reset,
 //! garbage or truncated bodies, odd `_meta` types, forced statuses) are switchable at run time
 //! through `POST /_mock/config`, and every request received is recorded with its receive time,
-//! readable at `GET /_mock/requests`. It is a test instrument, not part of the service path.
+//! readable at `GET /_mock/requests` (JSON) or `GET /_mock/requests.tsv` (compact), with the mock's
+//! clock at `GET /_mock/now`. It is a test instrument, not part of the service path.
 //! The account endpoints (client sessions, scripted authentication attempts) are in [`accounts`].
 
 pub mod accounts;
 mod state;
 
 use std::convert::Infallible;
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -141,6 +143,8 @@ fn router(state: Arc<MockState>) -> Router {
         .route("/api/authenticate/{attempt_id}", get(accounts::poll_authentication).put(accounts::submit_code))
         .route("/_mock/attempts", post(accounts::script))
         .route("/_mock/requests", get(requests))
+        .route("/_mock/requests.tsv", get(requests_tsv))
+        .route("/_mock/now", get(now))
         .route("/_mock/config", get(get_config).post(set_config))
         .route("/_mock/reset", post(reset))
         .route("/_mock/stats", get(stats))
@@ -195,6 +199,26 @@ pub(crate) fn bearer(headers: &HeaderMap) -> String {
 
 async fn requests(State(s): State<Arc<MockState>>, Query(q): Query<RecordQuery>) -> Response {
     Json(serde_json::json!({ "requests": s.records(&q) })).into_response()
+}
+
+/// The record as tab-separated lines `t_ms kind platform account chat status key_id`, for
+/// readers of hundreds of thousands of records (the benchmarks), where JSON is slow to parse.
+async fn requests_tsv(State(s): State<Arc<MockState>>, Query(q): Query<RecordQuery>) -> Response {
+    let mut out = String::new();
+    for r in s.records(&q) {
+        let _ = writeln!(
+            out,
+            "{:.3}\t{}\t{}\t{}\t{}\t{}\t{}",
+            r.t_ms, r.kind, r.platform, r.account, r.chat, r.status, r.key_id
+        );
+    }
+    ([(header::CONTENT_TYPE, "text/tab-separated-values")], out).into_response()
+}
+
+/// The mock's clock (milliseconds since it started, the unit of `t_ms`), so that a client can
+/// put its own events on the record's time line.
+async fn now(State(s): State<Arc<MockState>>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "now_ms": s.now_ms() }))
 }
 
 async fn get_config(State(s): State<Arc<MockState>>) -> Json<MockConfig> {

@@ -1,0 +1,544 @@
+//! The load benchmark: `cargo bench --bench load [-- --quick | --n 1000,10000,50000,100000 ...]`.
+//!
+//! Starts the mock OnlyFansAPI (`keeptyping mock-upstream`, unlimited) in its own process, then
+//! for every N and every system (keeptyping `serve`, and the naive task-per-session baseline,
+//! each a fresh process) opens N sessions through the hook API, paced over one refire interval,
+//! holds them, runs a start/stop storm while they refire, stops them all, and reads the mock's
+//! record. The ceiling baseline (the same client sending back to back) runs once per
+//! concurrency. CPU and memory come from `/proc` of each process. Results go to the terminal as a
+//! Markdown table and to `target/bench/load-<unix time>.json` and `target/bench/load-latest.json`.
+//!
+//! Not part of `cargo test` (`harness = false`; `cargo test` does not build or run benches).
+
+mod analysis;
+mod child;
+mod procs;
+mod report;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Serialize;
+use tokio::time::{Instant, sleep, sleep_until};
+
+use analysis::{Cadence, Quantiles, Spell};
+use procs::{Proc, free_port};
+
+/// The creator account every session is on.
+pub(crate) const ACCOUNT: &str = "acct_0123456789abcdef0123456789abcdef";
+/// Chat ids of the held sessions start here.
+const MAIN_BASE: u64 = 1_000_000_000;
+/// Chat ids of the storm sessions start here.
+const STORM_BASE: u64 = 2_000_000_000;
+/// Most events per batch request (keeptyping's default `hooks.max_batch_events`).
+const MAX_BATCH: usize = 500;
+/// Time allowed after the stops for calls already on the wire to land.
+const LAND: Duration = Duration::from_millis(2500);
+/// Lateness p99 a system must stay under to "hold" N sessions.
+const HOLD_BOUND_MS: f64 = 50.0;
+
+/// Command-line options.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Opts {
+    pub(crate) n: Vec<usize>,
+    pub(crate) hold_s: f64,
+    pub(crate) repeat: usize,
+    pub(crate) systems: Vec<String>,
+    pub(crate) ceiling_calls: usize,
+    pub(crate) ceiling_concurrency: Vec<usize>,
+    pub(crate) storm_pairs: usize,
+    pub(crate) storm_rate: f64,
+}
+
+impl Opts {
+    fn parse() -> anyhow::Result<Self> {
+        let mut o = Self {
+            n: vec![1_000, 10_000, 50_000],
+            hold_s: 20.0,
+            repeat: 1,
+            systems: vec!["keeptyping".to_owned(), "naive".to_owned()],
+            ceiling_calls: 100_000,
+            ceiling_concurrency: vec![8, 1024],
+            storm_pairs: 1500,
+            storm_rate: 500.0,
+        };
+        let mut args = std::env::args().skip(1);
+        let list = |v: Option<String>| -> anyhow::Result<Vec<usize>> {
+            v.context("missing value")?.split(',').map(|s| s.trim().parse().context("not a number")).collect()
+        };
+        while let Some(a) = args.next() {
+            match a.as_str() {
+                // `cargo bench` passes `--bench`; a filter may follow it.
+                "--bench" => {}
+                "--quick" => {
+                    o.n = vec![1_000, 10_000];
+                    o.hold_s = 8.0;
+                    o.ceiling_calls = 30_000;
+                    o.storm_pairs = 500;
+                }
+                "--n" => o.n = list(args.next())?,
+                "--hold" => o.hold_s = args.next().context("--hold SECONDS")?.parse()?,
+                "--repeat" => o.repeat = args.next().context("--repeat R")?.parse()?,
+                "--systems" => {
+                    o.systems = args.next().context("--systems a,b")?.split(',').map(str::to_owned).collect();
+                }
+                "--ceiling-calls" => o.ceiling_calls = args.next().context("--ceiling-calls M")?.parse()?,
+                "--ceiling-concurrency" => o.ceiling_concurrency = list(args.next())?,
+                "--storm" => o.storm_pairs = args.next().context("--storm PAIRS")?.parse()?,
+                "-h" | "--help" => {
+                    println!(
+                        "cargo bench --bench load -- [--quick] [--n 1000,10000,50000] [--hold SECONDS] [--repeat R]\n  \
+                         [--systems keeptyping,naive] [--ceiling-calls M] [--ceiling-concurrency 8,1024] [--storm PAIRS]"
+                    );
+                    std::process::exit(0);
+                }
+                other => anyhow::bail!("unknown argument {other:?} (try --help)"),
+            }
+        }
+        Ok(o)
+    }
+}
+
+/// CPU and memory of one process over the quiet hold window.
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct Cost {
+    pub(crate) cpu_s: f64,
+    pub(crate) refires: usize,
+    pub(crate) cpu_s_per_1k_refires: f64,
+    pub(crate) rss_idle_kib: u64,
+    pub(crate) rss_hold_kib: u64,
+    pub(crate) bytes_per_session: f64,
+    pub(crate) mock_cpu_s: f64,
+}
+
+/// keeptyping's own counters (from `/metrics`), for the record.
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct Counters {
+    pub(crate) refires_total: f64,
+    pub(crate) refires_skipped_total: f64,
+    pub(crate) lateness_mean_ms: f64,
+}
+
+/// One system at one N.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Run {
+    pub(crate) system: String,
+    pub(crate) n: usize,
+    pub(crate) repeat: usize,
+    pub(crate) started: usize,
+    pub(crate) ramp_s: f64,
+    pub(crate) hold_s: f64,
+    pub(crate) expected_rps: f64,
+    pub(crate) achieved_rps: f64,
+    pub(crate) failed_calls: usize,
+    pub(crate) cadence: Cadence,
+    pub(crate) cost: Cost,
+    pub(crate) hook_ms: Quantiles,
+    pub(crate) hook_errors: usize,
+    pub(crate) storm_after_stop: usize,
+    pub(crate) storm_after_stop_strict: usize,
+    pub(crate) counters: Option<Counters>,
+}
+
+/// The ceiling at one concurrency.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub(crate) struct Ceiling {
+    pub(crate) concurrency: usize,
+    pub(crate) calls: usize,
+    pub(crate) ok: usize,
+    pub(crate) cpu_s: f64,
+    pub(crate) wall_s: f64,
+}
+
+impl Ceiling {
+    pub(crate) fn cpu_s_per_1k(&self) -> f64 {
+        #[allow(clippy::cast_precision_loss, reason = "call counts far below 2^52")]
+        let calls = self.calls as f64;
+        self.cpu_s / calls * 1000.0
+    }
+}
+
+/// The driver's view of the world.
+struct Bench {
+    http: reqwest::Client,
+    mock: String,
+    bin: PathBuf,
+    logs: PathBuf,
+    /// A driver instant and the mock's clock at that instant.
+    clock: (Instant, f64),
+}
+
+fn main() -> anyhow::Result<()> {
+    if let Ok(mode) = std::env::var(child::CHILD_ENV) {
+        return child::run(&mode);
+    }
+    let opts = Opts::parse()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(run(opts))
+}
+
+async fn run(opts: Opts) -> anyhow::Result<()> {
+    let target = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target").join("bench");
+    let logs = target.join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_keeptyping"));
+    let port = free_port()?;
+    let mut cmd = Command::new(&bin);
+    cmd.args(["mock-upstream", "--listen", &format!("127.0.0.1:{port}"), "--limit-per-minute", "0"]);
+    cmd.env("RUST_LOG", "warn");
+    let mock_proc = Proc::spawn("mock-upstream", cmd, &logs.join("mock.log"))?;
+    let mut bench = Bench {
+        http: reqwest::Client::builder()
+            .pool_max_idle_per_host(64)
+            .tcp_nodelay(true)
+            // Bounds every driver request: a system that stops answering fails its run.
+            .timeout(Duration::from_secs(60))
+            .build()?,
+        mock: format!("http://127.0.0.1:{port}"),
+        bin,
+        logs,
+        clock: (Instant::now(), 0.0),
+    };
+    bench.wait_ready(&format!("{}/_mock/now", bench.mock)).await.context("mock-upstream did not start")?;
+    let machine = report::machine();
+    eprintln!("machine: {machine}; options: {opts:?}");
+    let started = Instant::now();
+    let mut ceilings = Vec::new();
+    for &c in &opts.ceiling_concurrency {
+        let ceiling = bench.ceiling(opts.ceiling_calls, c).await?;
+        eprintln!(
+            "ceiling c={c}: {} calls in {:.1} s, {:.3} CPU s per 1k calls",
+            ceiling.calls,
+            ceiling.wall_s,
+            ceiling.cpu_s_per_1k()
+        );
+        ceilings.push(ceiling);
+    }
+    let mut runs = Vec::new();
+    for &n in &opts.n {
+        for r in 0..opts.repeat {
+            for system in &opts.systems {
+                // A system that falls over at some N is reported, and the bench goes on.
+                match bench.run(system, n, r, &opts, &mock_proc).await {
+                    Ok(run) => {
+                        eprintln!("{}", report::line(&run));
+                        runs.push(run);
+                    }
+                    Err(e) => eprintln!("{system} at n={n} failed: {e:#}"),
+                }
+            }
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    report::write(&target, &opts, &machine, &ceilings, &runs, elapsed)?;
+    drop(mock_proc);
+    Ok(())
+}
+
+// === impl Bench ===
+
+impl Bench {
+    async fn wait_ready(&self, url: &str) -> anyhow::Result<()> {
+        for _ in 0..200 {
+            if self.http.get(url).send().await.is_ok_and(|r| r.status().is_success()) {
+                return Ok(());
+            }
+            sleep(Duration::from_millis(50)).await;
+        }
+        anyhow::bail!("{url} did not answer within 10 s")
+    }
+
+    async fn mock_now(&self) -> anyhow::Result<f64> {
+        let v: serde_json::Value = self.http.get(format!("{}/_mock/now", self.mock)).send().await?.json().await?;
+        v["now_ms"].as_f64().context("no now_ms")
+    }
+
+    /// Puts the driver's clock on the mock's: the reading with the shortest round trip wins.
+    async fn calibrate(&mut self) -> anyhow::Result<()> {
+        let mut best = (Duration::MAX, Instant::now(), 0.0);
+        for _ in 0..20 {
+            let t0 = Instant::now();
+            let m = self.mock_now().await?;
+            let rtt = t0.elapsed();
+            if rtt < best.0 {
+                best = (rtt, t0 + rtt / 2, m);
+            }
+        }
+        self.clock = (best.1, best.2);
+        Ok(())
+    }
+
+    /// `t` on the mock's clock, in ms.
+    fn mock_ms(&self, t: Instant) -> f64 {
+        let (base, m) = self.clock;
+        if t >= base { m + (t - base).as_secs_f64() * 1000.0 } else { m - (base - t).as_secs_f64() * 1000.0 }
+    }
+
+    async fn reset_mock(&self) -> anyhow::Result<()> {
+        self.http.post(format!("{}/_mock/reset", self.mock)).send().await?.error_for_status()?;
+        Ok(())
+    }
+
+    async fn ceiling(&self, calls: usize, concurrency: usize) -> anyhow::Result<Ceiling> {
+        self.reset_mock().await?;
+        let mut cmd = Command::new(std::env::current_exe()?);
+        cmd.env(child::CHILD_ENV, "ceiling")
+            .env("KEEPTYPING_BENCH_UPSTREAM", &self.mock)
+            .env("KEEPTYPING_BENCH_CALLS", calls.to_string())
+            .env("KEEPTYPING_BENCH_CONCURRENCY", concurrency.to_string());
+        let out = tokio::task::spawn_blocking(move || cmd.output()).await??;
+        anyhow::ensure!(out.status.success(), "ceiling failed: {}", String::from_utf8_lossy(&out.stderr));
+        let line = String::from_utf8(out.stdout)?;
+        let c: Ceiling = serde_json::from_str(line.trim()).context("ceiling output")?;
+        anyhow::ensure!(c.ok == c.calls, "ceiling: {} of {} calls failed", c.calls - c.ok, c.calls);
+        self.reset_mock().await?;
+        Ok(c)
+    }
+
+    /// Starts `system` as a fresh process; returns it with its hook base URL and admin URL.
+    async fn spawn_system(
+        &self,
+        system: &str,
+        n: usize,
+        repeat: usize,
+    ) -> anyhow::Result<(Proc, String, Option<String>)> {
+        let hook_port = free_port()?;
+        let log = self.logs.join(format!("{system}-{n}-{repeat}.log"));
+        match system {
+            "keeptyping" => {
+                let admin_port = free_port()?;
+                let mut cmd = Command::new(&self.bin);
+                cmd.arg("serve")
+                    .env("RUST_LOG", "warn")
+                    .env("KEEPTYPING__SERVER__LISTEN", format!("127.0.0.1:{hook_port}"))
+                    .env("KEEPTYPING__ADMIN__LISTEN", format!("127.0.0.1:{admin_port}"))
+                    .env("KEEPTYPING__UPSTREAM__BASE_URL", &self.mock)
+                    .env("ONLYFANSAPI_API_KEY", child::API_KEY)
+                    .env("KEEPTYPING_HOOK_TOKEN", child::HOOK_TOKEN)
+                    .env("KEEPTYPING__BUDGET__LIMIT_PER_MINUTE", "100000000")
+                    .env("KEEPTYPING__BUDGET__BURST", "100000")
+                    .env("KEEPTYPING__HOOKS__RATE_LIMIT_PER_SECOND", "0")
+                    .env("KEEPTYPING__ENGINE__IDLE_TIMEOUT", "10m")
+                    .env("KEEPTYPING__ENGINE__MAX_SESSIONS", (n + 100_000).to_string());
+                let p = Proc::spawn("keeptyping", cmd, &log)?;
+                let admin = format!("http://127.0.0.1:{admin_port}");
+                self.wait_ready(&format!("{admin}/readyz")).await?;
+                Ok((p, format!("http://127.0.0.1:{hook_port}"), Some(admin)))
+            }
+            "naive" => {
+                let mut cmd = Command::new(std::env::current_exe()?);
+                cmd.env(child::CHILD_ENV, "naive")
+                    .env("KEEPTYPING_BENCH_LISTEN", format!("127.0.0.1:{hook_port}"))
+                    .env("KEEPTYPING_BENCH_UPSTREAM", &self.mock);
+                let p = Proc::spawn("naive", cmd, &log)?;
+                let hook = format!("http://127.0.0.1:{hook_port}");
+                self.wait_ready(&format!("{hook}/livez")).await?;
+                Ok((p, hook, None))
+            }
+            other => anyhow::bail!("unknown system {other:?} (keeptyping, naive)"),
+        }
+    }
+
+    async fn post(&self, url: &str, body: String) -> anyhow::Result<serde_json::Value> {
+        let resp = self
+            .http
+            .post(url)
+            .bearer_auth(child::HOOK_TOKEN)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await?;
+        let status = resp.status();
+        anyhow::ensure!(status.is_success(), "{url} answered {status}");
+        Ok(resp.json().await?)
+    }
+
+    /// Sends one batch of `action` for chats `base + range`; returns the number of events whose
+    /// outcome is `want`.
+    async fn batch(
+        &self,
+        hook: &str,
+        action: &str,
+        base: u64,
+        range: std::ops::Range<usize>,
+        want: &str,
+    ) -> anyhow::Result<usize> {
+        let events: Vec<String> = range
+            .map(|i| format!(r#"{{"action":"{action}","account_id":"{ACCOUNT}","chat_id":"{}"}}"#, base + i as u64))
+            .collect();
+        let v =
+            self.post(&format!("{hook}/v1/typing/batch"), format!(r#"{{"events":[{}]}}"#, events.join(","))).await?;
+        let results = v["results"].as_array().context("no results")?;
+        Ok(results.iter().filter(|r| r["outcome"] == want).count())
+    }
+
+    async fn run(&mut self, system: &str, n: usize, repeat: usize, opts: &Opts, mock: &Proc) -> anyhow::Result<Run> {
+        let (mut proc_, hook, admin) = self.spawn_system(system, n, repeat).await?;
+        self.reset_mock().await?;
+        self.calibrate().await?;
+        sleep(Duration::from_millis(300)).await;
+        let rss_idle = proc_.rss_kib()?;
+        // Ramp: N starts spread evenly over one refire interval, as chatters arrive, not in one
+        // instant; batches of at most 500.
+        let interval_ms = child::INTERVAL.as_secs_f64() * 1000.0;
+        let per_batch = (n / 50).clamp(10, MAX_BATCH);
+        let batches = n.div_ceil(per_batch);
+        let pace = child::INTERVAL / u32::try_from(batches).unwrap_or(u32::MAX);
+        let mut spells = vec![Spell { start_ms: f64::NAN, stop_ms: f64::INFINITY }; n];
+        let mut started = 0;
+        let t0 = Instant::now();
+        for b in 0..batches {
+            sleep_until(t0 + pace * u32::try_from(b).unwrap_or(u32::MAX)).await;
+            let range = b * per_batch..((b + 1) * per_batch).min(n);
+            let sent = self.mock_ms(Instant::now());
+            started += self.batch(&hook, "start", MAIN_BASE, range.clone(), "started").await?;
+            for s in &mut spells[range] {
+                s.start_ms = sent;
+            }
+        }
+        let ramp_s = t0.elapsed().as_secs_f64();
+        proc_.check_alive()?;
+        // Quiet hold: the cost window.
+        sleep(Duration::from_secs(1)).await;
+        let (cpu0, mock_cpu0, m0) = (proc_.cpu_seconds()?, mock.cpu_seconds()?, self.mock_ms(Instant::now()));
+        sleep(Duration::from_secs_f64(opts.hold_s)).await;
+        let (cpu1, mock_cpu1, m1) = (proc_.cpu_seconds()?, mock.cpu_seconds()?, self.mock_ms(Instant::now()));
+        let rss_hold = proc_.rss_kib()?;
+        // The storm, while the N sessions keep refiring.
+        let (hook_ms, hook_errors, storm_spells) = self.storm(&hook, opts).await;
+        // Stop everything.
+        for b in 0..n.div_ceil(MAX_BATCH) {
+            let range = b * MAX_BATCH..((b + 1) * MAX_BATCH).min(n);
+            self.batch(&hook, "stop", MAIN_BASE, range.clone(), "stopped").await?;
+            let answered = self.mock_ms(Instant::now());
+            for s in &mut spells[range] {
+                s.stop_ms = answered;
+            }
+        }
+        sleep(LAND).await;
+        proc_.check_alive()?;
+        let counters = match &admin {
+            Some(a) => Some(self.counters(a).await?),
+            None => None,
+        };
+        drop(proc_);
+        let tsv = self.http.get(format!("{}/_mock/requests.tsv?kind=typing", self.mock)).send().await?.text().await?;
+        let calls = analysis::parse(&tsv, (MAIN_BASE, n), (STORM_BASE, storm_spells.len()));
+        let cadence = analysis::cadence(&calls.main, &spells, interval_ms);
+        let (storm_after_stop, storm_after_stop_strict) = analysis::after_stop(&calls.storm, &storm_spells);
+        let in_window = calls.all.iter().filter(|t| **t >= m0 && **t < m1).count();
+        #[allow(clippy::cast_precision_loss, reason = "counts far below 2^52")]
+        let (in_window_f, n_f) = (in_window as f64, n as f64);
+        let window_s = (m1 - m0) / 1000.0;
+        let cpu_s = cpu1 - cpu0;
+        Ok(Run {
+            system: system.to_owned(),
+            n,
+            repeat,
+            started,
+            ramp_s,
+            hold_s: window_s,
+            expected_rps: n_f / child::INTERVAL.as_secs_f64(),
+            achieved_rps: in_window_f / window_s,
+            failed_calls: calls.failed,
+            cadence,
+            cost: Cost {
+                cpu_s,
+                refires: in_window,
+                cpu_s_per_1k_refires: cpu_s / in_window_f * 1000.0,
+                rss_idle_kib: rss_idle,
+                rss_hold_kib: rss_hold,
+                #[allow(clippy::cast_precision_loss, reason = "KiB of one process")]
+                bytes_per_session: (rss_hold as f64 - rss_idle as f64) * 1024.0 / n_f,
+                mock_cpu_s: mock_cpu1 - mock_cpu0,
+            },
+            hook_ms,
+            hook_errors,
+            storm_after_stop,
+            storm_after_stop_strict,
+            counters,
+        })
+    }
+
+    /// Open-loop start/stop pairs at `storm_rate` pairs per second on fresh chats: each pair
+    /// sends a start and, once answered, a stop. Returns hook latencies (both requests), errors,
+    /// and each storm chat's spell.
+    async fn storm(&self, hook: &str, opts: &Opts) -> (Quantiles, usize, Vec<Spell>) {
+        let t0 = Instant::now();
+        let gap = Duration::from_secs_f64(1.0 / opts.storm_rate);
+        let mut tasks = Vec::with_capacity(opts.storm_pairs);
+        for k in 0..opts.storm_pairs {
+            sleep_until(t0 + gap * u32::try_from(k).unwrap_or(u32::MAX)).await;
+            let (http, hook) = (self.http.clone(), hook.to_owned());
+            let chat = STORM_BASE + k as u64;
+            tasks.push(tokio::spawn(async move {
+                let body = format!(r#"{{"account_id":"{ACCOUNT}","chat_id":"{chat}"}}"#);
+                let mut lat = Vec::with_capacity(2);
+                let mut ok = true;
+                let mut stop_at = None;
+                for route in ["start", "stop"] {
+                    let sent = Instant::now();
+                    let r = http
+                        .post(format!("{hook}/v1/typing/{route}"))
+                        .bearer_auth(child::HOOK_TOKEN)
+                        .header("content-type", "application/json")
+                        .body(body.clone())
+                        .send()
+                        .await;
+                    let done = Instant::now();
+                    ok &= match r {
+                        Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+                        Err(_) => false,
+                    };
+                    lat.push((done - sent).as_secs_f64() * 1000.0);
+                    stop_at = Some(Instant::now());
+                }
+                (lat, ok, stop_at)
+            }));
+        }
+        let mut lat = Vec::new();
+        let mut errors = 0;
+        let mut spells = Vec::with_capacity(tasks.len());
+        for t in tasks {
+            match t.await {
+                Ok((l, ok, stop_at)) => {
+                    lat.extend(l);
+                    errors += usize::from(!ok);
+                    let stop_ms = match (ok, stop_at) {
+                        (true, Some(s)) => self.mock_ms(s),
+                        _ => f64::INFINITY,
+                    };
+                    spells.push(Spell { start_ms: f64::NAN, stop_ms });
+                }
+                Err(_) => {
+                    errors += 1;
+                    spells.push(Spell { start_ms: f64::NAN, stop_ms: f64::INFINITY });
+                }
+            }
+        }
+        (Quantiles::of(lat), errors, spells)
+    }
+
+    /// keeptyping's own counters from its `/metrics`.
+    async fn counters(&self, admin: &str) -> anyhow::Result<Counters> {
+        let text = self.http.get(format!("{admin}/metrics")).send().await?.text().await?;
+        let sum = |prefix: &str| -> f64 {
+            text.lines()
+                .filter(|l| l.starts_with(prefix) && l[prefix.len()..].starts_with(['{', ' ']))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        };
+        let count = sum("keeptyping_refire_lateness_seconds_count");
+        Ok(Counters {
+            refires_total: sum("keeptyping_refires_total"),
+            refires_skipped_total: sum("keeptyping_refires_skipped_total"),
+            lateness_mean_ms: if count > 0.0 {
+                sum("keeptyping_refire_lateness_seconds_sum") / count * 1000.0
+            } else {
+                0.0
+            },
+        })
+    }
+}
