@@ -187,7 +187,18 @@ fn hook(c: &mut Criterion) {
     let stop = CancellationToken::new();
     rt.spawn(sched.run(stop.clone()));
     let tokens = Tokens::new(&cfg.secrets.hook_tokens, false, |name| eng.keys().by_name(name));
-    let state = ApiState::new(&cfg.settings, eng, tokens, keeptyping::metrics::install());
+    let client = keeptyping::upstream::OnlyFansClient::build(&cfg.settings.upstream, &cfg.secrets.api_keys)
+        .expect("an upstream client");
+    let accounts = rt
+        .block_on(keeptyping::accounts::Accounts::build(
+            cfg.settings.accounts.clone(),
+            client,
+            None,
+            None,
+            std::sync::Arc::new(|_| {}),
+        ))
+        .expect("the accounts scheduler starts");
+    let state = ApiState::new(&cfg.settings, eng, tokens, keeptyping::metrics::install(), accounts);
     let router = api::router(state, &cfg.settings);
     g.bench_function("post_start_refresh", |b| {
         b.iter(|| {
