@@ -2,13 +2,15 @@
 //!
 //! The check runs synchronously right before the request is handed to the upstream: if the
 //! session was stopped (or restarted, or the drain began) since the scheduler launched it, the
-//! call is dropped. Answers feed the budget (`_meta._rate_limits`, 429s), the session's coverage,
+//! call is dropped; and if the session ends while the request still waits (for a pooled
+//! connection, or for CPU under overload), the request is cancelled before it is written. Answers feed the budget (`_meta._rate_limits`, 429s), the session's coverage,
 //! and act on [`ErrorKind`]: 401 refuses the key and ends its sessions, 403/404/422 end the
 //! session, 503 pauses the account, transient failures only skip the beat.
 
 use std::sync::atomic::Ordering;
 
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::Shared;
 use super::readiness::PauseCause;
@@ -26,12 +28,23 @@ pub(crate) async fn fire(
     budget: BudgetIndex,
     launched_at: Instant,
 ) {
-    let still_wanted =
-        !shared.draining.load(Ordering::Acquire) && shared.table.with_generation(&key, generation, |_| ()).is_some();
+    // The session keeps a token for this call: a stop (or the drain) that lands while the
+    // request still waits for a pooled connection or for CPU drops it before it is written.
+    let cancel = CancellationToken::new();
+    let still_wanted = !shared.draining.load(Ordering::Acquire)
+        && shared.table.with_generation(&key, generation, |s| s.cancel_in_flight = Some(cancel.clone())).is_some();
     if !still_wanted {
         return;
     }
-    let outcome = shared.upstream.typing(&key, api_key).await;
+    let call = shared.upstream.typing(&key, api_key);
+    let outcome = tokio::select! {
+        biased;
+        () = cancel.cancelled() => {
+            metrics::refire(key.platform.as_str(), "cancelled", launched_at.elapsed());
+            return;
+        }
+        outcome = call => outcome,
+    };
     let now = Instant::now();
     metrics::refire(key.platform.as_str(), outcome.label(), outcome.elapsed);
     if let Some(limits) = outcome.rate_limits {

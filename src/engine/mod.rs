@@ -213,6 +213,7 @@ impl Engine {
             lit_until: None,
             lit_total: Duration::ZERO,
             gaps: 0,
+            cancel_in_flight: None,
         });
         let outcome = match upsert {
             Upsert::Full => return Err(StartError::AtCapacity),
@@ -325,6 +326,10 @@ impl Engine {
     /// Starts the drain: starts are refused and no new typing call leaves from now on.
     pub fn drain(&self) {
         self.shared.draining.store(true, Ordering::Release);
+        // Calls still waiting for a connection would leave after the drain began: drop them.
+        for token in self.shared.table.collect(|_, s| s.cancel_in_flight.clone()) {
+            token.cancel();
+        }
     }
 
     /// Whether the drain has started.
@@ -342,6 +347,9 @@ fn millis(d: Duration) -> u64 {
 impl Shared {
     /// Records the end of `session`.
     pub(crate) fn ended(&self, session: &Session, reason: EndReason, now: Instant) {
+        if let Some(token) = &session.cancel_in_flight {
+            token.cancel();
+        }
         metrics::session_ended(reason, session.coverage(now));
         metrics::sessions_active(self.table.len());
     }

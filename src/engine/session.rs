@@ -13,6 +13,7 @@ use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::budget::BudgetIndex;
 use crate::ids::SessionKey;
@@ -70,6 +71,9 @@ pub struct Session {
     pub lit_total: Duration,
     /// Number of times the indicator lapsed while composing.
     pub gaps: u32,
+    /// Cancels the typing call in flight, if any: a call still waiting for a connection when the
+    /// session ends is dropped before it is written.
+    pub cancel_in_flight: Option<CancellationToken>,
 }
 
 impl Session {
@@ -272,6 +276,7 @@ mod tests {
             lit_until: None,
             lit_total: Duration::ZERO,
             gaps: 0,
+            cancel_in_flight: None,
         }
     }
 

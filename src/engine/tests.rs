@@ -21,6 +21,11 @@ struct FakeUpstream {
     /// 0 means 200.
     status: Mutex<u16>,
     latency: Mutex<Duration>,
+    /// Time before the request "leaves" (a pool checkout or a starved CPU); the call is
+    /// recorded only once it has left.
+    connect_delay: Mutex<Duration>,
+    /// Calls recorded when they left after a `connect_delay`.
+    left: Arc<Mutex<Vec<(String, Instant)>>>,
 }
 
 impl FakeUpstream {
@@ -31,10 +36,19 @@ impl FakeUpstream {
 
 impl Upstream for FakeUpstream {
     fn typing(&self, key: &SessionKey, _api_key: KeyIndex) -> BoxFuture<Outcome> {
-        self.calls.lock().unwrap().push((key.chat.to_string(), Instant::now()));
+        let connect_delay = *self.connect_delay.lock().unwrap();
+        if connect_delay.is_zero() {
+            self.calls.lock().unwrap().push((key.chat.to_string(), Instant::now()));
+        }
         let status = *self.status.lock().unwrap();
         let latency = *self.latency.lock().unwrap();
+        let calls = Arc::clone(&self.left);
+        let chat = key.chat.to_string();
         Box::pin(async move {
+            if !connect_delay.is_zero() {
+                sleep(connect_delay).await;
+                calls.lock().unwrap().push((chat, Instant::now()));
+            }
             sleep(latency).await;
             let result = if status == 0 || status == 200 {
                 Ok(())
@@ -307,4 +321,20 @@ async fn a_short_budget_serves_new_sessions_first_and_starves_nobody() {
         // second) = max(20 s, (21 + 10) / 1) = 31 s; the fair share alone is 21 s.
         assert!(worst <= Duration::from_secs(31), "session {i} waited {worst:?} between indicators");
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stop_cancels_a_call_that_has_not_left_yet() {
+    let h = harness();
+    // The request waits 1 s for a connection before it is written.
+    *h.fake.connect_delay.lock().unwrap() = Duration::from_secs(1);
+    h.engine.start(start_cmd("1")).unwrap();
+    sleep(Duration::from_millis(500)).await;
+    assert_eq!(h.engine.stop(&key("1"), None), StopOutcome::Stopped);
+    sleep(Duration::from_secs(5)).await;
+    assert!(h.fake.left.lock().unwrap().is_empty(), "a call left after its stop was answered");
+    // Without a stop the delayed call does leave (the fake is not broken).
+    h.engine.start(start_cmd("2")).unwrap();
+    sleep(Duration::from_secs(2)).await;
+    assert_eq!(h.fake.left.lock().unwrap().len(), 1);
 }
