@@ -9,6 +9,7 @@
 //! | `POST /v1/typing/batch` | several starts and stops, validated whole |
 //! | `GET /v1/typing/sessions` | the caller's live sessions |
 //! | `GET /v1/budget` | every budget's state |
+//! | `GET /openapi.json` | the OpenAPI document of the hook API (no token needed) |
 //!
 //! Admin (`admin.listen`): `GET /metrics`, `/livez`, `/readyz`.
 //!
@@ -19,6 +20,7 @@ pub mod auth;
 pub mod budget;
 pub mod error;
 mod limit;
+pub mod openapi;
 pub mod typing;
 
 use std::sync::Arc;
@@ -104,6 +106,7 @@ pub fn router(state: ApiState, settings: &Settings) -> Router {
         .route("/v1/typing/batch", post(typing::batch))
         .route("/v1/typing/sessions", get(typing::sessions))
         .route("/v1/budget", get(budget::budget))
+        .route("/openapi.json", get(openapi::openapi_json))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), refuse_while_draining))

@@ -22,7 +22,7 @@ use crate::upstream::KeyIndex;
 pub const MAX_HOLDERS: usize = 16;
 
 /// How urgently a session's indicator matters when the budget is short.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Priority {
     /// Routine.

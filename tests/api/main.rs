@@ -11,6 +11,7 @@
 mod faults;
 mod helpers;
 mod metrics;
+mod openapi;
 mod shutdown;
 mod typing;
 mod validation;
