@@ -84,7 +84,13 @@ enum Verdict {
     Expired(EndReason),
     AccountPaused,
     PreviousInFlight,
-    Ready { budget: usize, class: Class },
+    /// A deadline clamped to a lease end that has since been extended: not yet one interval
+    /// since the last call, so it moves to this instant.
+    Early(Instant),
+    Ready {
+        budget: usize,
+        class: Class,
+    },
 }
 
 /// The deadline loop. Build it with [`super::Engine::new`], run it with [`Scheduler::run`].
@@ -211,6 +217,7 @@ impl Scheduler {
     fn verdict(&self, entry: &Entry, now: Instant) -> Verdict {
         let shared = &self.shared;
         let bound = shared.cfg.budget.starvation_bound;
+        let interval = shared.platform(entry.key.platform).refire_interval;
         let v = shared.table.with_generation(&entry.key, entry.generation, |s| {
             if s.next_due != entry.due {
                 return Verdict::Stale;
@@ -220,6 +227,9 @@ impl Scheduler {
             }
             if now >= s.expires_at() {
                 return Verdict::Expired(EndReason::Idle);
+            }
+            if let Some(earliest) = s.last_launch.map(|t| t + interval).filter(|t| now < *t) {
+                return Verdict::Early(earliest);
             }
             if s.in_flight {
                 return Verdict::PreviousInFlight;
@@ -251,6 +261,7 @@ impl Scheduler {
                 metrics::refire_skipped(SkipReason::PreviousInFlight);
                 self.reschedule(entry, now);
             }
+            Verdict::Early(at) => self.defer(entry, at),
             Verdict::Ready { budget, class } => {
                 let w = &self.waiting[budget.min(self.waiting.len() - 1)];
                 // A priority call only queues behind other priority calls: it may be paid
@@ -335,9 +346,14 @@ impl Scheduler {
                     self.reschedule(entry, now);
                 }
                 Verdict::PreviousInFlight => self.reschedule(entry, now),
+                Verdict::Early(at) => self.defer(entry, at),
                 Verdict::Ready { class, .. } => {
                     if !self.try_pay(b, class, entry, now, false) {
                         if self.blocked {
+                            // Out of permits with entries still queued: drain again as soon
+                            // as a permit frees, or the queue would wait for a wake that no
+                            // refusal is left to set.
+                            self.waiting[b].wake = Some(now);
                             return;
                         }
                         // Refused: the entry is back in its queue. Put it back at the front so
@@ -373,6 +389,17 @@ impl Scheduler {
         }
     }
 
+    /// Moves an early entry's deadline to `at` (or to its expiry, if sooner).
+    fn defer(&mut self, entry: Entry, at: Instant) {
+        let next = self.shared.table.with_generation(&entry.key, entry.generation, |s| {
+            s.next_due = at.min(s.expires_at());
+            s.next_due
+        });
+        if let Some(due) = next {
+            self.push(entry.key, entry.generation, due);
+        }
+    }
+
     fn expire(&mut self, entry: &Entry, reason: EndReason, now: Instant) {
         if let Some(session) = self.shared.table.remove_if_generation(&entry.key, entry.generation) {
             self.shared.ended(&session, reason, now);
@@ -385,6 +412,7 @@ impl Scheduler {
         let launched = self.shared.table.with_generation(&entry.key, entry.generation, |s| {
             s.in_flight = true;
             s.first_sent = true;
+            s.last_launch = Some(now);
             s.next_due = (now + cadence.refire_interval).min(s.expires_at().max(now));
             (s.next_due, s.api_key, s.budget)
         });
