@@ -8,6 +8,7 @@
 //! API tests: the real service on an ephemeral loopback port against the real mock upstream,
 //! on real time with short intervals. One test binary.
 
+mod fault_suite;
 mod faults;
 mod helpers;
 mod metrics;
