@@ -14,5 +14,6 @@ mod helpers;
 mod metrics;
 mod openapi;
 mod shutdown;
+mod tenants;
 mod typing;
 mod validation;
