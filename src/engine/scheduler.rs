@@ -157,7 +157,10 @@ impl Scheduler {
                     self.permit = permit.ok();
                 }
                 () = sleep_until(wake.unwrap_or_else(|| Instant::now() + GAUGE_PERIOD)), if wake.is_some() => {}
-                _ = gauges.tick() => self.update_gauges(),
+                _ = gauges.tick() => {
+                    self.sweep_waiting(Instant::now());
+                    self.update_gauges();
+                }
             }
         }
         self.shared.draining.store(true, std::sync::atomic::Ordering::Release);
@@ -371,6 +374,29 @@ impl Scheduler {
                 }
             }
         }
+    }
+
+    /// Ends the sessions whose lease or lifetime ran out while they wait for a paused budget:
+    /// a long backoff must not keep them alive (nothing is sent for them either way).
+    fn sweep_waiting(&mut self, now: Instant) {
+        for b in 0..self.waiting.len() {
+            let priority = std::mem::take(&mut self.waiting[b].priority);
+            self.waiting[b].priority = self.sweep_queue(priority, now);
+            let normal = std::mem::take(&mut self.waiting[b].normal);
+            self.waiting[b].normal = self.sweep_queue(normal, now);
+        }
+    }
+
+    fn sweep_queue(&mut self, queue: VecDeque<Entry>, now: Instant) -> VecDeque<Entry> {
+        let mut kept = VecDeque::with_capacity(queue.len());
+        for entry in queue {
+            match self.verdict(&entry, now) {
+                Verdict::Stale => {}
+                Verdict::Expired(reason) => self.expire(&entry, reason, now),
+                _ => kept.push_back(entry),
+            }
+        }
+        kept
     }
 
     fn take_permit(&mut self) -> Option<OwnedSemaphorePermit> {
