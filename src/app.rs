@@ -35,6 +35,8 @@ pub struct App {
     state: ApiState,
     scheduler: Scheduler,
     shutdown: Shutdown,
+    /// `shutdown.drain_delay`: 503s before the listeners close.
+    drain_delay: Duration,
     client: OnlyFansClient,
     accounts: Accounts,
 }
@@ -118,7 +120,8 @@ impl App {
             admin_router,
             state,
             scheduler,
-            shutdown: Shutdown::new(settings.shutdown.grace),
+            shutdown: Shutdown::new(settings.shutdown.grace.saturating_sub(settings.shutdown.drain_delay)),
+            drain_delay: settings.shutdown.drain_delay,
             client,
             accounts,
         })
@@ -154,7 +157,8 @@ impl App {
     /// # Errors
     /// When a listener fails.
     pub async fn run_until_stopped(self, signal: impl std::future::Future<Output = ()> + Send) -> anyhow::Result<()> {
-        let Self { hooks, admin, hook_router, admin_router, state, scheduler, shutdown, accounts, .. } = self;
+        let Self { hooks, admin, hook_router, admin_router, state, scheduler, shutdown, accounts, drain_delay, .. } =
+            self;
         let token = shutdown.token.clone();
         shutdown.tracker.spawn(scheduler.run(token.child_token()));
         // The attempt watcher's job scheduler stops with everything else.
@@ -187,6 +191,10 @@ impl App {
         api::set_ready(&state.ready, false);
         state.engine.drain();
         tracing::info!(sessions = state.engine.active_count(), "draining");
+        if !drain_delay.is_zero() {
+            // Keep answering 503 while routers notice; nothing is sent meanwhile (drained).
+            tokio::time::sleep(drain_delay).await;
+        }
         // (2) stop the scheduler and the listeners; (3) wait for tracked work within the grace.
         let clean = shutdown.drain().await;
         if clean {

@@ -282,7 +282,12 @@ impl BudgetState {
     /// The upstream answered 429. Pauses for `retry_after` when given, else for an exponential
     /// backoff (1 s doubling to 60 s) scaled by `jitter` in `[0, 1)` to between 80% and 120%.
     pub fn rate_limited(&mut self, retry_after: Option<Duration>, jitter: f64, now: Instant) {
-        self.consecutive_429 = self.consecutive_429.saturating_add(1);
+        // A 429 answering a call launched before the current pause says nothing new: only the
+        // first 429 of a burst of concurrent calls steps the backoff up.
+        let already_paused = self.paused_until.is_some_and(|(u, r)| u > now && r == PauseReason::RateLimited);
+        if !already_paused {
+            self.consecutive_429 = self.consecutive_429.saturating_add(1);
+        }
         let pause = retry_after.unwrap_or_else(|| {
             let exp = BACKOFF_BASE.saturating_mul(1 << (self.consecutive_429 - 1).min(6));
             exp.min(BACKOFF_MAX).mul_f64(0.8 + 0.4 * jitter.clamp(0.0, 1.0))
@@ -528,18 +533,32 @@ mod tests {
             Err(Denied::Paused { until, .. }) => until - t0,
             other => panic!("{other:?}"),
         };
+        let pause_at = |b: &mut BudgetState, t: Instant| match b.try_acquire(Class::Priority, t) {
+            Err(Denied::Paused { until, .. }) => until - t,
+            other => panic!("{other:?}"),
+        };
         b.rate_limited(None, 0.5, t0);
         assert_eq!(pause(&mut b), secs(1.0));
-        b.rate_limited(None, 0.5, t0);
-        assert_eq!(pause(&mut b), secs(2.0));
-        b.rate_limited(None, 0.0, t0);
-        assert_eq!(pause(&mut b), secs(4.0 * 0.8).max(secs(2.0)));
-        for _ in 0..10 {
-            b.rate_limited(None, 0.999, t0);
+        // More 429s from calls launched before the pause do not step the backoff up.
+        for _ in 0..15 {
+            b.rate_limited(None, 0.5, t0 + secs(0.1));
         }
-        assert!(pause(&mut b) <= secs(72.0), "capped at 60 s x 1.2");
+        assert_eq!(pause(&mut b), secs(1.1), "still 1 s, from the latest 429");
+        // The next 429 after the pause does.
+        let t1 = t0 + secs(1.1);
+        b.rate_limited(None, 0.5, t1);
+        assert_eq!(pause_at(&mut b, t1), secs(2.0));
+        let t2 = t1 + secs(2.0);
+        b.rate_limited(None, 0.0, t2);
+        assert_eq!(pause_at(&mut b, t2), secs(4.0 * 0.8));
+        let mut t = t2;
+        for _ in 0..10 {
+            t += secs(80.0);
+            b.rate_limited(None, 0.999, t);
+        }
+        assert!(pause_at(&mut b, t) <= secs(72.0), "capped at 60 s x 1.2");
         b.succeeded();
-        let t1 = t0 + secs(100.0);
+        let t1 = t + secs(100.0);
         b.rate_limited(None, 0.5, t1);
         match b.try_acquire(Class::Priority, t1) {
             Err(Denied::Paused { until, .. }) => assert_eq!(until - t1, secs(1.0)),

@@ -354,11 +354,15 @@ pub struct ShutdownSettings {
     /// Drain deadline after SIGTERM.
     #[serde(with = "humantime_serde")]
     pub grace: Duration,
+    /// How long readiness and hooks answer 503 before the listeners close (load balancers and
+    /// Kubernetes endpoints need a moment to stop routing here); part of `grace`.
+    #[serde(with = "humantime_serde")]
+    pub drain_delay: Duration,
 }
 
 impl Default for ShutdownSettings {
     fn default() -> Self {
-        Self { grace: Duration::from_secs(10) }
+        Self { grace: Duration::from_secs(10), drain_delay: Duration::ZERO }
     }
 }
 
@@ -590,6 +594,9 @@ impl Settings {
         }
         if self.shutdown.grace.is_zero() {
             return Err(invalid("shutdown.grace", "must be greater than zero"));
+        }
+        if self.shutdown.drain_delay >= self.shutdown.grace {
+            return Err(invalid("shutdown.drain_delay", "must be shorter than shutdown.grace"));
         }
         if self.accounts.poll_interval < Duration::from_secs(1) {
             return Err(invalid("accounts.poll_interval", "must be at least 1s"));
@@ -856,6 +863,7 @@ mod tests {
             ("KEEPTYPING__ACCOUNTS__MAX_ATTEMPTS", "0", "accounts.max_attempts"),
             ("KEEPTYPING__ACCOUNTS__CALLBACK_URL", "mailto:x", "accounts.callback_url"),
             ("KEEPTYPING__ACCOUNTS__CALLBACK_URL", "http://127.0.0.1:1/cb", "KEEPTYPING_CALLBACK_SECRET"),
+            ("KEEPTYPING__SHUTDOWN__DRAIN_DELAY", "10s", "shutdown.drain_delay"),
         ];
         for (var, value, key) in cases {
             let err = load(None, &env(&[(var, value)])).unwrap_err().to_string();

@@ -16,7 +16,9 @@ pub const MAX_ACCOUNT_ID_LEN: usize = 80;
 pub const MAX_NUMERIC_CHAT_ID_LEN: usize = 20;
 
 /// The creator platforms OnlyFansAPI proxies a typing call for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Platform {
     /// OnlyFans: `POST /api/{account}/chats/{chat}/typing`.

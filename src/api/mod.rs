@@ -13,6 +13,7 @@
 //! | `POST /v1/auth-attempts` | watch an authentication attempt |
 //! | `GET /v1/auth-attempts/{attempt_id}` | its latest state |
 //! | `POST /v1/webhooks/onlyfansapi` | OnlyFansAPI webhooks (signature, not bearer token) |
+//! | `GET /openapi.json` | the OpenAPI document of the hook API (no token needed) |
 //!
 //! Admin (`admin.listen`): `GET /metrics`, `/livez`, `/readyz`, and the status page `GET /`
 //! (with `GET /status.json`).
@@ -26,6 +27,7 @@ pub mod auth;
 pub mod budget;
 pub mod error;
 mod limit;
+pub mod openapi;
 mod status;
 pub mod typing;
 pub mod webhooks;
@@ -130,6 +132,7 @@ pub fn router(state: ApiState, settings: &Settings) -> Router {
         .route("/v1/auth-attempts", post(accounts::watch_attempt))
         .route("/v1/auth-attempts/{attempt_id}", get(accounts::get_attempt))
         .route("/v1/webhooks/onlyfansapi", post(webhooks::onlyfansapi))
+        .route("/openapi.json", get(openapi::openapi_json))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), refuse_while_draining))

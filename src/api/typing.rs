@@ -21,7 +21,7 @@ use crate::ids::{AccountId, ChatId, IdError, Platform, SessionKey};
 pub const MAX_CHATTER_ID_LEN: usize = 128;
 
 /// A chat id as tools send it: a JSON string, or a number for the numeric platforms.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum RawId {
     /// `"123"`
@@ -40,7 +40,7 @@ impl RawId {
 }
 
 /// Body of `POST /v1/typing/start`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 pub struct StartRequest {
     /// Creator account (`acct_…`).
     pub account_id: String,
@@ -61,7 +61,7 @@ pub struct StartRequest {
 }
 
 /// Body of `POST /v1/typing/stop`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 pub struct StopRequest {
     /// Creator account.
     pub account_id: String,
@@ -76,7 +76,7 @@ pub struct StopRequest {
 }
 
 /// One event of a batch.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "action", rename_all = "lowercase")]
 pub enum BatchEvent {
     /// A start.
@@ -86,30 +86,34 @@ pub enum BatchEvent {
 }
 
 /// Body of `POST /v1/typing/batch`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 pub struct BatchRequest {
     /// The events, applied in order.
     pub events: Vec<BatchEvent>,
 }
 
 /// The session a response is about.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SessionRef {
     platform: Platform,
+    #[schema(value_type = String)]
     account_id: AccountId,
+    #[schema(value_type = String)]
     chat_id: ChatId,
 }
 
 /// Answer of start, stop, and each batch event.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TypingResponse {
     /// `started`, `refreshed`, `paused`, `stopped`, `released`, `not_found`, or `error` (batch).
+    #[schema(value_type = String)]
     pub outcome: &'static str,
     /// The session.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub session: Option<SessionRef>,
     /// Why it is paused.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub reason: Option<&'static str>,
     /// Time between typing calls for this platform.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -122,11 +126,12 @@ pub struct TypingResponse {
     pub holders: Option<usize>,
     /// A batch event's error.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub error: Option<serde_json::Value>,
 }
 
 /// Answer of a batch.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct BatchResponse {
     /// One per event, in order.
     pub results: Vec<TypingResponse>,

@@ -210,6 +210,7 @@ impl Engine {
             next_due: now,
             in_flight: false,
             first_sent: false,
+            last_launch: None,
             lit_until: None,
             lit_total: Duration::ZERO,
             gaps: 0,

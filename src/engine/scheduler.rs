@@ -84,7 +84,13 @@ enum Verdict {
     Expired(EndReason),
     AccountPaused,
     PreviousInFlight,
-    Ready { budget: usize, class: Class },
+    /// A deadline clamped to a lease end that has since been extended: not yet one interval
+    /// since the last call, so it moves to this instant.
+    Early(Instant),
+    Ready {
+        budget: usize,
+        class: Class,
+    },
 }
 
 /// The deadline loop. Build it with [`super::Engine::new`], run it with [`Scheduler::run`].
@@ -151,7 +157,10 @@ impl Scheduler {
                     self.permit = permit.ok();
                 }
                 () = sleep_until(wake.unwrap_or_else(|| Instant::now() + GAUGE_PERIOD)), if wake.is_some() => {}
-                _ = gauges.tick() => self.update_gauges(),
+                _ = gauges.tick() => {
+                    self.sweep_waiting(Instant::now());
+                    self.update_gauges();
+                }
             }
         }
         self.shared.draining.store(true, std::sync::atomic::Ordering::Release);
@@ -211,6 +220,7 @@ impl Scheduler {
     fn verdict(&self, entry: &Entry, now: Instant) -> Verdict {
         let shared = &self.shared;
         let bound = shared.cfg.budget.starvation_bound;
+        let interval = shared.platform(entry.key.platform).refire_interval;
         let v = shared.table.with_generation(&entry.key, entry.generation, |s| {
             if s.next_due != entry.due {
                 return Verdict::Stale;
@@ -220,6 +230,9 @@ impl Scheduler {
             }
             if now >= s.expires_at() {
                 return Verdict::Expired(EndReason::Idle);
+            }
+            if let Some(earliest) = s.last_launch.map(|t| t + interval).filter(|t| now < *t) {
+                return Verdict::Early(earliest);
             }
             if s.in_flight {
                 return Verdict::PreviousInFlight;
@@ -251,6 +264,7 @@ impl Scheduler {
                 metrics::refire_skipped(SkipReason::PreviousInFlight);
                 self.reschedule(entry, now);
             }
+            Verdict::Early(at) => self.defer(entry, at),
             Verdict::Ready { budget, class } => {
                 let w = &self.waiting[budget.min(self.waiting.len() - 1)];
                 // A priority call only queues behind other priority calls: it may be paid
@@ -335,9 +349,14 @@ impl Scheduler {
                     self.reschedule(entry, now);
                 }
                 Verdict::PreviousInFlight => self.reschedule(entry, now),
+                Verdict::Early(at) => self.defer(entry, at),
                 Verdict::Ready { class, .. } => {
                     if !self.try_pay(b, class, entry, now, false) {
                         if self.blocked {
+                            // Out of permits with entries still queued: drain again as soon
+                            // as a permit frees, or the queue would wait for a wake that no
+                            // refusal is left to set.
+                            self.waiting[b].wake = Some(now);
                             return;
                         }
                         // Refused: the entry is back in its queue. Put it back at the front so
@@ -357,6 +376,29 @@ impl Scheduler {
         }
     }
 
+    /// Ends the sessions whose lease or lifetime ran out while they wait for a paused budget:
+    /// a long backoff must not keep them alive (nothing is sent for them either way).
+    fn sweep_waiting(&mut self, now: Instant) {
+        for b in 0..self.waiting.len() {
+            let priority = std::mem::take(&mut self.waiting[b].priority);
+            self.waiting[b].priority = self.sweep_queue(priority, now);
+            let normal = std::mem::take(&mut self.waiting[b].normal);
+            self.waiting[b].normal = self.sweep_queue(normal, now);
+        }
+    }
+
+    fn sweep_queue(&mut self, queue: VecDeque<Entry>, now: Instant) -> VecDeque<Entry> {
+        let mut kept = VecDeque::with_capacity(queue.len());
+        for entry in queue {
+            match self.verdict(&entry, now) {
+                Verdict::Stale => {}
+                Verdict::Expired(reason) => self.expire(&entry, reason, now),
+                _ => kept.push_back(entry),
+            }
+        }
+        kept
+    }
+
     fn take_permit(&mut self) -> Option<OwnedSemaphorePermit> {
         self.permit.take().or_else(|| Arc::clone(&self.shared.in_flight).try_acquire_owned().ok())
     }
@@ -366,6 +408,17 @@ impl Scheduler {
         let interval = self.shared.platform(entry.key.platform).refire_interval;
         let next = self.shared.table.with_generation(&entry.key, entry.generation, |s| {
             s.next_due = (now + interval).min(s.expires_at().max(now));
+            s.next_due
+        });
+        if let Some(due) = next {
+            self.push(entry.key, entry.generation, due);
+        }
+    }
+
+    /// Moves an early entry's deadline to `at` (or to its expiry, if sooner).
+    fn defer(&mut self, entry: Entry, at: Instant) {
+        let next = self.shared.table.with_generation(&entry.key, entry.generation, |s| {
+            s.next_due = at.min(s.expires_at());
             s.next_due
         });
         if let Some(due) = next {
@@ -385,6 +438,7 @@ impl Scheduler {
         let launched = self.shared.table.with_generation(&entry.key, entry.generation, |s| {
             s.in_flight = true;
             s.first_sent = true;
+            s.last_launch = Some(now);
             s.next_due = (now + cadence.refire_interval).min(s.expires_at().max(now));
             (s.next_due, s.api_key, s.budget)
         });

@@ -23,7 +23,7 @@ use crate::upstream::KeyIndex;
 pub const MAX_HOLDERS: usize = 16;
 
 /// How urgently a session's indicator matters when the budget is short.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Priority {
     /// Routine.
@@ -65,6 +65,9 @@ pub struct Session {
     pub in_flight: bool,
     /// Whether a typing call has been launched.
     pub first_sent: bool,
+    /// When the last typing call was launched: the next one is never due sooner than one
+    /// interval after it, even when a deadline clamped to an old lease end comes up.
+    pub last_launch: Option<Instant>,
     /// The indicator is lit until here, as far as successful calls tell.
     pub lit_until: Option<Instant>,
     /// Composing time covered by an indicator up to `lit_until`.
@@ -273,6 +276,7 @@ mod tests {
             next_due: now,
             in_flight: false,
             first_sent: false,
+            last_launch: None,
             lit_until: None,
             lit_total: Duration::ZERO,
             gaps: 0,

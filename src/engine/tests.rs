@@ -338,3 +338,41 @@ async fn a_stop_cancels_a_call_that_has_not_left_yet() {
     sleep(Duration::from_secs(2)).await;
     assert_eq!(h.fake.left.lock().unwrap().len(), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn after_a_429_pause_every_session_types_again_even_beyond_the_in_flight_cap() {
+    // More sessions than in-flight permits: draining the budget's queue after the pause runs
+    // out of permits half-way, and must carry on once they free.
+    let engine = EngineSettings { max_in_flight: 2, ..EngineSettings::default() };
+    let budget = BudgetSettings { limit_per_minute: 1_000_000, burst: 1000, ..BudgetSettings::default() };
+    let h = harness_with(engine, budget);
+    *h.fake.latency.lock().unwrap() = Duration::from_millis(50);
+    for chat in 1..=6 {
+        h.engine.start(start_cmd(&chat.to_string())).unwrap();
+    }
+    sleep(Duration::from_millis(100)).await;
+    *h.fake.status.lock().unwrap() = 429;
+    sleep(Duration::from_millis(4000)).await;
+    *h.fake.status.lock().unwrap() = 200;
+    let healed = Instant::now();
+    sleep(Duration::from_secs(12)).await;
+    for chat in 1..=6 {
+        let after = h.fake.calls_for(&chat.to_string()).into_iter().filter(|t| *t > healed).count();
+        assert!(after >= 2, "chat {chat}: {after} calls in the 12 s after the 429s stopped");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refresh_after_a_call_near_the_lease_end_does_not_bring_the_next_call_forward() {
+    let engine = EngineSettings { idle_timeout: Duration::from_secs(8), ..EngineSettings::default() };
+    let budget = BudgetSettings { limit_per_minute: 1_000_000, burst: 1000, ..BudgetSettings::default() };
+    let h = harness_with(engine, budget);
+    h.engine.start(start_cmd("1")).unwrap();
+    // The call at 7 s is launched while the lease still ends at 8 s; the refresh comes after.
+    sleep(Duration::from_millis(7000)).await;
+    tokio::task::yield_now().await;
+    h.engine.start(start_cmd("1")).unwrap();
+    sleep(Duration::from_millis(4000)).await;
+    h.engine.stop(&key("1"), None);
+    assert_eq!(offsets(&h, "1"), vec![0, 3500, 7000, 10_500]);
+}

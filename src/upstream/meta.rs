@@ -43,11 +43,13 @@ pub fn parse_rate_limits(body: &[u8]) -> Option<RateLimits> {
 pub fn parse_retry_after(retry_after: Option<&str>, retry_after_ms: Option<&str>, now: SystemTime) -> Option<Duration> {
     const CAP: Duration = Duration::from_secs(3600);
     if let Some(ms) = retry_after_ms.and_then(|v| v.trim().parse::<f64>().ok()).filter(|v| v.is_finite() && *v >= 0.0) {
-        return Some(Duration::from_secs_f64(ms / 1000.0).min(CAP));
+        // A finite value too large for a Duration caps, instead of panicking.
+        return Some(Duration::try_from_secs_f64(ms / 1000.0).map_or(CAP, |d| d.min(CAP)));
     }
     let raw = retry_after?.trim();
     if let Ok(secs) = raw.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs).min(CAP));
+        return (secs.is_finite() && secs >= 0.0)
+            .then(|| Duration::try_from_secs_f64(secs).map_or(CAP, |d| d.min(CAP)));
     }
     let at = httpdate::parse_http_date(raw).ok()?;
     Some(at.duration_since(now).unwrap_or(Duration::ZERO).min(CAP))
@@ -88,5 +90,10 @@ mod tests {
         assert_eq!(parse_retry_after(Some("soon"), None, now), None);
         assert_eq!(parse_retry_after(Some("-3"), None, now), None);
         assert_eq!(parse_retry_after(Some("999999"), None, now), Some(Duration::from_secs(3600)));
+        // Finite but beyond what a Duration holds (found by fuzzing): capped, no panic.
+        let huge = "6".repeat(40);
+        assert_eq!(parse_retry_after(Some(&huge), None, now), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_retry_after(None, Some(&huge), now), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_retry_after(Some("1e300"), Some("1e300"), now), Some(Duration::from_secs(3600)));
     }
 }

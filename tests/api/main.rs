@@ -10,10 +10,13 @@
 
 mod accounts;
 mod budget;
+mod fault_suite;
 mod faults;
 mod helpers;
 mod metrics;
+mod openapi;
 mod shutdown;
+mod tenants;
 mod typing;
 mod validation;
 mod webhooks;
