@@ -291,8 +291,8 @@ fn openapi_operation() -> Operation {
 // === account routes =========================================================================
 //
 // Client-session minting, authentication attempts and the OnlyFansAPI webhook (DESIGN.md's hook
-// API table). Kept apart so the account branch can adjust them when it lands; tagged
-// `accounts`, which the schemathesis run excludes until then.
+// API table), described apart from the typing routes; tagged
+// `accounts`.
 
 mod accounts {
     use utoipa::ToSchema;
@@ -341,20 +341,49 @@ mod accounts {
         MobilePending,
         Connected,
         Failed,
+        TimedOut,
     }
 
     /// The latest state of a watched authentication attempt.
     #[derive(ToSchema)]
     #[allow(dead_code, reason = "describes a JSON shape; never constructed")]
     pub(super) struct AuthAttemptResponse {
+        /// On `POST`: `watching` (new) or `already_watching`.
+        outcome: Option<String>,
         attempt_id: String,
         state: AuthState,
-        /// Present once connected.
-        account_id: Option<String>,
-        /// Last digits of the phone a 2FA code was sent to.
+        /// `pending`: the upstream's progress.
+        progress: Option<String>,
+        /// `needs_2fa`: last digits of the phone the code went to.
         otp_phone_ending: Option<String>,
-        /// Why it failed.
-        error: Option<String>,
+        /// `mobile_pending`: the deeplink that opens the app.
+        mobile_deeplink: Option<String>,
+        /// `connected`: the connected account.
+        account_id: Option<String>,
+        /// `failed`: the upstream's error code.
+        error_code: Option<String>,
+        /// `failed`: the upstream's message.
+        error_message: Option<String>,
+        /// Every state reached, in order.
+        history: Vec<String>,
+        /// Whether it is still polled.
+        watching: bool,
+        /// Polls sent so far.
+        polls: u32,
+        /// Milliseconds since watching started.
+        age_ms: u64,
+        /// Outcome label of the last failed poll.
+        last_error: Option<String>,
+    }
+
+    /// Answer of the webhook route.
+    #[derive(ToSchema)]
+    #[allow(dead_code, reason = "describes a JSON shape; never constructed")]
+    pub(super) struct WebhookAnswer {
+        /// `paused`, `resumed`, `stopped`, `not_found` or `ignored`.
+        outcome: String,
+        /// Why it was ignored.
+        reason: Option<String>,
     }
 
     /// An OnlyFansAPI webhook envelope.
@@ -374,7 +403,7 @@ mod accounts {
             "createClientSession",
             "Mint an OnlyFansAPI client-session token",
             "ClientSessionResponse",
-            &[400, 401, 413, 415, 429, 502, 503],
+            &[400, 401, 403, 413, 415, 422, 429, 502, 503],
         ))
         .request_body(Some(body("ClientSessionRequest")))
         .build();
@@ -382,7 +411,7 @@ mod accounts {
             "watchAuthAttempt",
             "Watch an authentication attempt",
             "AuthAttemptResponse",
-            &[400, 401, 413, 415, 422, 429, 503],
+            &[400, 401, 413, 415, 429, 503],
         ))
         .request_body(Some(body("AuthAttemptRequest")))
         .build();
@@ -396,7 +425,7 @@ mod accounts {
             "getAuthAttempt",
             "Latest state of an authentication attempt",
             "AuthAttemptResponse",
-            &[401, 404, 422, 429, 503],
+            &[400, 401, 404, 429, 503],
         ))
         .parameter(attempt_id)
         .build();
@@ -414,7 +443,16 @@ mod accounts {
             .securities(Some(Vec::<SecurityRequirement>::new()))
             .parameter(signature)
             .request_body(Some(body("WebhookEnvelope")))
-            .response("200", ResponseBuilder::new().description("Accepted").build());
+            .response(
+                "200",
+                ResponseBuilder::new()
+                    .description("Accepted")
+                    .content(
+                        "application/json",
+                        ContentBuilder::new().schema(Some(Ref::from_schema_name("WebhookAnswer"))).build(),
+                    )
+                    .build(),
+            );
         for status in [400, 401, 413, 415, 503] {
             hook = hook.response(status.to_string(), error(status));
         }
@@ -431,6 +469,7 @@ mod accounts {
             .schema_from::<AuthAttemptResponse>()
             .schema_from::<AuthState>()
             .schema_from::<WebhookEnvelope>()
+            .schema_from::<WebhookAnswer>()
     }
 }
 
