@@ -317,7 +317,9 @@ impl BudgetState {
             typing_per_minute: self.typing_per_minute(),
             effective_typing_per_minute: self.effective_rate(now) * self.period.as_secs_f64(),
             tokens: self.bucket.tokens(now),
-            sent_last_minute: self.window.iter().filter(|t| now.saturating_duration_since(**t) < self.period).count(),
+            // Grants are pushed in time order: count the recent tail without walking the window.
+            sent_last_minute: self.window.len()
+                - self.window.partition_point(|t| now.saturating_duration_since(*t) >= self.period),
             paused: paused.is_some(),
             paused_for_ms: paused.map(|(u, _)| u128_to_u64(u.saturating_duration_since(now).as_millis())),
             pause_reason: paused.map(|(_, r)| r),
