@@ -199,22 +199,8 @@ impl Engine {
         let holder = Holder { id: cmd.holder, lease_until: now + ttl };
         let generation = &s.generation;
         let max_lifetime = s.cfg.engine.max_lifetime;
-        let upsert = s.table.upsert(cmd.key.clone(), holder, cmd.priority, s.cfg.engine.max_sessions, || Session {
-            generation: generation.fetch_add(1, Ordering::Relaxed),
-            api_key,
-            budget,
-            priority: cmd.priority,
-            started_at: now,
-            max_until: now + max_lifetime,
-            holders: Vec::new(),
-            next_due: now,
-            in_flight: false,
-            first_sent: false,
-            last_launch: None,
-            lit_until: None,
-            lit_total: Duration::ZERO,
-            gaps: 0,
-            cancel_in_flight: None,
+        let upsert = s.table.upsert(cmd.key.clone(), holder, cmd.priority, s.cfg.engine.max_sessions, || {
+            Session::new(generation.fetch_add(1, Ordering::Relaxed), api_key, budget, cmd.priority, now, max_lifetime)
         });
         let outcome = match upsert {
             Upsert::Full => return Err(StartError::AtCapacity),

@@ -244,15 +244,15 @@ impl Scheduler {
         });
         match v {
             None => Verdict::Stale,
-            Some(Verdict::Ready { budget, class }) if shared.readiness.blocks(&entry.key.account, now) => {
-                let _ = (budget, class);
-                Verdict::AccountPaused
-            }
+            Some(Verdict::Ready { .. }) if shared.readiness.blocks(&entry.key.account, now) => Verdict::AccountPaused,
             Some(v) => v,
         }
     }
 
-    fn handle_due(&mut self, entry: Entry, now: Instant) {
+    /// Acts on every verdict but `Ready` (drop, end, skip, defer) and hands a ready entry back
+    /// with its budget and class. `count_in_flight` counts a skip for a call still in flight
+    /// (a queued entry met again while draining was already counted when it was queued).
+    fn ready(&mut self, entry: Entry, now: Instant, count_in_flight: bool) -> Option<(Entry, usize, Class)> {
         match self.verdict(&entry, now) {
             Verdict::Stale => {}
             Verdict::Expired(reason) => self.expire(&entry, reason, now),
@@ -261,26 +261,32 @@ impl Scheduler {
                 self.reschedule(entry, now);
             }
             Verdict::PreviousInFlight => {
-                metrics::refire_skipped(SkipReason::PreviousInFlight);
+                if count_in_flight {
+                    metrics::refire_skipped(SkipReason::PreviousInFlight);
+                }
                 self.reschedule(entry, now);
             }
             Verdict::Early(at) => self.defer(entry, at),
-            Verdict::Ready { budget, class } => {
-                let w = &self.waiting[budget.min(self.waiting.len() - 1)];
-                // A priority call only queues behind other priority calls: it may be paid
-                // where normal refires cannot (reserved tokens and window slots).
-                let behind = match class {
-                    Class::Priority => !w.priority.is_empty(),
-                    Class::Normal => !w.priority.is_empty() || !w.normal.is_empty(),
-                };
-                if behind {
-                    // Others on this budget were due first: queue behind them.
-                    metrics::refire_skipped(SkipReason::Budget);
-                    self.enqueue(budget, class, entry);
-                } else {
-                    self.try_pay(budget, class, entry, now, true);
-                }
-            }
+            Verdict::Ready { budget, class } => return Some((entry, budget, class)),
+        }
+        None
+    }
+
+    fn handle_due(&mut self, entry: Entry, now: Instant) {
+        let Some((entry, budget, class)) = self.ready(entry, now, true) else { return };
+        let w = &self.waiting[budget.min(self.waiting.len() - 1)];
+        // A priority call only queues behind other priority calls: it may be paid
+        // where normal refires cannot (reserved tokens and window slots).
+        let behind = match class {
+            Class::Priority => !w.priority.is_empty(),
+            Class::Normal => !w.priority.is_empty() || !w.normal.is_empty(),
+        };
+        if behind {
+            // Others on this budget were due first: queue behind them.
+            metrics::refire_skipped(SkipReason::Budget);
+            self.enqueue(budget, class, entry);
+        } else {
+            self.try_pay(budget, class, entry, now, true);
         }
     }
 
@@ -341,37 +347,26 @@ impl Scheduler {
             let w = &mut self.waiting[b];
             let next = if from_normal { w.normal.pop_front() } else { w.priority.pop_front() };
             let Some(entry) = next else { return };
-            match self.verdict(&entry, now) {
-                Verdict::Stale => {}
-                Verdict::Expired(reason) => self.expire(&entry, reason, now),
-                Verdict::AccountPaused => {
-                    metrics::refire_skipped(SkipReason::AccountPaused);
-                    self.reschedule(entry, now);
+            let Some((entry, _, class)) = self.ready(entry, now, false) else { continue };
+            if !self.try_pay(b, class, entry, now, false) {
+                if self.blocked {
+                    // Out of permits with entries still queued: drain again as soon as a
+                    // permit frees, or the queue would wait for a wake that no refusal is left
+                    // to set.
+                    self.waiting[b].wake = Some(now);
+                    return;
                 }
-                Verdict::PreviousInFlight => self.reschedule(entry, now),
-                Verdict::Early(at) => self.defer(entry, at),
-                Verdict::Ready { class, .. } => {
-                    if !self.try_pay(b, class, entry, now, false) {
-                        if self.blocked {
-                            // Out of permits with entries still queued: drain again as soon
-                            // as a permit frees, or the queue would wait for a wake that no
-                            // refusal is left to set.
-                            self.waiting[b].wake = Some(now);
-                            return;
-                        }
-                        // Refused: the entry is back in its queue. Put it back at the front so
-                        // due order holds.
-                        let w = &mut self.waiting[b];
-                        let q = match class {
-                            Class::Priority => &mut w.priority,
-                            Class::Normal => &mut w.normal,
-                        };
-                        if let Some(e) = q.pop_back() {
-                            q.push_front(e);
-                        }
-                        return;
-                    }
+                // Refused: the entry is back in its queue. Put it back at the front so due
+                // order holds.
+                let w = &mut self.waiting[b];
+                let q = match class {
+                    Class::Priority => &mut w.priority,
+                    Class::Normal => &mut w.normal,
+                };
+                if let Some(e) = q.pop_back() {
+                    q.push_front(e);
                 }
+                return;
             }
         }
     }

@@ -80,6 +80,34 @@ pub struct Session {
 }
 
 impl Session {
+    /// A new session started at `now`, held by no one yet (the table adds the first holder).
+    pub fn new(
+        generation: u64,
+        api_key: KeyIndex,
+        budget: BudgetIndex,
+        priority: Priority,
+        now: Instant,
+        max_lifetime: Duration,
+    ) -> Self {
+        Self {
+            generation,
+            api_key,
+            budget,
+            priority,
+            started_at: now,
+            max_until: now + max_lifetime,
+            holders: Vec::new(),
+            next_due: now,
+            in_flight: false,
+            first_sent: false,
+            last_launch: None,
+            lit_until: None,
+            lit_total: Duration::ZERO,
+            gaps: 0,
+            cancel_in_flight: None,
+        }
+    }
+
     /// When its last lease runs out or its lifetime ends, whichever is first.
     pub fn expires_at(&self) -> Instant {
         let lease = self.holders.iter().map(|h| h.lease_until).max().unwrap_or(self.started_at);
@@ -265,23 +293,7 @@ mod tests {
     use super::*;
 
     fn session(now: Instant) -> Session {
-        Session {
-            generation: 1,
-            api_key: 0,
-            budget: 0,
-            priority: Priority::Normal,
-            started_at: now,
-            max_until: now + Duration::from_secs(600),
-            holders: Vec::new(),
-            next_due: now,
-            in_flight: false,
-            first_sent: false,
-            last_launch: None,
-            lit_until: None,
-            lit_total: Duration::ZERO,
-            gaps: 0,
-            cancel_in_flight: None,
-        }
+        Session::new(1, 0, 0, Priority::Normal, now, Duration::from_secs(600))
     }
 
     #[test]
