@@ -119,6 +119,11 @@ pub(crate) struct Counters {
     pub(crate) refires_total: f64,
     pub(crate) refires_skipped_total: f64,
     pub(crate) lateness_mean_ms: f64,
+    /// Storm hooks (start and stop routes) as keeptyping's own middleware timed them: how many,
+    /// and the share that took longer than 1 ms and 5 ms inside the process.
+    pub(crate) hook_server_count: f64,
+    pub(crate) hook_server_over_1ms: f64,
+    pub(crate) hook_server_over_5ms: f64,
 }
 
 /// One system at one N.
@@ -492,19 +497,23 @@ impl Bench {
                         Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
                         Err(_) => false,
                     };
-                    lat.push((done - sent).as_secs_f64() * 1000.0);
+                    lat.push(((sent - t0).as_secs_f64() * 1000.0, (done - sent).as_secs_f64() * 1000.0));
                     stop_at = Some(Instant::now());
                 }
                 (lat, ok, stop_at)
             }));
         }
         let mut lat = Vec::new();
+        let mut timeline = String::from("sent_ms\tlatency_ms\n");
         let mut errors = 0;
         let mut spells = Vec::with_capacity(tasks.len());
         for t in tasks {
             match t.await {
                 Ok((l, ok, stop_at)) => {
-                    lat.extend(l);
+                    for (sent, ms) in l {
+                        timeline.push_str(&format!("{sent:.3}\t{ms:.3}\n"));
+                        lat.push(ms);
+                    }
                     errors += usize::from(!ok);
                     let stop_ms = match (ok, stop_at) {
                         (true, Some(s)) => self.mock_ms(s),
@@ -518,6 +527,8 @@ impl Bench {
                 }
             }
         }
+        let _ =
+            std::fs::write(self.logs.join(format!("storm-{}.tsv", hook.rsplit(':').next().unwrap_or("x"))), timeline);
         (Quantiles::of(lat), errors, spells)
     }
 
@@ -531,7 +542,25 @@ impl Bench {
                 .sum()
         };
         let count = sum("keeptyping_refire_lateness_seconds_count");
+        // The storm uses only the start and stop routes (the ramp and the stop-all use batch).
+        let hook = |series: &str, le: Option<&str>| -> f64 {
+            let prefix = format!("keeptyping_hook_request_duration_seconds_{series}{{");
+            text.lines()
+                .filter(|l| l.starts_with(&prefix))
+                .filter(|l| {
+                    ["/v1/typing/start", "/v1/typing/stop"].iter().any(|r| l.contains(&format!("route=\"{r}\"")))
+                })
+                .filter(|l| le.is_none_or(|le| l.contains(&format!("le=\"{le}\""))))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        };
+        let hook_count = hook("count", None);
+        let (le_1ms, le_5ms) = (hook("bucket", Some("0.001")), hook("bucket", Some("0.005")));
+        let share_over = |le: f64| if hook_count > 0.0 { 1.0 - le / hook_count } else { 0.0 };
         Ok(Counters {
+            hook_server_count: hook_count,
+            hook_server_over_1ms: share_over(le_1ms),
+            hook_server_over_5ms: share_over(le_5ms),
             refires_total: sum("keeptyping_refires_total"),
             refires_skipped_total: sum("keeptyping_refires_skipped_total"),
             lateness_mean_ms: if count > 0.0 {

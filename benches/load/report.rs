@@ -27,9 +27,17 @@ pub(crate) fn machine() -> String {
 /// One run as a progress line.
 pub(crate) fn line(r: &Run) -> String {
     let c = &r.cadence;
+    let server = r.counters.as_ref().map_or_else(String::new, |k| {
+        format!(
+            " (in process: {:.0} hooks, {:.2}% over 1 ms, {:.2}% over 5 ms)",
+            k.hook_server_count,
+            k.hook_server_over_1ms * 100.0,
+            k.hook_server_over_5ms * 100.0
+        )
+    });
     format!(
         "{:>10} n={:<6} rps {:.0}/{:.0} late p50/p99/max {:.1}/{:.1}/{:.1} ms cov {:.4} first p50/p99 {:.1}/{:.1} ms \
-         after-stop {} cpu {:.3} s/1k rss {:.0} B/session hook p50/p99 {:.2}/{:.2} ms (errors {})",
+         after-stop {} cpu {:.3} s/1k rss {:.0} B/session hook p50/p99 {:.2}/{:.2} ms (errors {}){}",
         r.system,
         r.n,
         r.achieved_rps,
@@ -46,6 +54,7 @@ pub(crate) fn line(r: &Run) -> String {
         r.hook_ms.p50,
         r.hook_ms.p99,
         r.hook_errors,
+        server,
     )
 }
 
