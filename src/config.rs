@@ -158,7 +158,15 @@ pub struct EngineSettings {
     pub max_sessions: usize,
     /// Typing calls in flight at once, across all sessions.
     pub max_in_flight: usize,
+    /// Refires due within one tick of each other leave together: the scheduler wakes at most
+    /// once per tick for refires (first calls still leave at once). Up to one tick of lateness
+    /// buys fewer wake-ups per call.
+    #[serde(with = "humantime_serde")]
+    pub tick: Duration,
 }
+
+/// Longest accepted `engine.tick`: far below any refire interval.
+const MAX_TICK: Duration = Duration::from_millis(100);
 
 impl Default for EngineSettings {
     fn default() -> Self {
@@ -167,6 +175,7 @@ impl Default for EngineSettings {
             max_lifetime: Duration::from_secs(600),
             max_sessions: 100_000,
             max_in_flight: 1024,
+            tick: Duration::from_millis(5),
         }
     }
 }
@@ -568,6 +577,9 @@ impl Settings {
         }
         if self.engine.max_in_flight == 0 {
             return Err(invalid("engine.max_in_flight", "must be at least 1"));
+        }
+        if self.engine.tick > MAX_TICK {
+            return Err(invalid("engine.tick", "must be at most 100ms"));
         }
         if self.budget.limit_per_minute == 0 {
             return Err(invalid("budget.limit_per_minute", "must be at least 1"));

@@ -8,12 +8,15 @@
 //! session, 503 pauses the account, transient failures only skip the beat.
 
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
 use super::readiness::PauseCause;
+use super::scheduler::Command;
+use super::session::Session;
 use crate::budget::BudgetIndex;
 use crate::ids::SessionKey;
 use crate::metrics::{self, EndReason};
@@ -31,10 +34,20 @@ pub(crate) async fn fire(
     // The session keeps a token for this call: a stop (or the drain) that lands while the
     // request still waits for a pooled connection or for CPU drops it before it is written.
     let cancel = CancellationToken::new();
-    let still_wanted = !shared.draining.load(Ordering::Acquire)
-        && shared.table.with_generation(&key, generation, |s| s.cancel_in_flight = Some(cancel.clone())).is_some();
-    if !still_wanted {
+    if shared.draining.load(Ordering::Acquire) {
         return;
+    }
+    let sent = Instant::now();
+    let Some(moved) = shared.table.with_generation(&key, generation, |s| {
+        s.cancel_in_flight = Some(cancel.clone());
+        follow_send_time(s, launched_at, sent)
+    }) else {
+        return;
+    };
+    if let Some(due) = moved {
+        // The scheduler's entry for the old instant is stale now; a send error means the
+        // scheduler has stopped, and nothing is due any more.
+        let _ = shared.commands.send(Command::Due { key: key.clone(), generation, due });
     }
     let call = shared.upstream.typing(&key, api_key);
     let outcome = tokio::select! {
@@ -56,7 +69,7 @@ pub(crate) async fn fire(
             shared.budgets.with(budget, crate::budget::BudgetState::succeeded);
             let gap = shared.table.with_generation(&key, generation, |s| {
                 s.in_flight = false;
-                s.lit(launched_at, lifetime)
+                s.lit(sent, lifetime)
             });
             if gap == Some(true) {
                 metrics::indicator_gap();
@@ -106,4 +119,26 @@ pub(crate) async fn fire(
             shared.table.with_generation(&key, generation, |s| s.in_flight = false);
         }
     }
+}
+
+/// How late a call must leave, after the scheduler launched it, for its next deadline to follow.
+/// Below the timer's resolution a move changes nothing but costs a message to the scheduler.
+const FOLLOW_SLACK: Duration = Duration::from_millis(1);
+
+/// Bases the next deadline on when the call actually leaves rather than when it was launched:
+/// "next due one interval after it was sent". Calls launched together leave over a few
+/// milliseconds; without this their next deadlines would stay together. Returns the new
+/// deadline if it moved.
+pub(crate) fn follow_send_time(s: &mut Session, launched_at: Instant, sent: Instant) -> Option<Instant> {
+    let delay = sent.saturating_duration_since(launched_at);
+    if delay < FOLLOW_SLACK {
+        return None;
+    }
+    let not_before = s.not_before? + delay;
+    s.not_before = Some(not_before);
+    let due = not_before.min(s.expires_at().max(sent));
+    (due > s.next_due).then(|| {
+        s.next_due = due;
+        due
+    })
 }

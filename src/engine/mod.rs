@@ -325,6 +325,17 @@ impl Engine {
     }
 }
 
+/// How much sooner than one interval the second call of a session may come when its first call
+/// was launched together with others (a batch of starts, a queue released after a budget
+/// pause): up to 1/16 of the interval (219 ms at 3.5 s). Sessions started together would
+/// otherwise refire together for as long as they live: every interval a burst of calls, each
+/// waiting behind the others, and every hook request arriving meanwhile waiting behind them
+/// all. Spreading the second calls once spreads every later one; the indicator stays lit (an
+/// early call only refreshes it sooner) and later calls keep the full interval.
+pub fn burst_spread(interval: Duration) -> Duration {
+    interval / 16
+}
+
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }

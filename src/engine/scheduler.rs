@@ -30,6 +30,17 @@ use crate::metrics::{self, EndReason, SkipReason};
 /// How often the budget and in-flight gauges are refreshed.
 const GAUGE_PERIOD: Duration = Duration::from_secs(1);
 
+/// Calls launched in one pass before the scheduler yields to the runtime. A burst (a batch of
+/// starts, a queue released after a budget pause) is launched in chunks, with every task that
+/// became ready meanwhile (hook requests above all) polled between two chunks, instead of
+/// queueing behind the whole burst.
+const LAUNCH_CHUNK: usize = 32;
+
+/// First calls launched closer together than this belong to one burst (see
+/// [`super::burst_spread`]). A batch of starts launches its first calls a fraction of a
+/// millisecond apart; hooks sent one by one by chatters rarely come this close.
+const BURST_WINDOW: Duration = Duration::from_millis(2);
+
 /// A message to the scheduler.
 #[derive(Debug)]
 pub(crate) enum Command {
@@ -104,6 +115,12 @@ pub struct Scheduler {
     permit: Option<OwnedSemaphorePermit>,
     /// Every in-flight permit is taken: wait for one before launching.
     blocked: bool,
+    /// Calls launched in the current pass.
+    launched: usize,
+    /// When the last first call was launched.
+    last_first: Option<Instant>,
+    /// Second calls spread so far (the position in the spreading sequence).
+    spread_seq: u64,
     tasks: TaskTracker,
 }
 
@@ -126,6 +143,9 @@ impl Scheduler {
             seq: 0,
             permit: None,
             blocked: false,
+            launched: 0,
+            last_first: None,
+            spread_seq: 0,
             tasks: TaskTracker::new(),
         }
     }
@@ -136,8 +156,12 @@ impl Scheduler {
         let mut gauges = tokio::time::interval(GAUGE_PERIOD);
         gauges.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            self.process(Instant::now());
-            let wake = self.next_wake();
+            // A full chunk means more may be due: yield once, then go on.
+            let pass = Instant::now();
+            let more = self.process(pass);
+            // Refires due within a tick of this pass wait for the next one (see `engine.tick`); a
+            // start wakes the loop at once through `rx` and takes whatever is due with it.
+            let wake = self.next_wake().map(|w| w.max(pass + self.shared.cfg.engine.tick));
             let sem = Arc::clone(&self.shared.in_flight);
             tokio::select! {
                 biased;
@@ -156,7 +180,8 @@ impl Scheduler {
                     self.blocked = false;
                     self.permit = permit.ok();
                 }
-                () = sleep_until(wake.unwrap_or_else(|| Instant::now() + GAUGE_PERIOD)), if wake.is_some() => {}
+                () = tokio::task::yield_now(), if more => {}
+                () = sleep_until(wake.unwrap_or_else(|| Instant::now() + GAUGE_PERIOD)), if wake.is_some() && !more => {}
                 _ = gauges.tick() => {
                     self.sweep_waiting(Instant::now());
                     self.update_gauges();
@@ -193,16 +218,18 @@ impl Scheduler {
         }
     }
 
-    /// Acts on everything due at `now`.
-    fn process(&mut self, now: Instant) {
+    /// Acts on what is due at `now`, up to [`LAUNCH_CHUNK`] launches. Returns whether the chunk
+    /// filled up (more may be due).
+    fn process(&mut self, now: Instant) -> bool {
+        self.launched = 0;
         if self.blocked {
-            return;
+            return false;
         }
         for b in 0..self.waiting.len() {
             if self.waiting[b].wake.is_some_and(|w| w <= now) {
                 self.drain_budget(b, now);
-                if self.blocked {
-                    return;
+                if self.blocked || self.chunk_full() {
+                    return !self.blocked;
                 }
             }
         }
@@ -212,15 +239,22 @@ impl Scheduler {
             };
             self.handle_due(entry, now);
             if self.blocked {
-                return;
+                return false;
+            }
+            if self.chunk_full() {
+                return true;
             }
         }
+        false
+    }
+
+    fn chunk_full(&self) -> bool {
+        self.launched >= LAUNCH_CHUNK
     }
 
     fn verdict(&self, entry: &Entry, now: Instant) -> Verdict {
         let shared = &self.shared;
         let bound = shared.cfg.budget.starvation_bound;
-        let interval = shared.platform(entry.key.platform).refire_interval;
         let v = shared.table.with_generation(&entry.key, entry.generation, |s| {
             if s.next_due != entry.due {
                 return Verdict::Stale;
@@ -231,7 +265,7 @@ impl Scheduler {
             if now >= s.expires_at() {
                 return Verdict::Expired(EndReason::Idle);
             }
-            if let Some(earliest) = s.last_launch.map(|t| t + interval).filter(|t| now < *t) {
+            if let Some(earliest) = s.not_before.filter(|t| now < *t) {
                 return Verdict::Early(earliest);
             }
             if s.in_flight {
@@ -333,6 +367,14 @@ impl Scheduler {
     fn drain_budget(&mut self, b: usize, now: Instant) {
         self.waiting[b].wake = None;
         loop {
+            if self.chunk_full() {
+                // The rest of the queue goes on in the next pass.
+                let w = &mut self.waiting[b];
+                if !w.priority.is_empty() || !w.normal.is_empty() {
+                    w.wake = Some(now);
+                }
+                return;
+            }
             // Priority first, except that a normal entry which has starved meanwhile (and so
             // now counts as priority) keeps its place in due order.
             let w = &self.waiting[b];
@@ -429,17 +471,29 @@ impl Scheduler {
 
     /// Launches the typing call of `entry` now.
     fn launch(&mut self, entry: Entry, permit: OwnedSemaphorePermit, now: Instant) {
-        let cadence = self.shared.platform(entry.key.platform);
+        let interval = self.shared.platform(entry.key.platform).refire_interval;
+        // A first call right after another one: the session started in a burst, and its second
+        // call comes a little early so that the burst does not stay together.
+        let in_burst = self.last_first.is_some_and(|t| now.saturating_duration_since(t) < BURST_WINDOW);
+        let offset = if in_burst { self.spread_offset(interval) } else { Duration::ZERO };
         let launched = self.shared.table.with_generation(&entry.key, entry.generation, |s| {
+            let first = !s.first_sent;
+            let offset = if first { offset } else { Duration::ZERO };
             s.in_flight = true;
             s.first_sent = true;
-            s.last_launch = Some(now);
-            s.next_due = (now + cadence.refire_interval).min(s.expires_at().max(now));
-            (s.next_due, s.api_key, s.budget)
+            let not_before = now + interval - offset;
+            s.not_before = Some(not_before);
+            s.next_due = not_before.min(s.expires_at().max(now));
+            (s.next_due, s.api_key, s.budget, first)
         });
-        let Some((next_due, api_key, budget)) = launched else {
+        let Some((next_due, api_key, budget, first)) = launched else {
             return;
         };
+        if first {
+            self.last_first = Some(now);
+            self.spread_seq += u64::from(in_burst);
+        }
+        self.launched += 1;
         metrics::refire_lateness(now.saturating_duration_since(entry.due));
         let key = entry.key.clone();
         self.push(entry.key, entry.generation, next_due);
@@ -449,6 +503,14 @@ impl Scheduler {
             super::fire::fire(&shared, key, generation, api_key, budget, now).await;
             drop(permit);
         });
+    }
+
+    /// The next offset of a burst's second calls: spread over `[0, burst_spread(interval))` by a
+    /// golden-ratio sequence, so any run of consecutive bursts covers the range evenly.
+    fn spread_offset(&self, interval: Duration) -> Duration {
+        #[allow(clippy::cast_precision_loss, reason = "a sequence position; only its fraction matters")]
+        let u = (self.spread_seq as f64 * 0.618_033_988_749_895).fract();
+        super::burst_spread(interval).mul_f64(u)
     }
 
     fn update_gauges(&self) {

@@ -65,9 +65,10 @@ pub struct Session {
     pub in_flight: bool,
     /// Whether a typing call has been launched.
     pub first_sent: bool,
-    /// When the last typing call was launched: the next one is never due sooner than one
-    /// interval after it, even when a deadline clamped to an old lease end comes up.
-    pub last_launch: Option<Instant>,
+    /// The next typing call does not leave before this instant: one interval after the last
+    /// one left (a little sooner for the second call of a session started in a burst, see
+    /// [`super::burst_spread`]), even when a deadline clamped to an old lease end comes up.
+    pub not_before: Option<Instant>,
     /// The indicator is lit until here, as far as successful calls tell.
     pub lit_until: Option<Instant>,
     /// Composing time covered by an indicator up to `lit_until`.
@@ -100,7 +101,7 @@ impl Session {
             next_due: now,
             in_flight: false,
             first_sent: false,
-            last_launch: None,
+            not_before: None,
             lit_until: None,
             lit_total: Duration::ZERO,
             gaps: 0,

@@ -376,3 +376,47 @@ async fn a_refresh_after_a_call_near_the_lease_end_does_not_bring_the_next_call_
     h.engine.stop(&key("1"), None);
     assert_eq!(offsets(&h, "1"), vec![0, 3500, 7000, 10_500]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_burst_of_starts_spreads_its_second_calls_once() {
+    let h = harness();
+    let n = 100; // more than one launch chunk
+    for chat in 0..n {
+        h.engine.start(start_cmd(&chat.to_string())).unwrap();
+    }
+    sleep(Duration::from_millis(7600)).await;
+    let interval = Duration::from_millis(3500);
+    let spread = burst_spread(interval);
+    let tick = EngineSettings::default().tick;
+    let mut seconds = std::collections::BTreeSet::new();
+    for chat in 0..n {
+        let calls = h.fake.calls_for(&chat.to_string());
+        assert_eq!(calls.len(), 3, "chat {chat}: {calls:?}");
+        // Every first call at once, however many came together.
+        assert_eq!(calls[0], h.t0, "chat {chat}");
+        // The second comes up to `spread` early (never late by more than a tick) ...
+        let second = calls[1].duration_since(calls[0]);
+        assert!(second + spread >= interval && second <= interval + tick, "chat {chat}: second call after {second:?}");
+        // ... and every later one keeps the full interval.
+        let third = calls[2].duration_since(calls[1]);
+        assert!(third >= interval && third <= interval + tick, "chat {chat}: third call after {third:?}");
+        seconds.insert(calls[1].duration_since(h.t0).as_millis());
+    }
+    // The burst does not come due together again: its second calls cover the spread.
+    assert!(seconds.len() >= 30, "second calls in only {} distinct milliseconds", seconds.len());
+}
+
+#[tokio::test(start_paused = true)]
+async fn refires_due_within_one_tick_leave_together() {
+    for (tick, expected) in [(Duration::from_millis(5), 3505), (Duration::ZERO, 3503)] {
+        let budget = BudgetSettings { limit_per_minute: 1_000_000, burst: 1000, ..BudgetSettings::default() };
+        let h = harness_with(EngineSettings { tick, ..EngineSettings::default() }, budget);
+        h.engine.start(start_cmd("1")).unwrap();
+        // Far enough apart not to count as one burst of starts.
+        sleep(Duration::from_millis(3)).await;
+        h.engine.start(start_cmd("2")).unwrap();
+        sleep(Duration::from_millis(4000)).await;
+        assert_eq!(offsets(&h, "1"), vec![0, 3500], "tick {tick:?}");
+        assert_eq!(offsets(&h, "2"), vec![3, expected], "tick {tick:?}");
+    }
+}
