@@ -160,7 +160,7 @@ impl App {
         let Self { hooks, admin, hook_router, admin_router, state, scheduler, shutdown, accounts, drain_delay, .. } =
             self;
         let token = shutdown.token.clone();
-        shutdown.tracker.spawn(run_engine_thread(scheduler, token.child_token()));
+        shutdown.tracker.spawn(scheduler.run(token.child_token()));
         // The attempt watcher's job scheduler stops with everything else.
         let accounts_token = token.child_token();
         shutdown.tracker.spawn(async move {
@@ -205,41 +205,4 @@ impl App {
         tracing::info!(clean, "stopped");
         Ok(())
     }
-}
-
-/// Runs the scheduler, and with it every typing call and its connection, on a thread of its
-/// own with a single-threaded runtime; returns when the scheduler has stopped.
-///
-/// The engine's work is a steady trickle of small wake-ups (a spread schedule sends one call
-/// every few hundred microseconds at 10k sessions). On the shared multi-threaded runtime each
-/// of them also woke a second, parked worker to run the call it spawned; on one thread the
-/// scheduler, the call and its connection wake once together, and the hook listener's workers
-/// never queue behind a burst of calls. Falls back to the shared runtime if no thread or
-/// runtime can be had.
-async fn run_engine_thread(scheduler: Scheduler, stop: tokio_util::sync::CancellationToken) {
-    let handle = tokio::runtime::Handle::current();
-    let cell = Arc::new(std::sync::Mutex::new(Some((scheduler, stop))));
-    let (done, finished) = tokio::sync::oneshot::channel::<()>();
-    let taken = Arc::clone(&cell);
-    let spawned = std::thread::Builder::new().name("keeptyping-engine".to_owned()).spawn(move || {
-        let Some((scheduler, stop)) = taken.lock().ok().and_then(|mut c| c.take()) else { return };
-        match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-            Ok(rt) => rt.block_on(scheduler.run(stop)),
-            Err(e) => {
-                tracing::warn!(error = %e, "no runtime for the engine thread; the engine shares the hook runtime");
-                handle.block_on(scheduler.run(stop));
-            }
-        }
-        drop(done);
-    });
-    if let Err(e) = spawned {
-        tracing::warn!(error = %e, "no engine thread; the engine shares the hook runtime");
-        let left = cell.lock().ok().and_then(|mut c| c.take());
-        if let Some((scheduler, stop)) = left {
-            scheduler.run(stop).await;
-        }
-        return;
-    }
-    // `done` is dropped when the scheduler returns (or if the thread panics).
-    let _ = finished.await;
 }
