@@ -8,7 +8,9 @@
 #   KEEPTYPING__ENGINE__TICK=0s bash benches/wakeups.sh
 #
 # Any KEEPTYPING__* variable set by the caller reaches `serve`. Prints perf's task-clock and
-# context-switches lines and the number of typing calls the mock received.
+# context-switches lines and the number of typing calls the mock received. With
+# PERF_RECORD=FILE it then records 8 s of a cpu-clock call-graph profile into FILE
+# (`perf report -i FILE --no-children --sort dso,symbol`).
 set -euo pipefail
 SESSIONS=${1:-10000}
 BIN=${2:-target/release/keeptyping}
@@ -40,4 +42,7 @@ for b in range(0, n, per):
 PY
 sleep 5
 perf stat -e task-clock,context-switches -p $SERVE -- sleep 10 2>&1 | grep -E "task-clock|context-switches"
+if [ -n "${PERF_RECORD:-}" ]; then
+  perf record -e cpu-clock -F 2000 -g -p $SERVE -o "$PERF_RECORD" -- sleep 8 >/dev/null 2>&1
+fi
 echo "typing calls received: $(curl -s "http://127.0.0.1:$MOCK_PORT/_mock/requests.tsv?kind=typing" | wc -l)"
