@@ -5,13 +5,15 @@
 //! hooks answer 503 while the drain runs, no typing call leaves after it starts, and the
 //! process exits 0 within `shutdown.grace`.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use tokio::time::Instant;
+
+mod child;
+use child::{Kill, free_port, wait_up};
 
 const HOOK_TOKEN: &str = "sigterm-hook-token-41d2";
 const API_KEY: &str = "sigterm-api-key-7be0";
@@ -23,31 +25,6 @@ const DRAIN_DELAY: Duration = Duration::from_millis(1000);
 /// What the watcher saw: which endpoint, its status (0: refused), when.
 type Seen = (&'static str, u16, Duration);
 
-/// Kills the child on drop, so a failed assertion leaves no process behind.
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-async fn wait_up(http: &reqwest::Client, url: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if http.get(url).send().await.is_ok_and(|r| r.status().is_success()) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{url} did not come up");
-}
-
 async fn typing_records(http: &reqwest::Client, mock: &str) -> Vec<Value> {
     let body: Value =
         http.get(format!("{mock}/_mock/requests?kind=typing")).send().await.unwrap().json().await.unwrap();
@@ -56,39 +33,18 @@ async fn typing_records(http: &reqwest::Client, mock: &str) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_1000_sessions_drains_with_503s_and_exits_0_within_grace() {
-    let bin = env!("CARGO_BIN_EXE_keeptyping");
     let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
-    let (mock_port, hook_port, admin_port) = (free_port(), free_port(), free_port());
-    let mock_url = format!("http://127.0.0.1:{mock_port}");
+    let (hook_port, admin_port) = (free_port(), free_port());
     let hook = format!("http://127.0.0.1:{hook_port}");
     let admin = format!("http://127.0.0.1:{admin_port}");
 
     // Arrange: the mock and the service, 1,000 sessions typing.
-    let _mock = Kill(
-        Command::new(bin)
-            .args(["mock-upstream", "--listen", &format!("127.0.0.1:{mock_port}"), "--limit-per-minute", "0"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_up(&http, &format!("{mock_url}/_mock/stats")).await;
+    let (_mock, mock_url) = child::mock(&http, free_port()).await;
     let mut service = Kill(
-        Command::new(bin)
-            .arg("serve")
-            .env("KEEPTYPING__SERVER__LISTEN", format!("127.0.0.1:{hook_port}"))
-            .env("KEEPTYPING__ADMIN__LISTEN", format!("127.0.0.1:{admin_port}"))
-            .env("KEEPTYPING__UPSTREAM__BASE_URL", &mock_url)
-            .env("KEEPTYPING__BUDGET__LIMIT_PER_MINUTE", "10000000")
-            .env("KEEPTYPING__BUDGET__BURST", "100000")
+        child::serve(hook_port, admin_port, &mock_url, API_KEY, HOOK_TOKEN)
             .env("KEEPTYPING__HOOKS__RATE_LIMIT_PER_SECOND", "0")
             .env("KEEPTYPING__SHUTDOWN__GRACE", format!("{}ms", GRACE.as_millis()))
             .env("KEEPTYPING__SHUTDOWN__DRAIN_DELAY", format!("{}ms", DRAIN_DELAY.as_millis()))
-            .env("ONLYFANSAPI_API_KEY", API_KEY)
-            .env("KEEPTYPING_HOOK_TOKEN", HOOK_TOKEN)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
             .spawn()
             .unwrap(),
     );

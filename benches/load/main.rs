@@ -412,7 +412,8 @@ impl Bench {
         let (cpu1, mock_cpu1, m1) = (proc_.cpu_seconds()?, mock.cpu_seconds()?, self.mock_ms(Instant::now()));
         let rss_hold = proc_.rss_kib()?;
         // The storm, while the N sessions keep refiring.
-        let (hook_ms, hook_errors, storm_spells) = self.storm(&hook, opts).await;
+        let timeline = self.logs.join(format!("storm-{system}-{n}-{repeat}.tsv"));
+        let (hook_ms, hook_errors, storm_spells) = self.storm(&hook, opts, &timeline).await;
         // Stop everything.
         for b in 0..n.div_ceil(MAX_BATCH) {
             let range = b * MAX_BATCH..((b + 1) * MAX_BATCH).min(n);
@@ -469,8 +470,8 @@ impl Bench {
 
     /// Open-loop start/stop pairs at `storm_rate` pairs per second on fresh chats: each pair
     /// sends a start and, once answered, a stop. Returns hook latencies (both requests), errors,
-    /// and each storm chat's spell.
-    async fn storm(&self, hook: &str, opts: &Opts) -> (Quantiles, usize, Vec<Spell>) {
+    /// and each storm chat's spell; writes every hook's send time and latency to `timeline_file`.
+    async fn storm(&self, hook: &str, opts: &Opts, timeline_file: &std::path::Path) -> (Quantiles, usize, Vec<Spell>) {
         let t0 = Instant::now();
         let gap = Duration::from_secs_f64(1.0 / opts.storm_rate);
         let mut tasks = Vec::with_capacity(opts.storm_pairs);
@@ -527,35 +528,33 @@ impl Bench {
                 }
             }
         }
-        let _ =
-            std::fs::write(self.logs.join(format!("storm-{}.tsv", hook.rsplit(':').next().unwrap_or("x"))), timeline);
+        let _ = std::fs::write(timeline_file, timeline);
         (Quantiles::of(lat), errors, spells)
     }
 
     /// keeptyping's own counters from its `/metrics`.
     async fn counters(&self, admin: &str) -> anyhow::Result<Counters> {
         let text = self.http.get(format!("{admin}/metrics")).send().await?.text().await?;
-        let sum = |prefix: &str| -> f64 {
+        // Sum of the series of `name` whose labels include every one of `labels`.
+        let sum_where = |name: &str, labels: &[&str]| -> f64 {
             text.lines()
-                .filter(|l| l.starts_with(prefix) && l[prefix.len()..].starts_with(['{', ' ']))
+                .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+                .filter(|l| labels.iter().all(|label| l.contains(label)))
                 .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
                 .sum()
         };
+        let sum = |name: &str| sum_where(name, &[]);
         let count = sum("keeptyping_refire_lateness_seconds_count");
         // The storm uses only the start and stop routes (the ramp and the stop-all use batch).
-        let hook = |series: &str, le: Option<&str>| -> f64 {
-            let prefix = format!("keeptyping_hook_request_duration_seconds_{series}{{");
-            text.lines()
-                .filter(|l| l.starts_with(&prefix))
-                .filter(|l| {
-                    ["/v1/typing/start", "/v1/typing/stop"].iter().any(|r| l.contains(&format!("route=\"{r}\"")))
-                })
-                .filter(|l| le.is_none_or(|le| l.contains(&format!("le=\"{le}\""))))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        let hook = |series: &str, le: &[&str]| -> f64 {
+            let name = format!("keeptyping_hook_request_duration_seconds_{series}");
+            ["route=\"/v1/typing/start\"", "route=\"/v1/typing/stop\""]
+                .iter()
+                .map(|route| sum_where(&name, &[&[*route], le].concat()))
                 .sum()
         };
-        let hook_count = hook("count", None);
-        let (le_1ms, le_5ms) = (hook("bucket", Some("0.001")), hook("bucket", Some("0.005")));
+        let hook_count = hook("count", &[]);
+        let (le_1ms, le_5ms) = (hook("bucket", &["le=\"0.001\""]), hook("bucket", &["le=\"0.005\""]));
         let share_over = |le: f64| if hook_count > 0.0 { 1.0 - le / hook_count } else { 0.0 };
         Ok(Counters {
             hook_server_count: hook_count,

@@ -33,10 +33,10 @@ pub(crate) async fn fire(
 ) {
     // The session keeps a token for this call: a stop (or the drain) that lands while the
     // request still waits for a pooled connection or for CPU drops it before it is written.
-    let cancel = CancellationToken::new();
     if shared.draining.load(Ordering::Acquire) {
         return;
     }
+    let cancel = CancellationToken::new();
     let sent = Instant::now();
     let Some(moved) = shared.table.with_generation(&key, generation, |s| {
         s.cancel_in_flight = Some(cancel.clone());
@@ -129,7 +129,7 @@ const FOLLOW_SLACK: Duration = Duration::from_millis(1);
 /// "next due one interval after it was sent". Calls launched together leave over a few
 /// milliseconds; without this their next deadlines would stay together. Returns the new
 /// deadline if it moved.
-pub(crate) fn follow_send_time(s: &mut Session, launched_at: Instant, sent: Instant) -> Option<Instant> {
+fn follow_send_time(s: &mut Session, launched_at: Instant, sent: Instant) -> Option<Instant> {
     let delay = sent.saturating_duration_since(launched_at);
     if delay < FOLLOW_SLACK {
         return None;

@@ -228,8 +228,11 @@ impl Scheduler {
         for b in 0..self.waiting.len() {
             if self.waiting[b].wake.is_some_and(|w| w <= now) {
                 self.drain_budget(b, now);
-                if self.blocked || self.chunk_full() {
-                    return !self.blocked;
+                if self.blocked {
+                    return false;
+                }
+                if self.chunk_full() {
+                    return true;
                 }
             }
         }
@@ -475,10 +478,9 @@ impl Scheduler {
         // A first call right after another one: the session started in a burst, and its second
         // call comes a little early so that the burst does not stay together.
         let in_burst = self.last_first.is_some_and(|t| now.saturating_duration_since(t) < BURST_WINDOW);
-        let offset = if in_burst { self.spread_offset(interval) } else { Duration::ZERO };
         let launched = self.shared.table.with_generation(&entry.key, entry.generation, |s| {
             let first = !s.first_sent;
-            let offset = if first { offset } else { Duration::ZERO };
+            let offset = if first && in_burst { self.spread_offset(interval) } else { Duration::ZERO };
             s.in_flight = true;
             s.first_sent = true;
             let not_before = now + interval - offset;
