@@ -90,12 +90,12 @@ fn budget(c: &mut Criterion) {
             // 10 µs apart: about 3,000 calls/s per budget would be 0.3 ms apart; this keeps the
             // 60-s window at its steady size quickly.
             i += 1;
-            black_box(granted.try_acquire(Class::Normal, t0 + Duration::from_micros(i * 10)))
+            black_box(granted.try_acquire(Class::Spare, t0 + Duration::from_micros(i * 10)))
         });
     });
     let mut empty = BudgetState::new("default", 60, &BudgetSettings { burst: 1, ..BudgetSettings::default() }, t0);
-    let _ = empty.try_acquire(Class::Priority, t0);
-    g.bench_function("try_acquire_refused", |b| b.iter(|| black_box(empty.try_acquire(Class::Normal, t0))));
+    let _ = empty.try_acquire(Class::Slot, t0);
+    g.bench_function("try_acquire_refused", |b| b.iter(|| black_box(empty.try_acquire(Class::Spare, t0))));
     g.finish();
 }
 

@@ -2,16 +2,22 @@
 //!
 //! One [`BudgetState`] per configured budget name (several API keys may share one, since the
 //! real limit is probably per team). Each holds:
-//! - a token bucket refilled at `typing_share x limit / 60` tokens per second, `burst` deep;
+//! - a token bucket refilled at `typing_share x limit / 60` tokens per second, as deep as
+//!   `burst` or one second of refill, whichever is more (so a large key is never throttled by a
+//!   small burst);
 //! - a sliding 60-second window of grants, hard-capped at `typing_share x limit`, so that no
 //!   60-second window ever carries more typing calls than the share, whatever the burst;
 //! - upstream feedback: `limit_minute` replaces the configured limit; `remaining_minute` at or
-//!   below `reserve x limit` pauses typing, and above it the refill rate is capped to spread the
-//!   remaining headroom over a minute (so typing backs off as the tool's own traffic grows);
-//!   a 429 pauses for `Retry-After`, or for an exponential backoff with jitter.
+//!   below `reserve x limit` pauses typing, and above it typing may spend per minute what it
+//!   spent in the last minute plus the headroom left above the reserve (so typing backs off as
+//!   the tool's own traffic grows); numeric `limit_day` / `remaining_day` pause typing while the
+//!   day's remainder is at or below the reserve; a 429 pauses for `Retry-After`, or for an
+//!   exponential backoff with jitter.
 //!
-//! Priority: tokens at or below `burst / 2` are kept for first indicators and high-priority (or
-//! starved) sessions; normal refires only take a token above that floor.
+//! Classes: first indicators and lit-slot refires ([`Class::First`], [`Class::Slot`]) may spend
+//! the whole bucket and window; waiting sessions ([`Class::Spare`]) only what lies above a
+//! reserve of half the bucket (and as many window slots), so they never take what a slot holder
+//! or a newcomer is about to need. [`BudgetState::slot_capacity`] is what slots may spend.
 //!
 //! Everything here is pure: every method takes `now`, and the jitter is an argument, so the
 //! logic is tested without sleeping. [`Budgets`] wraps the states in short `std` mutexes.
@@ -36,17 +42,24 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(60);
 pub const RESERVE_PAUSE: Duration = Duration::from_secs(10);
 /// A headroom cap learned from `remaining_minute` is forgotten after this long without news.
 const HEADROOM_TTL: Duration = Duration::from_secs(60);
+/// How long typing pauses when `remaining_day` reaches the reserve before one call probes again.
+pub const DAILY_PAUSE: Duration = Duration::from_secs(60);
+/// The bucket holds at least this much refill, whatever `burst` says.
+const DEPTH_OF_RATE: Duration = Duration::from_secs(1);
 
 /// Index of a budget in [`Budgets`].
 pub type BudgetIndex = usize;
 
-/// How important a typing call is when the budget is short.
+/// Which part of the budget a typing call may spend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Class {
-    /// The first indicator of a new session, a `high` priority session, or a starved one.
-    Priority,
-    /// A routine refire.
-    Normal,
+    /// The first indicator of a new session: counted, so that slot capacity leaves room for the
+    /// newcomers the budget recently had to pay.
+    First,
+    /// A refire of a session holding a lit slot.
+    Slot,
+    /// A refire of a waiting session: only what lies above the reserve.
+    Spare,
 }
 
 /// Why the budget refused a token.
@@ -84,6 +97,8 @@ pub enum PauseReason {
     RateLimited,
     /// `remaining_minute` reached the reserve.
     Reserve,
+    /// `remaining_day` reached the reserve share of `limit_day`.
+    DailyReserve,
 }
 
 /// A token bucket. Pure: every method takes `now`.
@@ -104,6 +119,12 @@ impl TokenBucket {
         Self { tokens: capacity, capacity, rate, last: now }
     }
 
+    /// A bucket holding only its reserve (half its capacity) to begin with: a fresh budget does
+    /// not let waiting sessions spend a whole bucket on top of the first minute's share.
+    fn starting_at_floor(capacity: f64, rate: f64, now: Instant) -> Self {
+        Self { tokens: (capacity / 2.0).floor(), capacity, rate, last: now }
+    }
+
     fn refill(&mut self, now: Instant) {
         let dt = now.saturating_duration_since(self.last).as_secs_f64();
         self.tokens = (self.tokens + dt * self.rate).min(self.capacity);
@@ -114,6 +135,13 @@ impl TokenBucket {
     pub fn set_rate(&mut self, rate: f64, now: Instant) {
         self.refill(now);
         self.rate = rate.max(0.0);
+    }
+
+    /// Changes how many tokens the bucket may hold.
+    fn set_capacity(&mut self, capacity: f64, now: Instant) {
+        self.refill(now);
+        self.capacity = capacity;
+        self.tokens = self.tokens.min(capacity);
     }
 
     /// Tokens available at `now`.
@@ -150,15 +178,21 @@ pub struct BudgetState {
     remaining: Option<u32>,
     share: f64,
     reserve: f64,
+    /// `budget.burst`: the bucket is at least this deep.
+    burst: f64,
     bucket: TokenBucket,
     /// The period the limit is counted over (60 s).
     period: Duration,
     /// Grant instants within the last `period`, oldest first.
     window: VecDeque<Instant>,
+    /// First-indicator grant instants within the last `period`, oldest first.
+    firsts: VecDeque<Instant>,
     paused_until: Option<(Instant, PauseReason)>,
     consecutive_429: u32,
     /// Tokens per second allowed by the last `remaining_minute`, and when it was learned.
     headroom_rate: Option<(f64, Instant)>,
+    /// `limit_day` and `remaining_day` as last reported, when both were numbers.
+    daily: Option<(u32, u32)>,
 }
 
 // === impl BudgetState ===
@@ -176,12 +210,15 @@ impl BudgetState {
             remaining: None,
             share,
             reserve: settings.reserve,
-            bucket: TokenBucket::new(f64::from(settings.burst), rate, now),
+            burst: f64::from(settings.burst),
+            bucket: TokenBucket::starting_at_floor(depth(f64::from(settings.burst), rate), rate, now),
             period,
             window: VecDeque::new(),
+            firsts: VecDeque::new(),
             paused_until: None,
             consecutive_429: 0,
             headroom_rate: None,
+            daily: None,
         }
     }
 
@@ -218,7 +255,34 @@ impl BudgetState {
         let rate = self.effective_rate(now);
         if (rate - self.bucket.rate).abs() > f64::EPSILON {
             self.bucket.set_rate(rate, now);
+            self.bucket.set_capacity(depth(self.burst, rate), now);
         }
+    }
+
+    fn forget_old(&mut self, now: Instant) {
+        let period = self.period;
+        for q in [&mut self.window, &mut self.firsts] {
+            while q.front().is_some_and(|t| now.saturating_duration_since(*t) >= period) {
+                q.pop_front();
+            }
+        }
+    }
+
+    /// Typing calls per `period` that lit slots may spend now: the rate in force, less what
+    /// first indicators needed over the last period, less one bucket (a burst the window must
+    /// still have room for). Zero while paused for longer than a refire could wait.
+    pub fn slot_capacity(&mut self, now: Instant) -> f64 {
+        self.forget_old(now);
+        self.sync_rate(now);
+        #[allow(clippy::cast_precision_loss, reason = "counts within one window, far below 2^52")]
+        let firsts = self.firsts.len() as f64;
+        let per_period = self.effective_rate(now) * self.period.as_secs_f64();
+        (per_period - firsts - self.bucket.capacity).max(0.0)
+    }
+
+    /// The period the limit is counted over.
+    pub fn period(&self) -> Duration {
+        self.period
     }
 
     /// Asks for one token for a call of `class`.
@@ -232,24 +296,26 @@ impl BudgetState {
             }
             self.paused_until = None;
         }
-        while self.window.front().is_some_and(|t| now.saturating_duration_since(*t) >= self.period) {
-            self.window.pop_front();
-        }
-        // The window keeps slots for priority calls just as the bucket keeps tokens for them.
+        self.forget_old(now);
+        self.sync_rate(now);
+        // The window keeps slots for first indicators and slot holders just as the bucket keeps
+        // tokens for them.
         let cap = self.window_cap();
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "half the burst, a small count")]
-        let reserved = (self.priority_floor() as usize).min(cap / 2);
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "half the bucket, a count")]
+        let reserved = (self.bucket.capacity as usize).min(cap / 2);
         let (allowed, floor) = match class {
-            Class::Priority => (cap, 0.0),
-            Class::Normal => (cap - reserved, self.priority_floor()),
+            Class::First | Class::Slot => (cap, 0.0),
+            Class::Spare => (cap - reserved, self.priority_floor()),
         };
         if self.window.len() >= allowed {
             let frees = self.window.get(self.window.len() - allowed).copied().unwrap_or(now);
             return Err(Denied::Empty { retry_at: frees + self.period });
         }
-        self.sync_rate(now);
         self.bucket.try_take(floor, now).map_err(|retry_at| Denied::Empty { retry_at })?;
         self.window.push_back(now);
+        if class == Class::First {
+            self.firsts.push_back(now);
+        }
         Ok(())
     }
 
@@ -258,18 +324,34 @@ impl BudgetState {
         if let Some(limit) = limits.limit_minute.filter(|l| *l > 0) {
             self.reported_limit = Some(limit);
         }
+        let scale = self.period.as_secs_f64() / WINDOW.as_secs_f64();
         if let Some(remaining) = limits.remaining_minute {
             self.remaining = Some(remaining);
             let reserve = self.reserve * f64::from(self.limit());
             let headroom = f64::from(remaining) - reserve;
             if headroom <= 0.0 {
                 // 10 s of a 60 s window, scaled with the window.
-                let pause = RESERVE_PAUSE.mul_f64(self.period.as_secs_f64() / WINDOW.as_secs_f64());
-                self.pause(now + pause, PauseReason::Reserve);
+                self.pause(now + RESERVE_PAUSE.mul_f64(scale), PauseReason::Reserve);
                 self.headroom_rate = None;
             } else {
-                self.headroom_rate = Some((headroom / self.period.as_secs_f64(), now));
+                // What the tool's own traffic leaves: typing may keep the pace it had over the
+                // last period (those calls are inside `remaining` already) plus the headroom.
+                self.forget_old(now);
+                #[allow(clippy::cast_precision_loss, reason = "a count within one window")]
+                let ours = self.window.len() as f64;
+                self.headroom_rate = Some(((ours + headroom) / self.period.as_secs_f64(), now));
             }
+        }
+        if let (Some(limit_day), Some(remaining_day)) = (limits.limit_day, limits.remaining_day) {
+            self.daily = Some((limit_day, remaining_day));
+            if f64::from(remaining_day) <= self.reserve * f64::from(limit_day) {
+                self.pause(now + DAILY_PAUSE.mul_f64(scale), PauseReason::DailyReserve);
+            } else if self.paused_until.is_some_and(|(_, r)| r == PauseReason::DailyReserve) {
+                // The upstream reports more for the day: typing resumes at once.
+                self.paused_until = None;
+            }
+        } else if limits.limit_day.is_none() && limits.remaining_day.is_none() {
+            self.daily = None;
         }
         self.sync_rate(now);
     }
@@ -289,7 +371,9 @@ impl BudgetState {
             self.consecutive_429 = self.consecutive_429.saturating_add(1);
         }
         let pause = retry_after.unwrap_or_else(|| {
-            let exp = BACKOFF_BASE.saturating_mul(1 << (self.consecutive_429 - 1).min(6));
+            // A success may have reset the count during this pause: the step is then the first.
+            let step = self.consecutive_429.saturating_sub(1).min(6);
+            let exp = BACKOFF_BASE.saturating_mul(1 << step);
             exp.min(BACKOFF_MAX).mul_f64(0.8 + 0.4 * jitter.clamp(0.0, 1.0))
         });
         self.pause(now + pause, PauseReason::RateLimited);
@@ -304,9 +388,14 @@ impl BudgetState {
         }
     }
 
-    /// A snapshot for `/v1/budget` and the gauges.
-    pub fn snapshot(&mut self, refire_interval: Duration, now: Instant) -> BudgetSnapshot {
-        self.sync_rate(now);
+    /// Whether typing is paused at `now`.
+    pub fn is_paused(&self, now: Instant) -> bool {
+        self.paused_until.is_some_and(|(u, _)| u > now)
+    }
+
+    /// A snapshot for `/v1/budget` and the gauges; `slots` are the lit and waiting counts.
+    pub fn snapshot(&mut self, refire_interval: Duration, slots: (usize, usize), now: Instant) -> BudgetSnapshot {
+        let capacity = self.slot_capacity(now);
         let paused = self.paused_until.filter(|(u, _)| *u > now);
         let per_fan = self.period.as_secs_f64() / refire_interval.as_secs_f64();
         BudgetSnapshot {
@@ -323,9 +412,20 @@ impl BudgetState {
             paused: paused.is_some(),
             paused_for_ms: paused.map(|(u, _)| u128_to_u64(u.saturating_duration_since(now).as_millis())),
             pause_reason: paused.map(|(_, r)| r),
-            capacity_fans: self.typing_per_minute() / per_fan,
+            capacity_fans: capacity / per_fan,
+            sessions_lit: slots.0,
+            sessions_waiting: slots.1,
+            first_indicators_last_minute: self.firsts.len(),
+            limit_day: self.daily.map(|(l, _)| l),
+            remaining_day: self.daily.map(|(_, r)| r),
         }
     }
+}
+
+/// How deep a bucket refilled at `rate` tokens per second is: `burst`, or one second of refill
+/// when that is more.
+fn depth(burst: f64, rate: f64) -> f64 {
+    burst.max((rate * DEPTH_OF_RATE.as_secs_f64()).floor())
 }
 
 fn u128_to_u64(v: u128) -> u64 {
@@ -357,8 +457,19 @@ pub struct BudgetSnapshot {
     pub paused_for_ms: Option<u64>,
     /// What paused it.
     pub pause_reason: Option<PauseReason>,
-    /// Fans the budget keeps fully lit at the OnlyFans cadence.
+    /// Fans the budget can keep fully lit at the OnlyFans cadence right now: what it may spend
+    /// per minute, less the first indicators of the last minute and one bucket, over 60 / 3.5.
     pub capacity_fans: f64,
+    /// Sessions holding a lit slot.
+    pub sessions_lit: usize,
+    /// Sessions waiting for a slot (refired from what is left).
+    pub sessions_waiting: usize,
+    /// First indicators paid in the last minute.
+    pub first_indicators_last_minute: usize,
+    /// `limit_day` as last reported, when the upstream reports a number.
+    pub limit_day: Option<u32>,
+    /// `remaining_day` as last reported, when the upstream reports a number.
+    pub remaining_day: Option<u32>,
 }
 
 /// Every budget, by index. Each state sits behind its own `std` mutex: sections are a few
@@ -443,13 +554,13 @@ mod tests {
         let mut granted = Vec::new();
         let mut t = t0;
         while t < t0 + secs(180.0) {
-            while b.try_acquire(Class::Priority, t).is_ok() {
+            while b.try_acquire(Class::Slot, t).is_ok() {
                 granted.push(t);
             }
             t += Duration::from_millis(50);
         }
-        // Burst of 10 at once, then one per second.
-        assert_eq!(granted.iter().filter(|g| **g == t0).count(), 10);
+        // The reserve half of the bucket at once, then one per second.
+        assert_eq!(granted.iter().filter(|g| **g == t0).count(), 5);
         for (i, start) in granted.iter().enumerate() {
             let in_window = granted[i..].iter().take_while(|g| g.duration_since(*start) < WINDOW).count();
             assert!(in_window <= 60, "{in_window} grants in the 60 s from grant {i}");
@@ -459,33 +570,37 @@ mod tests {
     }
 
     #[test]
-    fn normal_refires_leave_the_priority_floor() {
+    fn spare_refires_leave_the_reserve_floor() {
         let t0 = Instant::now();
         let mut b = BudgetState::new("b", 120, &settings(120), t0);
-        // burst 10, floor 5: five normal grants, then only priority.
+        // A fresh bucket holds only its reserve: nothing for waiting sessions yet.
+        assert!(matches!(b.try_acquire(Class::Spare, t0), Err(Denied::Empty { .. })));
+        // Full after ten seconds at one per second; burst 10, floor 5: five spare grants, then
+        // only first indicators and slot holders.
+        let t = t0 + secs(10.0);
         for _ in 0..5 {
-            assert!(b.try_acquire(Class::Normal, t0).is_ok());
+            assert!(b.try_acquire(Class::Spare, t).is_ok());
         }
-        assert!(matches!(b.try_acquire(Class::Normal, t0), Err(Denied::Empty { .. })));
+        assert!(matches!(b.try_acquire(Class::Spare, t), Err(Denied::Empty { .. })));
         for _ in 0..5 {
-            assert!(b.try_acquire(Class::Priority, t0).is_ok());
+            assert!(b.try_acquire(Class::First, t).is_ok());
         }
-        assert!(b.try_acquire(Class::Priority, t0).is_err());
+        assert!(b.try_acquire(Class::Slot, t).is_err());
     }
 
     #[test]
     fn reported_limit_replaces_the_configured_one_mid_minute() {
         let t0 = Instant::now();
         let mut b = BudgetState::new("b", 120, &settings(120), t0);
-        b.observe(RateLimits { limit_minute: Some(1200), remaining_minute: Some(1100) }, t0);
+        b.observe(RateLimits { limit_minute: Some(1200), remaining_minute: Some(1100), ..RateLimits::default() }, t0);
         assert_eq!(b.limit(), 1200);
         // Drain the burst, then the refill runs at 600/min = 10 per second.
-        while b.try_acquire(Class::Priority, t0).is_ok() {}
+        while b.try_acquire(Class::Slot, t0).is_ok() {}
         let mut n = 0;
         let mut t = t0;
         for _ in 0..100 {
             t += Duration::from_millis(10);
-            if b.try_acquire(Class::Priority, t).is_ok() {
+            if b.try_acquire(Class::Slot, t).is_ok() {
                 n += 1;
             }
         }
@@ -496,12 +611,12 @@ mod tests {
     fn remaining_at_the_reserve_pauses_and_the_pause_expires() {
         let t0 = Instant::now();
         let mut b = BudgetState::new("b", 1000, &settings(1000), t0);
-        b.observe(RateLimits { limit_minute: Some(1000), remaining_minute: Some(100) }, t0);
-        match b.try_acquire(Class::Priority, t0) {
+        b.observe(RateLimits { limit_minute: Some(1000), remaining_minute: Some(100), ..RateLimits::default() }, t0);
+        match b.try_acquire(Class::Slot, t0) {
             Err(Denied::Paused { until, reason: PauseReason::Reserve }) => assert_eq!(until, t0 + RESERVE_PAUSE),
             other => panic!("{other:?}"),
         }
-        assert!(b.try_acquire(Class::Priority, t0 + RESERVE_PAUSE).is_ok());
+        assert!(b.try_acquire(Class::Slot, t0 + RESERVE_PAUSE).is_ok());
     }
 
     #[test]
@@ -509,7 +624,7 @@ mod tests {
         let t0 = Instant::now();
         let mut b = BudgetState::new("b", 1000, &settings(1000), t0);
         let full = b.effective_rate(t0);
-        b.observe(RateLimits { limit_minute: Some(1000), remaining_minute: Some(160) }, t0);
+        b.observe(RateLimits { limit_minute: Some(1000), remaining_minute: Some(160), ..RateLimits::default() }, t0);
         let slowed = b.effective_rate(t0);
         assert!((slowed - 1.0).abs() < 1e-9, "60 above the reserve spread over 60 s: {slowed}");
         assert!(slowed < full);
@@ -522,20 +637,20 @@ mod tests {
         let t0 = Instant::now();
         let mut b = BudgetState::new("b", 1000, &settings(1000), t0);
         b.rate_limited(Some(secs(5.0)), 0.5, t0);
-        assert!(matches!(b.try_acquire(Class::Priority, t0 + secs(4.9)), Err(Denied::Paused { .. })));
+        assert!(matches!(b.try_acquire(Class::Slot, t0 + secs(4.9)), Err(Denied::Paused { .. })));
         // The bucket was emptied by the 429; it has refilled after 5 s.
-        assert!(b.try_acquire(Class::Priority, t0 + secs(5.0)).is_ok());
+        assert!(b.try_acquire(Class::Slot, t0 + secs(5.0)).is_ok());
     }
 
     #[test]
     fn backoff_without_retry_after_doubles_with_jitter_and_resets_on_success() {
         let t0 = Instant::now();
         let mut b = BudgetState::new("b", 1000, &settings(1000), t0);
-        let pause = |b: &mut BudgetState| match b.try_acquire(Class::Priority, t0) {
+        let pause = |b: &mut BudgetState| match b.try_acquire(Class::Slot, t0) {
             Err(Denied::Paused { until, .. }) => until - t0,
             other => panic!("{other:?}"),
         };
-        let pause_at = |b: &mut BudgetState, t: Instant| match b.try_acquire(Class::Priority, t) {
+        let pause_at = |b: &mut BudgetState, t: Instant| match b.try_acquire(Class::Slot, t) {
             Err(Denied::Paused { until, .. }) => until - t,
             other => panic!("{other:?}"),
         };
@@ -562,10 +677,110 @@ mod tests {
         b.succeeded();
         let t1 = t + secs(100.0);
         b.rate_limited(None, 0.5, t1);
-        match b.try_acquire(Class::Priority, t1) {
+        match b.try_acquire(Class::Slot, t1) {
             Err(Denied::Paused { until, .. }) => assert_eq!(until - t1, secs(1.0)),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_429_after_a_success_during_the_same_pause_does_not_underflow() {
+        let t0 = Instant::now();
+        let mut b = BudgetState::new("b", 1000, &settings(1000), t0);
+        b.rate_limited(None, 0.5, t0);
+        // A call launched before the pause succeeds meanwhile and resets the count...
+        b.succeeded();
+        // ...then another 429 without Retry-After lands inside the same pause.
+        b.rate_limited(None, 0.5, t0 + secs(0.2));
+        match b.try_acquire(Class::Slot, t0 + secs(0.2)) {
+            Err(Denied::Paused { until, .. }) => {
+                assert_eq!(until - (t0 + secs(0.2)), secs(1.0), "the first step again")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_large_key_is_not_throttled_by_a_small_burst() {
+        // 1,000,000 per minute, share 0.5: 8,333 typing calls per second. With burst 10 a
+        // scheduler acting every 5 ms could pay only 2,000 per second; the bucket holds one
+        // second of refill instead.
+        let t0 = Instant::now();
+        let mut b = BudgetState::new("b", 1_000_000, &settings(1_000_000), t0);
+        let mut granted = 0;
+        let mut t = t0;
+        for _ in 0..200 {
+            t += Duration::from_millis(5);
+            while b.try_acquire(Class::Slot, t).is_ok() {
+                granted += 1;
+            }
+        }
+        // One second at 8,333/s, plus the reserve half of the bucket at the start.
+        assert!((12_000..=13_000).contains(&granted), "{granted} grants in one second");
+    }
+
+    #[test]
+    fn slot_capacity_leaves_room_for_recent_first_indicators_and_one_bucket() {
+        let t0 = Instant::now();
+        // 1,000 per minute, share 0.5: 500 typing calls per minute, bucket 10.
+        let mut b = BudgetState::new("b", 1000, &settings(1000), t0);
+        assert!((b.slot_capacity(t0) - 490.0).abs() < 1e-9);
+        let t0 = t0 + secs(1.0);
+        for _ in 0..5 {
+            b.try_acquire(Class::First, t0).unwrap();
+        }
+        b.try_acquire(Class::Slot, t0).unwrap();
+        assert!((b.slot_capacity(t0) - 485.0).abs() < 1e-9, "five first indicators in the last minute");
+        assert!((b.slot_capacity(t0 + WINDOW) - 490.0).abs() < 1e-9, "forgotten a minute later");
+    }
+
+    #[test]
+    fn the_tools_own_traffic_shrinks_what_typing_may_spend() {
+        let t0 = Instant::now();
+        // 120 per minute, share 0.5, reserve 12.
+        let mut b = BudgetState::new("b", 120, &settings(120), t0);
+        let t0 = t0 + secs(10.0);
+        for _ in 0..10 {
+            b.try_acquire(Class::Slot, t0).unwrap();
+        }
+        // The tool sent 30 in the last minute, typing 10: 80 remain; typing may go on at its 10
+        // plus the 68 above the reserve, capped by its share of 60.
+        b.observe(RateLimits { limit_minute: Some(120), remaining_minute: Some(80), ..RateLimits::default() }, t0);
+        assert!((b.effective_rate(t0) * 60.0 - 60.0).abs() < 1e-9);
+        // The tool now sends 90 a minute: 20 remain.
+        b.observe(RateLimits { limit_minute: Some(120), remaining_minute: Some(20), ..RateLimits::default() }, t0);
+        assert!((b.effective_rate(t0) * 60.0 - 18.0).abs() < 1e-9, "10 of its own plus 8 of headroom");
+    }
+
+    #[test]
+    fn a_numeric_daily_limit_pauses_at_the_reserve_and_resumes_when_more_is_reported() {
+        let t0 = Instant::now();
+        let mut b = BudgetState::new("b", 1000, &settings(1000), t0);
+        let day = |remaining| RateLimits {
+            limit_minute: Some(1000),
+            remaining_minute: Some(900),
+            limit_day: Some(50_000),
+            remaining_day: Some(remaining),
+        };
+        b.observe(day(10_000), t0);
+        assert!(b.try_acquire(Class::Slot, t0).is_ok());
+        // 10% of 50,000 left: paused, with a probe a minute later.
+        b.observe(day(5_000), t0);
+        match b.try_acquire(Class::First, t0) {
+            Err(Denied::Paused { until, reason: PauseReason::DailyReserve }) => assert_eq!(until, t0 + DAILY_PAUSE),
+            other => panic!("{other:?}"),
+        }
+        let snap = b.snapshot(secs(3.5), (0, 0), t0);
+        assert_eq!(
+            (snap.limit_day, snap.remaining_day, snap.pause_reason),
+            (Some(50_000), Some(5_000), Some(PauseReason::DailyReserve))
+        );
+        // The probe's answer reports a new day.
+        b.observe(day(50_000), t0 + DAILY_PAUSE);
+        assert!(b.try_acquire(Class::Slot, t0 + DAILY_PAUSE).is_ok());
+        // `null` daily fields: no daily limit at all.
+        b.observe(RateLimits { limit_minute: Some(1000), remaining_minute: Some(900), ..RateLimits::default() }, t0);
+        assert_eq!(b.snapshot(secs(3.5), (0, 0), t0 + DAILY_PAUSE).limit_day, None);
     }
 
     #[test]

@@ -238,11 +238,9 @@ pub struct BudgetSettings {
     pub typing_share: f64,
     /// Typing pauses while upstream `remaining_minute` <= reserve x limit.
     pub reserve: f64,
-    /// Tokens a bucket may hold beyond a steady trickle (a small burst).
+    /// Tokens a bucket holds at least (a small burst); a large key's bucket holds one second of
+    /// refill when that is more.
     pub burst: u32,
-    /// Longest time any session may go without an indicator when the budget is short.
-    #[serde(with = "humantime_serde")]
-    pub starvation_bound: Duration,
     /// The period the upstream counts its limit over (60 s; tests shorten it to scale time).
     #[serde(with = "humantime_serde")]
     pub window: Duration,
@@ -257,7 +255,6 @@ impl Default for BudgetSettings {
             typing_share: 0.5,
             reserve: 0.1,
             burst: 10,
-            starvation_bound: Duration::from_secs(20),
             window: Duration::from_secs(60),
             limits: BTreeMap::new(),
         }
@@ -600,9 +597,6 @@ impl Settings {
         }
         if self.budget.window < Duration::from_secs(1) {
             return Err(invalid("budget.window", "must be at least 1s"));
-        }
-        if self.budget.starvation_bound.is_zero() {
-            return Err(invalid("budget.starvation_bound", "must be greater than zero"));
         }
         if self.shutdown.grace.is_zero() {
             return Err(invalid("shutdown.grace", "must be greater than zero"));

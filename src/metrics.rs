@@ -38,6 +38,14 @@ pub const UPSTREAM_REMAINING_MINUTE: &str = "keeptyping_upstream_remaining_minut
 pub const BUDGET_PAUSED: &str = "keeptyping_budget_paused";
 /// How many fans a budget can keep fully lit.
 pub const BUDGET_CAPACITY_FANS: &str = "keeptyping_budget_capacity_fans";
+/// Sessions holding a lit slot of a budget.
+pub const BUDGET_SESSIONS_LIT: &str = "keeptyping_budget_sessions_lit";
+/// Sessions of a budget waiting for a lit slot.
+pub const BUDGET_SESSIONS_WAITING: &str = "keeptyping_budget_sessions_waiting";
+/// Time from a session's start to its first successful typing call.
+pub const FIRST_INDICATOR_DELAY: &str = "keeptyping_first_indicator_delay_seconds";
+/// Starts answered `capped`.
+pub const STARTS_CAPPED: &str = "keeptyping_starts_capped_total";
 /// Share of each ended session's composing time with an indicator showing.
 pub const COVERAGE: &str = "keeptyping_indicator_coverage_ratio";
 /// Times an indicator lapsed while its session was still composing.
@@ -58,7 +66,8 @@ pub const AUTH_ATTEMPTS_WATCHED: &str = "keeptyping_auth_attempts_watched";
 pub const AUTH_CALLBACKS: &str = "keeptyping_auth_callbacks_total";
 
 const LATENCY_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0];
-const COVERAGE_BUCKETS: &[f64] = &[0.5, 0.75, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 1.0];
+const COVERAGE_BUCKETS: &[f64] = &[0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 1.0];
+const FIRST_INDICATOR_BUCKETS: &[f64] = &[0.005, 0.025, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -89,6 +98,9 @@ pub fn install() -> PrometheusHandle {
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Full(UPSTREAM_DURATION.into()), LATENCY_BUCKETS))
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Full(HOOK_DURATION.into()), LATENCY_BUCKETS))
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Full(COVERAGE.into()), COVERAGE_BUCKETS))
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(FIRST_INDICATOR_DELAY.into()), FIRST_INDICATOR_BUCKETS)
+                })
                 .expect("bucket lists are non-empty constants")
                 .build_recorder();
             let handle = recorder.handle();
@@ -117,7 +129,22 @@ fn describe() {
     describe_gauge!(UPSTREAM_REMAINING_MINUTE, "Per-minute requests remaining, as last reported by the upstream.");
     describe_gauge!(BUDGET_PAUSED, "1 while typing on a budget is paused.");
     describe_gauge!(BUDGET_CAPACITY_FANS, "Fans a budget can keep fully lit at the OnlyFans cadence.");
-    describe_histogram!(COVERAGE, "Share of an ended session's composing time with an indicator showing.");
+    describe_gauge!(BUDGET_SESSIONS_LIT, "Sessions holding a lit slot of a budget (every refire paid on time).");
+    describe_gauge!(
+        BUDGET_SESSIONS_WAITING,
+        "Sessions of a budget waiting for a lit slot (refired from what is left)."
+    );
+    describe_histogram!(
+        FIRST_INDICATOR_DELAY,
+        Unit::Seconds,
+        "Time from a session's start to its first successful typing call."
+    );
+    describe_counter!(STARTS_CAPPED, "Starts answered capped: the chat's session reached engine.max_lifetime.");
+    describe_histogram!(
+        COVERAGE,
+        "Share of an ended session's composing time with an indicator showing, while holding a lit slot \
+         (slot=\"lit\") and while waiting for one (slot=\"waiting\")."
+    );
     describe_counter!(GAPS, "Times an indicator lapsed while its session was still composing.");
     describe_counter!(HOOK_REQUESTS, "Hook API requests, by route and status.");
     describe_histogram!(HOOK_DURATION, Unit::Seconds, "Hook API request duration, by route.");
@@ -177,6 +204,10 @@ pub enum SkipReason {
     PreviousInFlight,
     /// No API key covers the account.
     NoKey,
+    /// The session's budget does not exist: never sent unpaid.
+    NoBudget,
+    /// The day's remainder (`remaining_day`) reached the reserve.
+    DailyLimit,
 }
 
 impl SkipReason {
@@ -189,6 +220,8 @@ impl SkipReason {
             Self::InFlightCap => "in_flight_cap",
             Self::PreviousInFlight => "previous_in_flight",
             Self::NoKey => "no_key",
+            Self::NoBudget => "no_budget",
+            Self::DailyLimit => "daily_limit",
         }
     }
 }
@@ -198,12 +231,25 @@ pub fn session_started() {
     counter!(SESSIONS_STARTED).increment(1);
 }
 
-/// A session ended, with its coverage (None when it never composed long enough to measure).
-pub fn session_ended(reason: EndReason, coverage: Option<f64>) {
+/// A session ended, with its coverage while waiting and while holding a lit slot (`None` for a
+/// state it never was in long enough to measure).
+pub fn session_ended(reason: EndReason, coverage: [Option<f64>; 2]) {
     counter!(SESSIONS_ENDED, "reason" => reason.as_str()).increment(1);
-    if let Some(c) = coverage {
-        histogram!(COVERAGE).record(c);
+    for (slot, c) in ["waiting", "lit"].into_iter().zip(coverage) {
+        if let Some(c) = c {
+            histogram!(COVERAGE, "slot" => slot).record(c);
+        }
     }
+}
+
+/// A start was answered `capped`.
+pub fn start_capped() {
+    counter!(STARTS_CAPPED).increment(1);
+}
+
+/// A session's first indicator was given `delay` after its start.
+pub fn first_indicator_delay(delay: Duration) {
+    histogram!(FIRST_INDICATOR_DELAY).record(delay.as_secs_f64());
 }
 
 /// The number of live sessions.
@@ -262,15 +308,20 @@ pub fn in_flight(n: usize) {
 }
 
 /// A budget's state, as gauges.
-pub fn budget_state(budget: &str, tokens: f64, limit: u32, remaining: Option<u32>, paused: bool, capacity_fans: f64) {
-    let name = budget.to_owned();
-    gauge!(BUDGET_TOKENS, "budget" => name.clone()).set(tokens);
-    gauge!(UPSTREAM_LIMIT_MINUTE, "budget" => name.clone()).set(f64::from(limit));
-    if let Some(r) = remaining {
+pub fn budget_state(b: &crate::budget::BudgetSnapshot) {
+    let name = b.name.clone();
+    gauge!(BUDGET_TOKENS, "budget" => name.clone()).set(b.tokens);
+    gauge!(UPSTREAM_LIMIT_MINUTE, "budget" => name.clone()).set(f64::from(b.limit_per_minute));
+    if let Some(r) = b.remaining_minute {
         gauge!(UPSTREAM_REMAINING_MINUTE, "budget" => name.clone()).set(f64::from(r));
     }
-    gauge!(BUDGET_PAUSED, "budget" => name.clone()).set(if paused { 1.0 } else { 0.0 });
-    gauge!(BUDGET_CAPACITY_FANS, "budget" => name).set(capacity_fans);
+    gauge!(BUDGET_PAUSED, "budget" => name.clone()).set(if b.paused { 1.0 } else { 0.0 });
+    gauge!(BUDGET_CAPACITY_FANS, "budget" => name.clone()).set(b.capacity_fans);
+    #[allow(clippy::cast_precision_loss, reason = "session counts are far below 2^52")]
+    {
+        gauge!(BUDGET_SESSIONS_LIT, "budget" => name.clone()).set(b.sessions_lit as f64);
+        gauge!(BUDGET_SESSIONS_WAITING, "budget" => name).set(b.sessions_waiting as f64);
+    }
 }
 
 /// Accounts paused.

@@ -232,6 +232,7 @@ fn apply_start(state: &ApiState, v: &ValidStart) -> Result<TypingResponse, ApiEr
         StartOutcome::Started => ("started", None),
         StartOutcome::Refreshed => ("refreshed", None),
         StartOutcome::Paused(cause) => ("paused", Some(cause.as_str())),
+        StartOutcome::Capped => ("capped", Some("max_lifetime")),
     };
     Ok(TypingResponse {
         outcome,

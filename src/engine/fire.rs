@@ -33,9 +33,8 @@ pub(crate) async fn fire(
 ) {
     // The session keeps a token for this call: a stop (or the drain) that lands while the
     // request still waits for a pooled connection or for CPU drops it before it is written.
-    if shared.draining.load(Ordering::Acquire) {
-        return;
-    }
+    // The token is in place before the drain flag is read: a drain that starts meanwhile either
+    // finds the token (and cancels it) or is seen here.
     let cancel = CancellationToken::new();
     let sent = Instant::now();
     let Some(moved) = shared.table.with_generation(&key, generation, |s| {
@@ -44,6 +43,9 @@ pub(crate) async fn fire(
     }) else {
         return;
     };
+    if shared.draining.load(Ordering::Acquire) {
+        return;
+    }
     if let Some(due) = moved {
         // The scheduler's entry for the old instant is stale now; a send error means the
         // scheduler has stopped, and nothing is due any more.
@@ -67,14 +69,22 @@ pub(crate) async fn fire(
     match &outcome.result {
         Ok(()) => {
             shared.budgets.with(budget, crate::budget::BudgetState::succeeded);
-            let gap = shared.table.with_generation(&key, generation, |s| {
+            let lit = shared.table.with_generation(&key, generation, |s| {
                 s.in_flight = false;
-                s.lit(sent, lifetime)
+                // The first indicator counts as given once a call for it succeeded.
+                let first = (!s.first_lit).then(|| sent.saturating_duration_since(s.started_at));
+                s.first_lit = true;
+                (s.lit(sent, lifetime), first)
             });
-            if gap == Some(true) {
-                metrics::indicator_gap();
+            if let Some((gap, first)) = lit {
+                if gap {
+                    metrics::indicator_gap();
+                }
+                if let Some(delay) = first {
+                    metrics::first_indicator_delay(delay);
+                }
             }
-            if shared.readiness.get(&key.account).is_some() {
+            if !shared.readiness.is_empty() {
                 shared.readiness.resume(&key.account);
             }
         }
@@ -92,7 +102,7 @@ pub(crate) async fn fire(
                     tracing::error!(api_key = name, "upstream refused the api key (401); ending its sessions");
                     for (k, g) in shared.table.keys_where(|_, s| s.api_key == api_key) {
                         if let Some(s) = shared.table.remove_if_generation(&k, g) {
-                            shared.ended(&s, EndReason::Unauthorized, now);
+                            shared.ended(s, EndReason::Unauthorized, now);
                         }
                     }
                     return;
@@ -100,7 +110,7 @@ pub(crate) async fn fire(
                 ErrorKind::Rejected => {
                     tracing::info!(account = %key.account, chat = %key.chat, error = %e, "upstream rejected the chat; ending its session");
                     if let Some(s) = shared.table.remove_if_generation(&key, generation) {
-                        shared.ended(&s, EndReason::Rejected, now);
+                        shared.ended(s, EndReason::Rejected, now);
                     }
                     return;
                 }

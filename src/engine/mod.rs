@@ -14,6 +14,7 @@ mod readiness;
 mod recent;
 mod scheduler;
 mod session;
+mod slots;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -28,6 +29,7 @@ pub use readiness::{PauseCause, Paused, Readiness};
 pub use recent::{RECENT_ERRORS, RecentError, RecentErrors};
 pub use scheduler::Scheduler;
 pub use session::{Holder, MAX_HOLDERS, Priority, Session, SessionTable, Upsert};
+pub use slots::SlotCounts;
 
 use crate::budget::{BudgetSnapshot, Budgets};
 use crate::config::{BudgetSettings, EngineSettings, PlatformsSettings};
@@ -72,6 +74,9 @@ pub enum StartOutcome {
     Refreshed,
     /// The session is held, but its account is paused: nothing is sent until it resumes.
     Paused(PauseCause),
+    /// The chat's session reached `engine.max_lifetime`: nothing is sent until a stop for the
+    /// chat, or until no start has come for the idle lease.
+    Capped,
 }
 
 /// Why a start was refused.
@@ -124,6 +129,9 @@ pub struct SessionInfo {
     pub expires_in_ms: u64,
     /// Whether its account is paused.
     pub paused: bool,
+    /// Whether it holds a lit slot of its budget (every refire paid on time); `false` while it
+    /// waits for one and is refired from what the budget has left.
+    pub lit_slot: bool,
 }
 
 /// State shared by the handle, the scheduler and the fire tasks.
@@ -141,6 +149,10 @@ pub(crate) struct Shared {
     pub(crate) draining: AtomicBool,
     /// The last failed typing calls (status page).
     pub(crate) recent: RecentErrors,
+    /// Lit and waiting sessions per budget, as the scheduler last balanced them.
+    pub(crate) slot_counts: Vec<SlotCounts>,
+    /// A session referred to a budget that does not exist (logged once).
+    pub(crate) no_budget_logged: AtomicBool,
 }
 
 /// The cloneable engine handle.
@@ -162,6 +174,7 @@ impl Engine {
     pub fn new(cfg: EngineConfig, upstream: Arc<dyn Upstream>, budgets: Budgets, keys: KeyRing) -> (Self, Scheduler) {
         let (tx, rx) = mpsc::unbounded_channel();
         let in_flight = Arc::new(Semaphore::new(cfg.engine.max_in_flight));
+        let slot_counts = (0..budgets.len()).map(|_| SlotCounts::default()).collect();
         let shared = Arc::new(Shared {
             cfg,
             table: SessionTable::default(),
@@ -174,6 +187,8 @@ impl Engine {
             generation: AtomicU64::new(1),
             draining: AtomicBool::new(false),
             recent: RecentErrors::default(),
+            slot_counts,
+            no_budget_logged: AtomicBool::new(false),
         });
         let scheduler = Scheduler::new(Arc::clone(&shared), rx);
         (Self { shared }, scheduler)
@@ -204,28 +219,50 @@ impl Engine {
         });
         let outcome = match upsert {
             Upsert::Full => return Err(StartError::AtCapacity),
+            Upsert::Capped => {
+                metrics::start_capped();
+                return Ok(StartOutcome::Capped);
+            }
             Upsert::Inserted { generation } => {
                 metrics::session_started();
                 metrics::sessions_active(s.table.len());
-                // The scheduler owns deadlines; a send error means it has stopped (shutdown),
-                // and the session then ends with the process.
+                let interval = s.platform(cmd.key.platform).refire_interval;
+                let calls = s.cfg.budget.window.as_secs_f64() / interval.as_secs_f64();
+                // The scheduler owns deadlines and slots; a send error means it has stopped
+                // (shutdown), and the session then ends with the process.
+                let joined = scheduler::Command::Joined {
+                    key: cmd.key.clone(),
+                    generation,
+                    budget,
+                    priority: cmd.priority,
+                    calls,
+                };
+                let _ = s.commands.send(joined);
                 let _ = s.commands.send(scheduler::Command::Due { key: cmd.key.clone(), generation, due: now });
                 StartOutcome::Started
             }
-            Upsert::Refreshed => StartOutcome::Refreshed,
+            Upsert::Refreshed { promoted } => {
+                if let Some((budget, generation)) = promoted {
+                    let _ = s.commands.send(scheduler::Command::Promoted { budget, generation });
+                }
+                StartOutcome::Refreshed
+            }
         };
-        match s.readiness.get(&cmd.key.account) {
+        match s.readiness.get(&cmd.key.account, now) {
             Some(p) => Ok(StartOutcome::Paused(p.cause)),
             None => Ok(outcome),
         }
     }
 
     /// Releases `holder`'s hold on `key`; ends the session when no holder is left.
+    /// A stop also lifts the cap of a chat whose session reached its maximum lifetime.
     pub fn stop(&self, key: &SessionKey, holder: Option<&str>) -> StopOutcome {
+        let uncapped = self.shared.table.uncap(key);
         match self.shared.table.release(key, holder) {
+            None if uncapped => StopOutcome::Stopped,
             None => StopOutcome::NotFound,
             Some(Ok(session)) => {
-                self.shared.ended(&session, EndReason::Stopped, Instant::now());
+                self.shared.ended(session, EndReason::Stopped, Instant::now());
                 StopOutcome::Stopped
             }
             Some(Err(holders)) => StopOutcome::Released { holders },
@@ -236,7 +273,7 @@ impl Engine {
     pub fn end_chat(&self, key: &SessionKey, reason: EndReason) -> bool {
         match self.shared.table.remove(key) {
             Some(session) => {
-                self.shared.ended(&session, reason, Instant::now());
+                self.shared.ended(session, reason, Instant::now());
                 true
             }
             None => false,
@@ -256,7 +293,8 @@ impl Engine {
                 priority: s.priority,
                 age_ms: millis(now.saturating_duration_since(s.started_at)),
                 expires_in_ms: millis(s.expires_at().saturating_duration_since(now)),
-                paused: readiness.get(&k.account).is_some(),
+                paused: readiness.blocks(&k.account, now),
+                lit_slot: s.slot,
             })
         })
     }
@@ -278,7 +316,7 @@ impl Engine {
 
     /// Paused accounts.
     pub fn paused_accounts(&self) -> Vec<(AccountId, Paused)> {
-        self.shared.readiness.list()
+        self.shared.readiness.list(Instant::now())
     }
 
     /// The key ring (names and budgets of the configured keys).
@@ -292,7 +330,8 @@ impl Engine {
         let interval = self.shared.cfg.platforms.onlyfans.refire_interval;
         (0..self.shared.budgets.len())
             .filter_map(|i| {
-                let snap = self.shared.budgets.with(i, |b| b.snapshot(interval, now))?;
+                let slots = self.shared.slot_counts.get(i).map_or((0, 0), SlotCounts::get);
+                let snap = self.shared.budgets.with(i, |b| b.snapshot(interval, slots, now))?;
                 let keys =
                     self.shared.keys.entries().iter().filter(|k| k.budget == i).map(|k| k.name.clone()).collect();
                 Some((snap, keys))
@@ -343,12 +382,13 @@ fn millis(d: Duration) -> u64 {
 // === impl Shared ===
 
 impl Shared {
-    /// Records the end of `session`.
-    pub(crate) fn ended(&self, session: &Session, reason: EndReason, now: Instant) {
+    /// Records the end of `session` (already removed from the table) and frees its slot.
+    pub(crate) fn ended(&self, mut session: Session, reason: EndReason, now: Instant) {
         if let Some(token) = &session.cancel_in_flight {
             token.cancel();
         }
-        metrics::session_ended(reason, session.coverage(now));
+        let _ = self.commands.send(scheduler::Command::Left { budget: session.budget, generation: session.generation });
+        metrics::session_ended(reason, session.coverage_by_slot(now));
         metrics::sessions_active(self.table.len());
     }
 

@@ -2,8 +2,9 @@
 //!
 //! An account answering 503 (re-authenticating) or reported expired by a webhook is paused: its
 //! sessions keep their leases but send nothing (each skipped refire is counted). A pause has a
-//! probe time; after it the next due refire is sent, and its answer resumes the account or
-//! pauses it again. A resume event or any successful call ends the pause at once.
+//! probe time; after it the pause is over: the next due refire is sent, and its answer leaves the
+//! account running or pauses it again. A resume event or any successful call ends the pause at
+//! once. Pauses past their probe time are forgotten (the map only holds paused accounts).
 
 use dashmap::DashMap;
 use serde::Serialize;
@@ -74,21 +75,39 @@ impl Readiness {
         was
     }
 
-    /// The pause of `account`, if any.
-    pub fn get(&self, account: &AccountId) -> Option<Paused> {
+    /// The pause of `account` at `now`, if any (none once its probe time has come).
+    pub fn get(&self, account: &AccountId, now: Instant) -> Option<Paused> {
         if self.paused.is_empty() {
             return None;
         }
-        self.paused.get(account).map(|p| *p)
+        self.paused.get(account).map(|p| *p).filter(|p| now < p.probe_at)
     }
 
     /// Whether a refire for `account` must be skipped at `now`.
     pub fn blocks(&self, account: &AccountId, now: Instant) -> bool {
-        self.get(account).is_some_and(|p| now < p.probe_at)
+        self.get(account, now).is_some()
     }
 
-    /// Every paused account.
-    pub fn list(&self) -> Vec<(AccountId, Paused)> {
-        self.paused.iter().map(|e| (e.key().clone(), *e.value())).collect()
+    /// Whether any account is paused or was until its probe time (a resume would change it).
+    pub fn is_empty(&self) -> bool {
+        self.paused.is_empty()
+    }
+
+    /// Forgets pauses whose probe time has come: the account is probed by its next refire, and
+    /// a failing probe pauses it again.
+    pub fn sweep(&self, now: Instant) {
+        if self.paused.is_empty() {
+            return;
+        }
+        let before = self.paused.len();
+        self.paused.retain(|_, p| now < p.probe_at);
+        if self.paused.len() != before {
+            metrics::accounts_paused(self.paused.len());
+        }
+    }
+
+    /// Every paused account at `now`.
+    pub fn list(&self, now: Instant) -> Vec<(AccountId, Paused)> {
+        self.paused.iter().filter(|e| now < e.value().probe_at).map(|e| (e.key().clone(), *e.value())).collect()
     }
 }

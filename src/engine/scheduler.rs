@@ -5,11 +5,14 @@
 //! the same `next_due`, so a stop (which removes the session) or a restart (a new generation)
 //! silently turns older entries stale. That keeps at most one live deadline per chat.
 //!
-//! For each live due entry, in due order (earliest-lapsing first): end the session if its leases
-//! or lifetime ran out; skip if its account is paused; else ask the budget. A refused entry
-//! waits in its budget's queue (priority first, then normal, each in due order) until the budget
-//! can pay; a granted one takes an in-flight permit and is launched as its own task. When every
-//! permit is taken the scheduler waits for one rather than dropping work.
+//! For each live due entry, in due order: end the session if its leases or lifetime ran out (a
+//! session that reached its maximum lifetime leaves its chat capped); skip if its account is
+//! paused; else ask the budget, as what the session is now: a first indicator (no call has
+//! succeeded yet), a slot holder, or a waiting session (see [`super::slots`]). A refused entry
+//! waits in its budget's queue (first indicators, then slot holders, each in due order, then
+//! waiting sessions, the one dark the longest first) until the budget can pay; a granted one
+//! takes an in-flight permit and is launched as its own task. When every permit is taken the
+//! scheduler waits for one rather than dropping work.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -23,7 +26,8 @@ use tokio_util::task::TaskTracker;
 
 use super::Shared;
 use super::session::Priority;
-use crate::budget::{Class, Denied};
+use super::slots::Slots;
+use crate::budget::{BudgetIndex, Class, Denied, PauseReason};
 use crate::ids::SessionKey;
 use crate::metrics::{self, EndReason, SkipReason};
 
@@ -53,6 +57,33 @@ pub(crate) enum Command {
         /// When it is due.
         due: Instant,
     },
+    /// A new session joins its budget's slots.
+    Joined {
+        /// The chat.
+        key: SessionKey,
+        /// The session's generation.
+        generation: u64,
+        /// Its budget.
+        budget: BudgetIndex,
+        /// Its priority at the start.
+        priority: Priority,
+        /// Its typing calls per budget period.
+        calls: f64,
+    },
+    /// A session ended: its slot is free.
+    Left {
+        /// Its budget.
+        budget: BudgetIndex,
+        /// The session's generation.
+        generation: u64,
+    },
+    /// A session's priority rose to `high`.
+    Promoted {
+        /// Its budget.
+        budget: BudgetIndex,
+        /// The session's generation.
+        generation: u64,
+    },
 }
 
 #[derive(Debug)]
@@ -80,13 +111,84 @@ impl Ord for Entry {
     }
 }
 
-/// Entries a budget could not pay for yet, in the order they will be paid.
+/// A waiting session's entry, ordered by how long its fan has been without an indicator.
+#[derive(Debug)]
+struct Dark {
+    since: Instant,
+    entry: Entry,
+}
+
+impl PartialEq for Dark {
+    fn eq(&self, other: &Self) -> bool {
+        (self.since, self.entry.seq) == (other.since, other.entry.seq)
+    }
+}
+impl Eq for Dark {}
+impl PartialOrd for Dark {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Dark {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.since, self.entry.seq).cmp(&(other.since, other.entry.seq))
+    }
+}
+
+/// Entries a budget could not pay for yet, in the order they will be paid: first indicators,
+/// then slot holders (each in due order), then waiting sessions, the one dark the longest first.
 #[derive(Debug, Default)]
 struct Waiting {
-    priority: VecDeque<Entry>,
-    normal: VecDeque<Entry>,
+    first: VecDeque<Entry>,
+    slot: VecDeque<Entry>,
+    spare: BinaryHeap<Reverse<Dark>>,
     /// When the budget may pay again.
     wake: Option<Instant>,
+}
+
+impl Waiting {
+    fn is_empty(&self) -> bool {
+        self.first.is_empty() && self.slot.is_empty() && self.spare.is_empty()
+    }
+
+    /// Whether an entry of `class` would have to queue behind others.
+    fn ahead_of(&self, class: Class) -> bool {
+        match class {
+            Class::First => !self.first.is_empty(),
+            Class::Slot => !self.first.is_empty() || !self.slot.is_empty(),
+            Class::Spare => !self.is_empty(),
+        }
+    }
+
+    /// Whether entries of a class paid before `class` wait.
+    fn higher_than(&self, class: Class) -> bool {
+        match class {
+            Class::First => false,
+            Class::Slot => !self.first.is_empty(),
+            Class::Spare => !self.first.is_empty() || !self.slot.is_empty(),
+        }
+    }
+
+    fn push(&mut self, class: Class, dark: Instant, entry: Entry) {
+        match class {
+            Class::First => self.first.push_back(entry),
+            Class::Slot => self.slot.push_back(entry),
+            Class::Spare => self.spare.push(Reverse(Dark { since: dark, entry })),
+        }
+    }
+
+    /// Puts a refused entry back where it was: at the front of its queue.
+    fn push_front(&mut self, class: Class, dark: Instant, entry: Entry) {
+        match class {
+            Class::First => self.first.push_front(entry),
+            Class::Slot => self.slot.push_front(entry),
+            Class::Spare => self.spare.push(Reverse(Dark { since: dark, entry })),
+        }
+    }
+
+    fn pop(&mut self) -> Option<Entry> {
+        self.first.pop_front().or_else(|| self.slot.pop_front()).or_else(|| self.spare.pop().map(|Reverse(d)| d.entry))
+    }
 }
 
 /// What to do with a due entry.
@@ -98,10 +200,27 @@ enum Verdict {
     /// A deadline clamped to a lease end that has since been extended: not yet one interval
     /// since the last call, so it moves to this instant.
     Early(Instant),
-    Ready {
-        budget: usize,
-        class: Class,
-    },
+    Ready(Ready),
+}
+
+/// A due entry that may be paid: its budget, its class and since when its fan is dark.
+#[derive(Debug, Clone, Copy)]
+struct Ready {
+    budget: BudgetIndex,
+    class: Class,
+    dark: Instant,
+}
+
+/// What [`Scheduler::try_pay`] did with an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Paid {
+    Launched,
+    /// The budget refused: the entry waits in its queue.
+    Queued,
+    /// No in-flight permit: the entry is back in the heap until one frees.
+    Blocked,
+    /// Skipped for good (no such budget): rescheduled one interval on.
+    Skipped,
 }
 
 /// The deadline loop. Build it with [`super::Engine::new`], run it with [`Scheduler::run`].
@@ -110,6 +229,9 @@ pub struct Scheduler {
     rx: mpsc::UnboundedReceiver<Command>,
     heap: BinaryHeap<Reverse<Entry>>,
     waiting: Vec<Waiting>,
+    slots: Slots,
+    /// Budgets whose members changed since their slots were last balanced.
+    unbalanced: Vec<bool>,
     seq: u64,
     /// A permit obtained while blocked on the in-flight cap.
     permit: Option<OwnedSemaphorePermit>,
@@ -134,12 +256,14 @@ impl std::fmt::Debug for Scheduler {
 
 impl Scheduler {
     pub(crate) fn new(shared: Arc<Shared>, rx: mpsc::UnboundedReceiver<Command>) -> Self {
-        let waiting = (0..shared.budgets.len().max(1)).map(|_| Waiting::default()).collect();
+        let n = shared.budgets.len().max(1);
         Self {
             shared,
             rx,
             heap: BinaryHeap::new(),
-            waiting,
+            waiting: (0..n).map(|_| Waiting::default()).collect(),
+            slots: Slots::new(n),
+            unbalanced: vec![false; n],
             seq: 0,
             permit: None,
             blocked: false,
@@ -158,6 +282,7 @@ impl Scheduler {
         loop {
             // A full chunk means more may be due: yield once, then go on.
             let pass = Instant::now();
+            self.balance(pass);
             let more = self.process(pass);
             // Refires due within a tick of this pass wait for the next one (see `engine.tick`); a
             // start wakes the loop at once through `rx` and takes whatever is due with it.
@@ -183,7 +308,14 @@ impl Scheduler {
                 () = tokio::task::yield_now(), if more => {}
                 () = sleep_until(wake.unwrap_or_else(|| Instant::now() + GAUGE_PERIOD)), if wake.is_some() && !more => {}
                 _ = gauges.tick() => {
-                    self.sweep_waiting(Instant::now());
+                    let now = Instant::now();
+                    self.sweep_waiting(now);
+                    self.shared.table.sweep_caps(now);
+                    self.shared.readiness.sweep(now);
+                    // Capacity moves with the upstream's figures and the first indicators of
+                    // the last minute.
+                    self.unbalanced.fill(true);
+                    self.balance(now);
                     self.update_gauges();
                 }
             }
@@ -191,11 +323,64 @@ impl Scheduler {
         self.shared.draining.store(true, std::sync::atomic::Ordering::Release);
         self.tasks.close();
         self.tasks.wait().await;
+        // What is still live ends with the process.
+        let now = Instant::now();
+        for (key, generation) in self.shared.table.keys_where(|_, _| true) {
+            if let Some(session) = self.shared.table.remove_if_generation(&key, generation) {
+                self.shared.ended(session, EndReason::Shutdown, now);
+            }
+        }
     }
 
     fn accept(&mut self, cmd: Command) {
         match cmd {
             Command::Due { key, generation, due } => self.push(key, generation, due),
+            Command::Joined { key, generation, budget, priority, calls } => {
+                self.slots.join(budget, key, generation, priority, calls);
+                self.mark(budget);
+            }
+            Command::Left { budget, generation } => {
+                self.slots.leave(budget, generation);
+                self.mark(budget);
+            }
+            Command::Promoted { budget, generation } => {
+                self.slots.promote(budget, generation);
+                self.mark(budget);
+            }
+        }
+    }
+
+    fn mark(&mut self, budget: BudgetIndex) {
+        let i = budget.min(self.unbalanced.len() - 1);
+        self.unbalanced[i] = true;
+    }
+
+    /// Balances the slots of every budget whose members or capacity changed, and marks the
+    /// sessions whose slot changed. A session admitted while its fan is dark (its entry waits
+    /// in the spare queue) is due at once.
+    fn balance(&mut self, now: Instant) {
+        for b in 0..self.unbalanced.len() {
+            if !std::mem::take(&mut self.unbalanced[b]) {
+                continue;
+            }
+            let Some(capacity) = self.shared.budgets.with(b, |s| s.slot_capacity(now)) else { continue };
+            let changes = self.slots.rebalance(b, capacity, self.shared.slot_counts.get(b));
+            for c in changes {
+                let due = self.shared.table.with_generation(&c.key, c.generation, |s| {
+                    s.set_slot(c.lit, now);
+                    if !c.lit || s.in_flight || s.next_due > now {
+                        return None;
+                    }
+                    let due = s.not_before.map_or(now, |t| t.max(now)).min(s.expires_at().max(now));
+                    (due != s.next_due).then(|| {
+                        s.next_due = due;
+                        due
+                    })
+                });
+                if let Some(Some(due)) = due {
+                    self.push(c.key, c.generation, due);
+                }
+            }
         }
     }
 
@@ -257,7 +442,6 @@ impl Scheduler {
 
     fn verdict(&self, entry: &Entry, now: Instant) -> Verdict {
         let shared = &self.shared;
-        let bound = shared.cfg.budget.starvation_bound;
         let v = shared.table.with_generation(&entry.key, entry.generation, |s| {
             if s.next_due != entry.due {
                 return Verdict::Stale;
@@ -274,22 +458,25 @@ impl Scheduler {
             if s.in_flight {
                 return Verdict::PreviousInFlight;
             }
-            let starved = s.lit_until.is_some_and(|u| now.saturating_duration_since(u) >= bound);
-            let class =
-                if !s.first_sent || s.priority == Priority::High || starved { Class::Priority } else { Class::Normal };
-            Verdict::Ready { budget: s.budget, class }
+            // Until one call has succeeded, the fan has not seen a first indicator.
+            let class = match (s.first_lit, s.slot) {
+                (false, _) => Class::First,
+                (true, true) => Class::Slot,
+                (true, false) => Class::Spare,
+            };
+            Verdict::Ready(Ready { budget: s.budget, class, dark: s.lit_until.unwrap_or(s.started_at) })
         });
         match v {
             None => Verdict::Stale,
-            Some(Verdict::Ready { .. }) if shared.readiness.blocks(&entry.key.account, now) => Verdict::AccountPaused,
+            Some(Verdict::Ready(_)) if shared.readiness.blocks(&entry.key.account, now) => Verdict::AccountPaused,
             Some(v) => v,
         }
     }
 
-    /// Acts on every verdict but `Ready` (drop, end, skip, defer) and hands a ready entry back
-    /// with its budget and class. `count_in_flight` counts a skip for a call still in flight
-    /// (a queued entry met again while draining was already counted when it was queued).
-    fn ready(&mut self, entry: Entry, now: Instant, count_in_flight: bool) -> Option<(Entry, usize, Class)> {
+    /// Acts on every verdict but `Ready` (drop, end, skip, defer) and hands a ready entry back.
+    /// `count_in_flight` counts a skip for a call still in flight (a queued entry met again
+    /// while draining was already counted when it was queued).
+    fn ready(&mut self, entry: Entry, now: Instant, count_in_flight: bool) -> Option<(Entry, Ready)> {
         match self.verdict(&entry, now) {
             Verdict::Stale => {}
             Verdict::Expired(reason) => self.expire(&entry, reason, now),
@@ -304,114 +491,118 @@ impl Scheduler {
                 self.reschedule(entry, now);
             }
             Verdict::Early(at) => self.defer(entry, at),
-            Verdict::Ready { budget, class } => return Some((entry, budget, class)),
+            Verdict::Ready(r) => return Some((entry, r)),
         }
         None
     }
 
     fn handle_due(&mut self, entry: Entry, now: Instant) {
-        let Some((entry, budget, class)) = self.ready(entry, now, true) else { return };
-        let w = &self.waiting[budget.min(self.waiting.len() - 1)];
-        // A priority call only queues behind other priority calls: it may be paid
-        // where normal refires cannot (reserved tokens and window slots).
-        let behind = match class {
-            Class::Priority => !w.priority.is_empty(),
-            Class::Normal => !w.priority.is_empty() || !w.normal.is_empty(),
-        };
-        if behind {
-            // Others on this budget were due first: queue behind them.
+        let Some((entry, r)) = self.ready(entry, now, true) else { return };
+        if self.queue(r.budget).ahead_of(r.class) {
+            // Others on this budget go first: queue behind them.
             metrics::refire_skipped(SkipReason::Budget);
-            self.enqueue(budget, class, entry);
+            self.queue(r.budget).push(r.class, r.dark, entry);
         } else {
-            self.try_pay(budget, class, entry, now, true);
+            self.try_pay(r, entry, now, true);
         }
     }
 
-    fn enqueue(&mut self, budget: usize, class: Class, entry: Entry) {
+    fn queue(&mut self, budget: BudgetIndex) -> &mut Waiting {
         let i = budget.min(self.waiting.len() - 1);
-        match class {
-            Class::Priority => self.waiting[i].priority.push_back(entry),
-            Class::Normal => self.waiting[i].normal.push_back(entry),
-        }
+        &mut self.waiting[i]
     }
 
-    /// Asks `budget` for a token; launches on success, queues on refusal.
-    fn try_pay(&mut self, budget: usize, class: Class, entry: Entry, now: Instant, count: bool) -> bool {
+    /// Asks the budget for a token; launches on success, queues on refusal.
+    fn try_pay(&mut self, r: Ready, entry: Entry, now: Instant, count: bool) -> Paid {
         let Some(permit) = self.take_permit() else {
             // Keep the entry first in line and wait for a permit.
+            if count {
+                metrics::refire_skipped(SkipReason::InFlightCap);
+            }
             self.heap.push(Reverse(entry));
             self.blocked = true;
-            return false;
+            return Paid::Blocked;
         };
-        let paid = self.shared.budgets.with(budget, |b| b.try_acquire(class, now)).unwrap_or(Ok(()));
+        let Some(paid) = self.shared.budgets.with(r.budget, |b| b.try_acquire(r.class, now)) else {
+            // A session on a budget that does not exist: never send unpaid.
+            metrics::refire_skipped(SkipReason::NoBudget);
+            if !self.shared.no_budget_logged.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::error!(
+                    budget = r.budget,
+                    "a session refers to a budget that does not exist; its refires are skipped"
+                );
+            }
+            self.reschedule(entry, now);
+            return Paid::Skipped;
+        };
         match paid {
             Ok(()) => {
                 self.launch(entry, permit, now);
-                true
+                Paid::Launched
             }
             Err(denied) => {
                 drop(permit);
                 if count {
                     metrics::refire_skipped(match denied {
                         Denied::Empty { .. } => SkipReason::Budget,
+                        Denied::Paused { reason: PauseReason::DailyReserve, .. } => SkipReason::DailyLimit,
                         Denied::Paused { .. } => SkipReason::BudgetPaused,
                     });
                 }
-                let i = budget.min(self.waiting.len() - 1);
                 let retry = denied.retry_at();
-                self.waiting[i].wake = Some(self.waiting[i].wake.map_or(retry, |w| w.min(retry)));
-                self.enqueue(budget, class, entry);
-                false
+                let q = self.queue(r.budget);
+                q.wake = Some(q.wake.map_or(retry, |w| w.min(retry)));
+                q.push(r.class, r.dark, entry);
+                Paid::Queued
             }
         }
     }
 
-    /// Pays queued entries of budget `b`, priority first, until the budget refuses.
+    /// Pays queued entries of budget `b` in their order until the budget refuses.
     fn drain_budget(&mut self, b: usize, now: Instant) {
         self.waiting[b].wake = None;
         loop {
             if self.chunk_full() {
                 // The rest of the queue goes on in the next pass.
                 let w = &mut self.waiting[b];
-                if !w.priority.is_empty() || !w.normal.is_empty() {
+                if !w.is_empty() {
                     w.wake = Some(now);
                 }
                 return;
             }
-            // Priority first, except that a normal entry which has starved meanwhile (and so
-            // now counts as priority) keeps its place in due order.
-            let w = &self.waiting[b];
-            let from_normal = match (w.priority.front(), w.normal.front()) {
-                (None, None) => return,
-                (None, Some(_)) => true,
-                (Some(_), None) => false,
-                (Some(p), Some(n)) => {
-                    n.due < p.due && matches!(self.verdict(n, now), Verdict::Ready { class: Class::Priority, .. })
-                }
-            };
-            let w = &mut self.waiting[b];
-            let next = if from_normal { w.normal.pop_front() } else { w.priority.pop_front() };
-            let Some(entry) = next else { return };
-            let Some((entry, _, class)) = self.ready(entry, now, false) else { continue };
-            if !self.try_pay(b, class, entry, now, false) {
-                if self.blocked {
+            let Some(entry) = self.waiting[b].pop() else { return };
+            // Its class may have changed while it waited (a first call answered, a slot given or
+            // taken): it is paid, or queued again, as what it is now.
+            let Some((entry, r)) = self.ready(entry, now, false) else { continue };
+            if self.waiting[b].higher_than(r.class) {
+                self.waiting[b].push(r.class, r.dark, entry);
+                continue;
+            }
+            match self.try_pay(r, entry, now, false) {
+                Paid::Launched | Paid::Skipped => {}
+                Paid::Blocked => {
                     // Out of permits with entries still queued: drain again as soon as a
                     // permit frees, or the queue would wait for a wake that no refusal is left
                     // to set.
                     self.waiting[b].wake = Some(now);
                     return;
                 }
-                // Refused: the entry is back in its queue. Put it back at the front so due
-                // order holds.
-                let w = &mut self.waiting[b];
-                let q = match class {
-                    Class::Priority => &mut w.priority,
-                    Class::Normal => &mut w.normal,
-                };
-                if let Some(e) = q.pop_back() {
-                    q.push_front(e);
+                Paid::Queued => {
+                    // Refused: back to the front of its queue, so that order holds. A waiting
+                    // session refused leaves slot holders and newcomers to be paid still.
+                    let w = &mut self.waiting[b];
+                    let back = match r.class {
+                        Class::First => w.first.pop_back(),
+                        Class::Slot => w.slot.pop_back(),
+                        Class::Spare => None,
+                    };
+                    if let Some(e) = back {
+                        w.push_front(r.class, r.dark, e);
+                    }
+                    if r.class != Class::Spare || (w.first.is_empty() && w.slot.is_empty()) {
+                        return;
+                    }
                 }
-                return;
             }
         }
     }
@@ -420,23 +611,22 @@ impl Scheduler {
     /// a long backoff must not keep them alive (nothing is sent for them either way).
     fn sweep_waiting(&mut self, now: Instant) {
         for b in 0..self.waiting.len() {
-            let priority = std::mem::take(&mut self.waiting[b].priority);
-            self.waiting[b].priority = self.sweep_queue(priority, now);
-            let normal = std::mem::take(&mut self.waiting[b].normal);
-            self.waiting[b].normal = self.sweep_queue(normal, now);
-        }
-    }
-
-    fn sweep_queue(&mut self, queue: VecDeque<Entry>, now: Instant) -> VecDeque<Entry> {
-        let mut kept = VecDeque::with_capacity(queue.len());
-        for entry in queue {
-            match self.verdict(&entry, now) {
-                Verdict::Stale => {}
-                Verdict::Expired(reason) => self.expire(&entry, reason, now),
-                _ => kept.push_back(entry),
+            let w = std::mem::take(&mut self.waiting[b]);
+            let mut kept = Waiting { wake: w.wake, ..Waiting::default() };
+            for entry in w.first.into_iter().chain(w.slot).chain(w.spare.into_iter().map(|Reverse(d)| d.entry)) {
+                match self.verdict(&entry, now) {
+                    Verdict::Stale => {}
+                    Verdict::Expired(reason) => self.expire(&entry, reason, now),
+                    Verdict::Ready(r) => kept.push(r.class, r.dark, entry),
+                    // Paused, in flight or early: it is handled when the queue is drained.
+                    _ => kept.slot.push_back(entry),
+                }
             }
+            // Queue order within each class is due order (or darkness), as it was.
+            kept.first.make_contiguous().sort();
+            kept.slot.make_contiguous().sort();
+            self.waiting[b] = kept;
         }
-        kept
     }
 
     fn take_permit(&mut self) -> Option<OwnedSemaphorePermit> {
@@ -467,8 +657,15 @@ impl Scheduler {
     }
 
     fn expire(&mut self, entry: &Entry, reason: EndReason, now: Instant) {
+        if reason == EndReason::MaxLifetime {
+            // Capped before it is removed: a start landing in between finds the cap.
+            let lease = self.shared.table.with_generation(&entry.key, entry.generation, |s| s.lease_end());
+            if let Some(until) = lease.filter(|u| *u > now) {
+                self.shared.table.cap(entry.key.clone(), until);
+            }
+        }
         if let Some(session) = self.shared.table.remove_if_generation(&entry.key, entry.generation) {
-            self.shared.ended(&session, reason, now);
+            self.shared.ended(session, reason, now);
         }
     }
 
@@ -519,15 +716,9 @@ impl Scheduler {
         let now = Instant::now();
         let interval = self.shared.cfg.platforms.onlyfans.refire_interval;
         for i in 0..self.shared.budgets.len() {
-            if let Some(s) = self.shared.budgets.with(i, |b| b.snapshot(interval, now)) {
-                metrics::budget_state(
-                    &s.name,
-                    s.tokens,
-                    s.limit_per_minute,
-                    s.remaining_minute,
-                    s.paused,
-                    s.capacity_fans,
-                );
+            let slots = self.shared.slot_counts.get(i).map_or((0, 0), super::slots::SlotCounts::get);
+            if let Some(s) = self.shared.budgets.with(i, |b| b.snapshot(interval, slots, now)) {
+                metrics::budget_state(&s);
             }
         }
         metrics::in_flight(self.shared.cfg.engine.max_in_flight - self.shared.in_flight.available_permits());

@@ -65,6 +65,17 @@ pub struct Session {
     pub in_flight: bool,
     /// Whether a typing call has been launched.
     pub first_sent: bool,
+    /// Whether a typing call has succeeded: until then its calls are first indicators.
+    pub first_lit: bool,
+    /// Whether it holds a lit slot of its budget (set by the scheduler's [`super::slots`]).
+    pub slot: bool,
+    /// Composing and covered milliseconds while waiting (`[0]`) and while holding a slot
+    /// (`[1]`), up to `segment_since`.
+    pub by_slot: [[u32; 2]; 2],
+    /// Start of the current slot segment, and the covered time up to it.
+    pub segment_since: Instant,
+    /// Covered time (see [`Session::covered`]) at `segment_since`.
+    pub segment_covered: Duration,
     /// The next typing call does not leave before this instant: one interval after the last
     /// one left (a little sooner for the second call of a session started in a burst, see
     /// [`super::burst_spread`]), even when a deadline clamped to an old lease end comes up.
@@ -101,6 +112,11 @@ impl Session {
             next_due: now,
             in_flight: false,
             first_sent: false,
+            first_lit: false,
+            slot: false,
+            by_slot: [[0; 2]; 2],
+            segment_since: now,
+            segment_covered: Duration::ZERO,
             not_before: None,
             lit_until: None,
             lit_total: Duration::ZERO,
@@ -111,19 +127,49 @@ impl Session {
 
     /// When its last lease runs out or its lifetime ends, whichever is first.
     pub fn expires_at(&self) -> Instant {
-        let lease = self.holders.iter().map(|h| h.lease_until).max().unwrap_or(self.started_at);
-        lease.min(self.max_until)
+        self.lease_end().min(self.max_until)
+    }
+
+    /// When its last holder's lease runs out.
+    pub fn lease_end(&self) -> Instant {
+        self.holders.iter().map(|h| h.lease_until).max().unwrap_or(self.started_at)
     }
 
     /// Share of `[started_at, end]` during which an indicator was showing.
     pub fn coverage(&self, end: Instant) -> Option<f64> {
-        let composing = end.saturating_duration_since(self.started_at);
-        if composing.is_zero() {
-            return None;
+        ratio(self.covered(end), end.saturating_duration_since(self.started_at))
+    }
+
+    /// Time up to `at` during which an indicator was showing.
+    pub fn covered(&self, at: Instant) -> Duration {
+        let overhang = self.lit_until.map_or(Duration::ZERO, |u| u.saturating_duration_since(at));
+        self.lit_total.saturating_sub(overhang)
+    }
+
+    /// Gives or takes its lit slot at `now`.
+    pub fn set_slot(&mut self, slot: bool, now: Instant) {
+        if self.slot != slot {
+            self.close_segment(now);
+            self.slot = slot;
         }
-        let overhang = self.lit_until.map_or(Duration::ZERO, |u| u.saturating_duration_since(end));
-        let lit = self.lit_total.saturating_sub(overhang);
-        Some((lit.as_secs_f64() / composing.as_secs_f64()).clamp(0.0, 1.0))
+    }
+
+    fn close_segment(&mut self, now: Instant) {
+        let covered = self.covered(now);
+        let acc = &mut self.by_slot[usize::from(self.slot)];
+        acc[0] = acc[0].saturating_add(ms(now.saturating_duration_since(self.segment_since)));
+        acc[1] = acc[1].saturating_add(ms(covered.saturating_sub(self.segment_covered)));
+        self.segment_since = now;
+        self.segment_covered = covered;
+    }
+
+    /// Coverage while waiting and while holding a slot, up to `end` (`None` for a state it
+    /// never was in).
+    pub fn coverage_by_slot(&mut self, end: Instant) -> [Option<f64>; 2] {
+        self.close_segment(end);
+        self.by_slot.map(|[composing, covered]| {
+            ratio(Duration::from_millis(covered.into()), Duration::from_millis(composing.into()))
+        })
     }
 
     /// Accounts for an indicator shown from `at` for `lifetime`. Returns whether this closed a gap.
@@ -151,11 +197,23 @@ impl Session {
     }
 }
 
-/// The live sessions, keyed by platform, account and chat.
+fn ratio(covered: Duration, composing: Duration) -> Option<f64> {
+    (!composing.is_zero()).then(|| (covered.as_secs_f64() / composing.as_secs_f64()).clamp(0.0, 1.0))
+}
+
+fn ms(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
+}
+
+/// The live sessions, keyed by platform, account and chat, and the chats capped after reaching
+/// `engine.max_lifetime`.
 #[derive(Debug, Default)]
 pub struct SessionTable {
     map: DashMap<SessionKey, Session>,
     len: AtomicUsize,
+    /// Chats whose session reached its maximum lifetime, each until the last start's lease
+    /// ends: their starts send nothing until a stop or a pause in starts.
+    capped: DashMap<SessionKey, Instant>,
 }
 
 /// What [`SessionTable::upsert`] did.
@@ -166,10 +224,17 @@ pub enum Upsert {
         /// The new session's generation.
         generation: u64,
     },
-    /// An existing session's lease was refreshed.
-    Refreshed,
+    /// An existing session's lease was refreshed; `promoted` names its budget and generation
+    /// when this start raised its priority to `high`.
+    Refreshed {
+        /// `(budget, generation)` of a session whose priority rose.
+        promoted: Option<(BudgetIndex, u64)>,
+    },
     /// No session existed and the table is full.
     Full,
+    /// The chat is capped: its session reached the maximum lifetime; the cap's lease was
+    /// refreshed and nothing is sent.
+    Capped,
 }
 
 // === impl SessionTable ===
@@ -194,15 +259,23 @@ impl SessionTable {
         max_sessions: usize,
         make: impl FnOnce() -> Session,
     ) -> Upsert {
-        if !self.map.contains_key(&key) && self.len() >= max_sessions {
-            return Upsert::Full;
+        if !self.capped.is_empty() {
+            let now = Instant::now();
+            if let Some(mut until) = self.capped.get_mut(&key) {
+                if now < *until {
+                    *until = (*until).max(holder.lease_until);
+                    return Upsert::Capped;
+                }
+            }
+            self.capped.remove_if(&key, |_, until| now >= *until);
         }
         match self.map.entry(key) {
             Entry::Occupied(mut e) => {
                 let s = e.get_mut();
-                if priority == Priority::High {
+                let promoted = (priority == Priority::High && s.priority != Priority::High).then(|| {
                     s.priority = Priority::High;
-                }
+                    (s.budget, s.generation)
+                });
                 match s.holders.iter_mut().find(|h| h.id == holder.id) {
                     Some(h) => h.lease_until = h.lease_until.max(holder.lease_until),
                     None => {
@@ -215,42 +288,75 @@ impl SessionTable {
                         s.holders.push(holder);
                     }
                 }
-                Upsert::Refreshed
+                Upsert::Refreshed { promoted }
             }
             Entry::Vacant(v) => {
+                // Reserve a place under the shard lock: concurrent starts of other chats never
+                // take the table past `max_sessions`.
+                if self
+                    .len
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max_sessions).then_some(n + 1))
+                    .is_err()
+                {
+                    return Upsert::Full;
+                }
                 let mut s = make();
                 s.holders = vec![holder];
                 s.priority = priority;
                 let generation = s.generation;
                 v.insert(s);
-                self.len.fetch_add(1, Ordering::Relaxed);
                 Upsert::Inserted { generation }
             }
         }
     }
 
-    /// Releases `holder`. Returns `None` when there is no session, `Some(None)` when the session
-    /// ended (it is returned), `Some(Some(n))` when `n` holders remain.
+    /// Releases `holder`. Returns `None` when there is no session, `Some(Ok(session))` when the
+    /// session ended (it is returned), `Some(Err(n))` when `n` holders remain. The release and
+    /// the removal of an emptied session happen under one lock: a start landing meanwhile either
+    /// comes before (and holds the session) or after (and opens a new one).
     pub fn release(&self, key: &SessionKey, holder: Option<&str>) -> Option<Result<Session, usize>> {
-        let mut ended = None;
-        let remaining = {
-            let mut s = self.map.get_mut(key)?;
+        let mut remaining = 0;
+        let removed = self.map.remove_if_mut(key, |_, s| {
             let before = s.holders.len();
             s.holders.retain(|h| h.id.as_deref() != holder);
-            if s.holders.len() == before && holder.is_some() && before > 0 {
+            remaining = if s.holders.len() == before && holder.is_some() && before > 0 {
                 // Unknown chatter: nothing of theirs to release, but say how many hold it.
-                return Some(Err(before));
+                before
+            } else {
+                s.holders.len()
+            };
+            remaining == 0
+        });
+        match removed {
+            Some((_, s)) => {
+                self.len.fetch_sub(1, Ordering::Relaxed);
+                Some(Ok(s))
             }
-            s.holders.len()
-        };
-        if remaining == 0 {
-            ended = self.remove(key);
+            None if remaining > 0 => Some(Err(remaining)),
+            None => None,
         }
-        match ended {
-            Some(s) => Some(Ok(s)),
-            None if remaining == 0 => None,
-            None => Some(Err(remaining)),
+    }
+
+    /// Caps `key` until `until` (see [`Upsert::Capped`]).
+    pub fn cap(&self, key: SessionKey, until: Instant) {
+        self.capped.insert(key, until);
+    }
+
+    /// Lifts the cap on `key`. Returns whether it was capped.
+    pub fn uncap(&self, key: &SessionKey) -> bool {
+        !self.capped.is_empty() && self.capped.remove(key).is_some()
+    }
+
+    /// Forgets caps whose lease ended before `now`.
+    pub fn sweep_caps(&self, now: Instant) {
+        if !self.capped.is_empty() {
+            self.capped.retain(|_, until| now < *until);
         }
+    }
+
+    /// Number of capped chats.
+    pub fn capped_len(&self) -> usize {
+        self.capped.len()
     }
 
     /// Removes a session whatever its holders.
@@ -313,5 +419,74 @@ mod tests {
         let c = s.coverage(t0 + ms(16_000)).unwrap();
         assert!((c - 15.0 / 16.0).abs() < 1e-9, "{c}");
         assert_eq!(s.gaps, 1);
+    }
+
+    fn key(chat: u32) -> SessionKey {
+        use crate::ids::{AccountId, ChatId, Platform};
+        SessionKey {
+            platform: Platform::Onlyfans,
+            account: AccountId::parse(Platform::Onlyfans, "acct_abc").unwrap(),
+            chat: ChatId::parse(Platform::Onlyfans, &chat.to_string()).unwrap(),
+        }
+    }
+
+    fn holder(id: &str) -> Holder {
+        Holder { id: Some(Arc::from(id)), lease_until: Instant::now() + Duration::from_secs(60) }
+    }
+
+    #[test]
+    fn a_start_racing_the_last_release_is_never_answered_and_then_dropped() {
+        // One thread opens and closes the chat over and over; the other starts it and must find
+        // its hold in place right after every start the table answered.
+        let table = Arc::new(SessionTable::default());
+        let t = Arc::clone(&table);
+        let churn = std::thread::spawn(move || {
+            for g in 0..200_000 {
+                t.upsert(key(1), holder("x"), Priority::Normal, 10, || session_g(g));
+                t.release(&key(1), Some("x"));
+            }
+        });
+        let mut lost = 0;
+        for g in 0..200_000 {
+            table.upsert(key(1), holder("t"), Priority::Normal, 10, || session_g(1_000_000 + g));
+            let held = table.collect(|_, s| Some(s.holders.iter().any(|h| h.id.as_deref() == Some("t"))));
+            if held != [true] {
+                lost += 1;
+            }
+            table.release(&key(1), Some("t"));
+        }
+        churn.join().unwrap();
+        assert_eq!(lost, 0, "{lost} starts were answered and then lost to a concurrent release");
+        assert_eq!(table.len(), table.collect(|_, _| Some(())).len(), "the count matches the map");
+    }
+
+    #[test]
+    fn concurrent_starts_never_exceed_the_session_cap() {
+        for round in 0..50 {
+            let table = Arc::new(SessionTable::default());
+            let threads: Vec<_> = (0..4u32)
+                .map(|th| {
+                    let t = Arc::clone(&table);
+                    std::thread::spawn(move || {
+                        (0..100u32)
+                            .filter(|i| {
+                                let up = t.upsert(key(th * 1000 + i + 1), holder("a"), Priority::Normal, 100, || {
+                                    session_g(0)
+                                });
+                                matches!(up, Upsert::Inserted { .. })
+                            })
+                            .count()
+                    })
+                })
+                .collect();
+            let inserted: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+            let live = table.collect(|_, _| Some(())).len();
+            assert!(inserted <= 100 && live <= 100, "round {round}: {inserted} inserted, {live} live, cap 100");
+            assert_eq!(table.len(), live);
+        }
+    }
+
+    fn session_g(generation: u64) -> Session {
+        Session::new(generation, 0, 0, Priority::Normal, Instant::now(), Duration::from_secs(600))
     }
 }

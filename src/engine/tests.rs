@@ -26,6 +26,10 @@ struct FakeUpstream {
     connect_delay: Mutex<Duration>,
     /// Calls recorded when they left after a `connect_delay`.
     left: Arc<Mutex<Vec<(String, Instant)>>>,
+    /// Chats whose next calls answer 500, with how many more.
+    failing: Mutex<std::collections::HashMap<String, u32>>,
+    /// `_meta._rate_limits` of every answer.
+    limits: Mutex<Option<crate::upstream::RateLimits>>,
 }
 
 impl FakeUpstream {
@@ -40,7 +44,12 @@ impl Upstream for FakeUpstream {
         if connect_delay.is_zero() {
             self.calls.lock().unwrap().push((key.chat.to_string(), Instant::now()));
         }
-        let status = *self.status.lock().unwrap();
+        let mut status = *self.status.lock().unwrap();
+        if let Some(n) = self.failing.lock().unwrap().get_mut(key.chat.as_str()).filter(|n| **n > 0) {
+            *n -= 1;
+            status = 500;
+        }
+        let rate_limits = *self.limits.lock().unwrap();
         let latency = *self.latency.lock().unwrap();
         let calls = Arc::clone(&self.left);
         let chat = key.chat.to_string();
@@ -55,7 +64,7 @@ impl Upstream for FakeUpstream {
             } else {
                 Err(UpstreamError::Status { status, retry_after: None })
             };
-            Outcome { result, rate_limits: None, elapsed: latency }
+            Outcome { result, rate_limits, elapsed: latency }
         })
     }
 }
@@ -283,47 +292,6 @@ async fn in_flight_calls_never_exceed_the_cap() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_short_budget_serves_new_sessions_first_and_starves_nobody() {
-    // 60 per minute (share 0.5 of 120), burst 10: far below 20 sessions at 17 calls a minute.
-    let budget = BudgetSettings { limit_per_minute: 120, ..BudgetSettings::default() };
-    let h =
-        harness_with(EngineSettings { idle_timeout: Duration::from_secs(600), ..EngineSettings::default() }, budget);
-    for i in 0..20 {
-        h.engine.start(start_cmd(&format!("{}", 100 + i))).unwrap();
-        sleep(Duration::from_millis(300)).await;
-    }
-    // A newcomer gets its first indicator within a second although the budget is saturated.
-    sleep(Duration::from_secs(30)).await;
-    let newcomer = h.engine.start(start_cmd("999"));
-    let asked = Instant::now();
-    assert_eq!(newcomer, Ok(StartOutcome::Started));
-    sleep(Duration::from_secs(1)).await;
-    let first = h.fake.calls_for("999");
-    assert!(!first.is_empty() && first[0].duration_since(asked) <= Duration::from_secs(1));
-    sleep(Duration::from_secs(60)).await;
-    // Over 60 s: at most 60 calls in total, and every session lit at least every N seconds.
-    let end = Instant::now();
-    let window: usize = (0..20)
-        .map(|i| {
-            h.fake
-                .calls_for(&format!("{}", 100 + i))
-                .iter()
-                .filter(|t| end.duration_since(**t) < Duration::from_secs(60))
-                .count()
-        })
-        .sum::<usize>()
-        + h.fake.calls_for("999").iter().filter(|t| end.duration_since(**t) < Duration::from_secs(60)).count();
-    assert!(window <= 60, "{window} calls in 60 s on a 60 per minute budget");
-    for i in 0..20 {
-        let calls = h.fake.calls_for(&format!("{}", 100 + i));
-        let worst = calls.windows(2).map(|w| w[1].duration_since(w[0])).max().unwrap_or_default();
-        // README "Scarcity policy": N = max(starvation_bound, (sessions + burst) / calls per
-        // second) = max(20 s, (21 + 10) / 1) = 31 s; the fair share alone is 21 s.
-        assert!(worst <= Duration::from_secs(31), "session {i} waited {worst:?} between indicators");
-    }
-}
-
-#[tokio::test(start_paused = true)]
 async fn a_stop_cancels_a_call_that_has_not_left_yet() {
     let h = harness();
     // The request waits 1 s for a connection before it is written.
@@ -419,4 +387,253 @@ async fn refires_due_within_one_tick_leave_together() {
         assert_eq!(offsets(&h, "1"), vec![0, 3500], "tick {tick:?}");
         assert_eq!(offsets(&h, "2"), vec![3, expected], "tick {tick:?}");
     }
+}
+
+fn short_budget(limit: u32) -> Harness {
+    // Typing gets `limit / 2` per minute, bucket 10: far below the fans these tests start.
+    let budget = BudgetSettings { limit_per_minute: limit, ..BudgetSettings::default() };
+    harness_with(EngineSettings { idle_timeout: Duration::from_secs(600), ..EngineSettings::default() }, budget)
+}
+
+/// Longest time between two consecutive calls of `chat` in `[from, to]`.
+fn worst_gap(h: &Harness, chat: &str, from: Instant, to: Instant) -> Duration {
+    let calls: Vec<Instant> = h.fake.calls_for(chat).into_iter().filter(|t| *t >= from && *t <= to).collect();
+    let mut worst = calls.first().map_or(to - from, |t| t.duration_since(from));
+    for w in calls.windows(2) {
+        worst = worst.max(w[1].duration_since(w[0]));
+    }
+    worst.max(calls.last().map_or(Duration::ZERO, |t| to.duration_since(*t)))
+}
+
+/// Calls of `chats` in the `span` up to `end`.
+fn calls_within(h: &Harness, chats: &[String], end: Instant, span: Duration) -> usize {
+    let calls =
+        |c: &String| h.fake.calls_for(c).into_iter().filter(|t| *t <= end && end.duration_since(*t) < span).count();
+    chats.iter().map(calls).sum()
+}
+
+fn lit_chats(h: &Harness) -> Vec<u64> {
+    let mut v: Vec<u64> = h
+        .engine
+        .sessions(|_| true)
+        .into_iter()
+        .filter(|s| s.lit_slot)
+        .map(|s| s.chat_id.as_str().parse().unwrap())
+        .collect();
+    v.sort_unstable();
+    v
+}
+
+#[tokio::test(start_paused = true)]
+async fn first_indicators_overtake_every_refire_on_a_spent_budget() {
+    // 60 typing calls a minute; 30 fans start two seconds apart, ten times what it keeps lit.
+    let h = short_budget(120);
+    let mut delays = Vec::new();
+    let chats: Vec<String> = (0..30).map(|i| format!("{}", 100 + i)).collect();
+    for chat in &chats {
+        let asked = Instant::now();
+        h.engine.start(start_cmd(chat)).unwrap();
+        sleep(Duration::from_secs(2)).await;
+        let first = h.fake.calls_for(chat).first().map(|t| t.duration_since(asked));
+        delays.push(first.unwrap_or(Duration::MAX));
+    }
+    delays.sort_unstable();
+    assert!(delays[26] <= Duration::from_secs(1), "p90 first-indicator delay {:?}", delays[26]);
+    assert!(delays[29] <= Duration::from_secs(2), "slowest first indicator {:?}", delays[29]);
+    sleep(Duration::from_secs(60)).await;
+    let end = Instant::now();
+    for s in 0..=120 {
+        let at = h.t0 + Duration::from_secs(s);
+        let n = calls_within(&h, &chats, at.min(end), Duration::from_secs(60));
+        assert!(n <= 60, "{n} calls in the 60 s up to {s} s on a 60 per minute budget");
+    }
+    // The oldest fan held a slot throughout: every refire on time.
+    let gap = worst_gap(&h, "100", h.t0, end);
+    assert!(gap <= Duration::from_millis(4000), "the first slot holder went {gap:?} without an indicator");
+}
+
+#[tokio::test(start_paused = true)]
+async fn slot_holders_keep_every_refire_while_waiting_sessions_share_the_rest() {
+    let h = short_budget(120);
+    let chats: Vec<String> = (0..20).map(|i| format!("{}", 100 + i)).collect();
+    for chat in &chats {
+        h.engine.start(start_cmd(chat)).unwrap();
+        sleep(Duration::from_millis(300)).await;
+    }
+    sleep(Duration::from_secs(120)).await;
+    let end = Instant::now();
+    // Once the first indicators of the first minute are forgotten: (60 - 10) / 17.1 = 2 fans.
+    assert_eq!(lit_chats(&h), vec![100, 101]);
+    let (snap, _) = &h.engine.budgets()[0];
+    assert_eq!((snap.sessions_lit, snap.sessions_waiting), (2, 18));
+    let from = h.t0 + Duration::from_secs(70);
+    for chat in ["100", "101"] {
+        let gap = worst_gap(&h, chat, from, end);
+        assert!(gap <= Duration::from_millis(3600), "slot holder {chat}: {gap:?} between indicators");
+    }
+    // Waiting sessions get what is left, the one dark the longest first: each of them some.
+    let since = h.t0 + Duration::from_secs(30);
+    for chat in &chats[2..] {
+        let n = h.fake.calls_for(chat).iter().filter(|t| **t >= since).count();
+        assert!(n >= 1, "waiting session {chat} got nothing in 96 s");
+    }
+    assert!(calls_within(&h, &chats, end, Duration::from_secs(60)) <= 60);
+}
+
+#[tokio::test(start_paused = true)]
+async fn high_priority_sessions_take_the_slots_of_the_newest_normal_ones() {
+    let h = short_budget(120);
+    for i in 0..10 {
+        h.engine.start(start_cmd(&format!("{}", 100 + i))).unwrap();
+        sleep(Duration::from_millis(300)).await;
+    }
+    sleep(Duration::from_secs(70)).await;
+    assert_eq!(lit_chats(&h), vec![100, 101]);
+    let mut high = start_cmd("900");
+    high.priority = Priority::High;
+    h.engine.start(high).unwrap();
+    sleep(Duration::from_millis(100)).await;
+    // One slot for the high fan: the newest normal slot holder gives way.
+    assert_eq!(lit_chats(&h), vec![100, 900]);
+    // A normal session whose chatter marks it high overtakes the older normal one too.
+    let mut raised = start_cmd("105");
+    raised.priority = Priority::High;
+    assert_eq!(h.engine.start(raised), Ok(StartOutcome::Refreshed));
+    sleep(Duration::from_millis(100)).await;
+    assert_eq!(lit_chats(&h), vec![105, 900]);
+    let from = Instant::now() + Duration::from_secs(4);
+    sleep(Duration::from_secs(40)).await;
+    for chat in ["105", "900"] {
+        let gap = worst_gap(&h, chat, from, Instant::now());
+        assert!(gap <= Duration::from_millis(3600), "high fan {chat}: {gap:?} between indicators");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn capacity_shrinks_from_the_newest_slot_holder_and_grows_in_start_order() {
+    // 600 typing calls a minute: (600 - 40 first indicators - 10) / 17.1 = 32 fans.
+    let h = short_budget(1200);
+    for i in 0..40 {
+        h.engine.start(start_cmd(&format!("{}", 100 + i))).unwrap();
+        sleep(Duration::from_millis(100)).await;
+    }
+    sleep(Duration::from_secs(2)).await;
+    assert_eq!(lit_chats(&h), (100..132).collect::<Vec<_>>());
+    // The upstream lowers the limit: (300 - 40 - 10) / 17.1 = 14 fans.
+    let limits = |limit| crate::upstream::RateLimits { limit_minute: Some(limit), ..Default::default() };
+    *h.fake.limits.lock().unwrap() = Some(limits(600));
+    sleep(Duration::from_secs(5)).await;
+    assert_eq!(lit_chats(&h), (100..114).collect::<Vec<_>>());
+    // A stop frees a slot for the oldest waiting session at once.
+    h.engine.stop(&key("105"), None);
+    sleep(Duration::from_millis(10)).await;
+    assert_eq!(lit_chats(&h), (100..115).filter(|c| *c != 105).collect::<Vec<_>>());
+    *h.fake.limits.lock().unwrap() = Some(limits(1200));
+    sleep(Duration::from_secs(5)).await;
+    assert_eq!(lit_chats(&h), (100..133).filter(|c| *c != 105).collect::<Vec<_>>());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_first_call_keeps_first_indicator_priority() {
+    let h = short_budget(120);
+    for i in 0..10 {
+        h.engine.start(start_cmd(&format!("{}", 100 + i))).unwrap();
+        sleep(Duration::from_millis(300)).await;
+    }
+    sleep(Duration::from_secs(70)).await;
+    // The newcomer's first call fails; its next try is still a first indicator and leaves on
+    // its due time, ahead of the waiting sessions, on a spent budget.
+    h.fake.failing.lock().unwrap().insert("999".into(), 1);
+    h.engine.start(start_cmd("999")).unwrap();
+    sleep(Duration::from_millis(4500)).await;
+    let calls = offsets(&h, "999");
+    let first = h.fake.calls_for("999");
+    assert_eq!(first.len(), 2, "{calls:?}");
+    let second = first[1].duration_since(first[0]);
+    assert!(second <= Duration::from_millis(3600), "the retry of a failed first indicator came after {second:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_chat_past_its_max_lifetime_is_capped_until_a_stop_or_a_pause_in_starts() {
+    let engine = EngineSettings {
+        max_lifetime: Duration::from_secs(20),
+        idle_timeout: Duration::from_secs(10),
+        ..EngineSettings::default()
+    };
+    let budget = BudgetSettings { limit_per_minute: 1_000_000, burst: 1000, ..BudgetSettings::default() };
+    let h = harness_with(engine, budget);
+    let mut outcomes = Vec::new();
+    for _ in 0..60 {
+        outcomes.push(h.engine.start(start_cmd("1")).unwrap());
+        sleep(Duration::from_millis(500)).await;
+    }
+    // Steady starts past the cap send nothing.
+    assert!(offsets(&h, "1").iter().all(|t| *t < 20_000), "{:?}", offsets(&h, "1"));
+    assert_eq!(outcomes[41..], [StartOutcome::Capped; 19]);
+    assert_eq!(h.engine.active_count(), 0);
+    // A stop lifts the cap: the next start opens a new session.
+    assert_eq!(h.engine.stop(&key("1"), None), StopOutcome::Stopped);
+    assert_eq!(h.engine.start(start_cmd("1")), Ok(StartOutcome::Started));
+    // So does a pause in starts longer than the idle lease.
+    let h = harness_with(
+        EngineSettings {
+            max_lifetime: Duration::from_secs(20),
+            idle_timeout: Duration::from_secs(10),
+            ..EngineSettings::default()
+        },
+        BudgetSettings { limit_per_minute: 1_000_000, burst: 1000, ..BudgetSettings::default() },
+    );
+    for _ in 0..45 {
+        h.engine.start(start_cmd("2")).unwrap();
+        sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(h.engine.start(start_cmd("2")), Ok(StartOutcome::Capped));
+    sleep(Duration::from_millis(9_000)).await;
+    assert_eq!(h.engine.start(start_cmd("2")), Ok(StartOutcome::Capped), "a start within the lease keeps the cap");
+    sleep(Duration::from_millis(10_500)).await;
+    let n = offsets(&h, "2").len();
+    assert_eq!(h.engine.start(start_cmd("2")), Ok(StartOutcome::Started));
+    sleep(Duration::from_millis(100)).await;
+    assert_eq!(offsets(&h, "2").len(), n + 1, "the new session's first call left at once");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_account_pause_ends_at_its_probe_time_and_is_forgotten() {
+    let h = harness();
+    h.engine.pause_account(&key("1").account, PauseCause::SessionExpired, Duration::from_secs(5));
+    assert!(matches!(h.engine.start(start_cmd("1")), Ok(StartOutcome::Paused(PauseCause::SessionExpired))));
+    sleep(Duration::from_secs(8)).await;
+    // Past the probe time the account is not reported paused, and the map no longer holds it.
+    assert_eq!(h.engine.start(start_cmd("1")), Ok(StartOutcome::Refreshed));
+    assert!(h.engine.paused_accounts().is_empty());
+    assert!(h.engine.shared.readiness.is_empty(), "the pause is still held");
+    assert!(!offsets(&h, "1").is_empty(), "the probe refire went out");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_session_on_a_missing_budget_sends_nothing() {
+    let fake = Arc::new(FakeUpstream::default());
+    let keys = vec![ApiKey {
+        name: "default".into(),
+        budget: "default".into(),
+        accounts: AccountScope::All,
+        secret: SecretString::from("k".to_owned()),
+    }];
+    // No budget at all: the key's budget index points nowhere.
+    let budgets = Budgets::new(&[], &BudgetSettings::default(), Instant::now());
+    let ring = KeyRing::new(&keys, &budgets);
+    let cfg = EngineConfig {
+        engine: EngineSettings::default(),
+        platforms: PlatformsSettings::default(),
+        budget: BudgetSettings::default(),
+        unavailable_pause: Duration::from_secs(30),
+    };
+    let upstream: Arc<dyn Upstream> = fake.clone();
+    let (engine, scheduler) = Engine::new(cfg, upstream, budgets, ring);
+    let stop = CancellationToken::new();
+    tokio::spawn(scheduler.run(stop.clone()));
+    engine.start(start_cmd("1")).unwrap();
+    sleep(Duration::from_secs(10)).await;
+    stop.cancel();
+    assert!(fake.calls_for("1").is_empty(), "a call left without a budget to pay for it");
 }

@@ -1,18 +1,23 @@
 //! Parsing what every OnlyFansAPI answer says about the rate budget: `_meta._rate_limits` in the
 //! body, and `Retry-After` / `retry-after-ms` on a 429. Lenient by design: a field of an odd type
-//! is treated as absent, never as an error, and the legacy daily fields are ignored.
+//! is treated as absent, never as an error. The legacy daily fields are read when they are numbers
+//! (`null` means no daily limit).
 
 use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
 
-/// The per-minute figures of `_meta._rate_limits`.
+/// The figures of `_meta._rate_limits`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RateLimits {
     /// `limit_minute`: the live per-minute limit.
     pub limit_minute: Option<u32>,
     /// `remaining_minute`: requests left in the current minute.
     pub remaining_minute: Option<u32>,
+    /// `limit_day`: a legacy daily limit; `None` (`null`) means none.
+    pub limit_day: Option<u32>,
+    /// `remaining_day`: requests left today under `limit_day`.
+    pub remaining_day: Option<u32>,
 }
 
 fn as_count(v: &Value) -> Option<u32> {
@@ -27,15 +32,17 @@ fn as_count(v: &Value) -> Option<u32> {
 }
 
 /// Extracts `_meta._rate_limits` from a response body. Returns `None` when the body is not JSON
-/// or carries neither per-minute field.
+/// or carries none of the fields as a number.
 pub fn parse_rate_limits(body: &[u8]) -> Option<RateLimits> {
     let v: Value = serde_json::from_slice(body).ok()?;
     let rl = v.get("_meta")?.get("_rate_limits")?;
     let limits = RateLimits {
         limit_minute: rl.get("limit_minute").and_then(as_count),
         remaining_minute: rl.get("remaining_minute").and_then(as_count),
+        limit_day: rl.get("limit_day").and_then(as_count),
+        remaining_day: rl.get("remaining_day").and_then(as_count),
     };
-    (limits.limit_minute.is_some() || limits.remaining_minute.is_some()).then_some(limits)
+    (limits != RateLimits::default()).then_some(limits)
 }
 
 /// Parses `retry-after-ms` (milliseconds) or `Retry-After` (seconds, or an HTTP date relative
@@ -62,7 +69,8 @@ mod tests {
     #[test]
     fn parses_documented_meta_with_null_daily_fields() {
         let body = br#"{"data":{"success":true},"_meta":{"_credits":{"used":0},"_rate_limits":{"limit_minute":1000,"remaining_minute":999,"limit_day":null,"remaining_day":null}}}"#;
-        assert_eq!(parse_rate_limits(body), Some(RateLimits { limit_minute: Some(1000), remaining_minute: Some(999) }));
+        let want = RateLimits { limit_minute: Some(1000), remaining_minute: Some(999), ..RateLimits::default() };
+        assert_eq!(parse_rate_limits(body), Some(want));
     }
 
     #[test]
@@ -70,14 +78,22 @@ mod tests {
         let legacy = br#"{"_meta":{"_rate_limits":{"limit_minute":5000,"remaining_minute":"12","limit_day":50000,"remaining_day":49000}}}"#;
         assert_eq!(
             parse_rate_limits(legacy),
-            Some(RateLimits { limit_minute: Some(5000), remaining_minute: Some(12) })
+            Some(RateLimits {
+                limit_minute: Some(5000),
+                remaining_minute: Some(12),
+                limit_day: Some(50000),
+                remaining_day: Some(49000)
+            })
         );
         let odd = br#"{"_meta":{"_rate_limits":{"limit_minute":true,"remaining_minute":[1]}}}"#;
         assert_eq!(parse_rate_limits(odd), None);
         assert_eq!(parse_rate_limits(b"not json"), None);
         assert_eq!(parse_rate_limits(br#"{"_meta":"x"}"#), None);
         let neg = br#"{"_meta":{"_rate_limits":{"limit_minute":-5,"remaining_minute":1e30}}}"#;
-        assert_eq!(parse_rate_limits(neg), Some(RateLimits { limit_minute: None, remaining_minute: Some(u32::MAX) }));
+        assert_eq!(
+            parse_rate_limits(neg),
+            Some(RateLimits { remaining_minute: Some(u32::MAX), ..RateLimits::default() })
+        );
     }
 
     #[test]
