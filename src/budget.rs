@@ -269,15 +269,15 @@ impl BudgetState {
     }
 
     /// Typing calls per `period` that lit slots may spend now: the rate in force, less what
-    /// first indicators needed over the last period, less one bucket (a burst the window must
-    /// still have room for). Zero while paused for longer than a refire could wait.
+    /// first indicators needed over the last period, less the bucket's reserve (the burst a
+    /// fresh bucket starts with, which the window must still have room for).
     pub fn slot_capacity(&mut self, now: Instant) -> f64 {
         self.forget_old(now);
         self.sync_rate(now);
         #[allow(clippy::cast_precision_loss, reason = "counts within one window, far below 2^52")]
         let firsts = self.firsts.len() as f64;
         let per_period = self.effective_rate(now) * self.period.as_secs_f64();
-        (per_period - firsts - self.bucket.capacity).max(0.0)
+        (per_period - firsts - self.priority_floor()).max(0.0)
     }
 
     /// The period the limit is counted over.
@@ -720,18 +720,18 @@ mod tests {
     }
 
     #[test]
-    fn slot_capacity_leaves_room_for_recent_first_indicators_and_one_bucket() {
+    fn slot_capacity_leaves_room_for_recent_first_indicators_and_the_reserve() {
         let t0 = Instant::now();
-        // 1,000 per minute, share 0.5: 500 typing calls per minute, bucket 10.
+        // 1,000 per minute, share 0.5: 500 typing calls per minute, bucket 10, reserve 5.
         let mut b = BudgetState::new("b", 1000, &settings(1000), t0);
-        assert!((b.slot_capacity(t0) - 490.0).abs() < 1e-9);
+        assert!((b.slot_capacity(t0) - 495.0).abs() < 1e-9);
         let t0 = t0 + secs(1.0);
         for _ in 0..5 {
             b.try_acquire(Class::First, t0).unwrap();
         }
         b.try_acquire(Class::Slot, t0).unwrap();
-        assert!((b.slot_capacity(t0) - 485.0).abs() < 1e-9, "five first indicators in the last minute");
-        assert!((b.slot_capacity(t0 + WINDOW) - 490.0).abs() < 1e-9, "forgotten a minute later");
+        assert!((b.slot_capacity(t0) - 490.0).abs() < 1e-9, "five first indicators in the last minute");
+        assert!((b.slot_capacity(t0 + WINDOW) - 495.0).abs() < 1e-9, "forgotten a minute later");
     }
 
     #[test]

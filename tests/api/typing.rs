@@ -135,7 +135,7 @@ async fn ttl_ms_sets_the_lease_of_one_start() {
 }
 
 #[tokio::test]
-async fn max_lifetime_ends_a_session_even_while_starts_keep_coming() {
+async fn a_chat_past_max_lifetime_is_capped_until_a_stop_or_a_pause_in_starts() {
     let app = spawn_with(
         Opts::default().env("KEEPTYPING__ENGINE__IDLE_TIMEOUT", "600ms").env("KEEPTYPING__ENGINE__MAX_LIFETIME", "1s"),
     )
@@ -144,15 +144,32 @@ async fn max_lifetime_ends_a_session_even_while_starts_keep_coming() {
     let started = app.now_ms();
     let mut outcomes = Vec::new();
     while app.now_ms() - started < 2500.0 {
-        outcomes.push(app.start("1007").await.1["outcome"].as_str().unwrap_or("").to_owned());
+        let (status, body) = app.start("1007").await;
+        assert_eq!(status, 200, "{body}");
+        outcomes.push((app.now_ms() - started, body["outcome"].as_str().unwrap_or("").to_owned()));
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
-    app.stop("1007").await;
+    // One session of 1 s, then every start is answered "capped" and sends nothing.
+    assert_eq!(outcomes.iter().filter(|(_, o)| o == "started").count(), 1, "{outcomes:?}");
+    assert!(outcomes.iter().filter(|(t, _)| *t > 1300.0).all(|(_, o)| o == "capped"), "{outcomes:?}");
+    let last = app.calls("1007").iter().map(|r| r.t_ms).fold(0.0, f64::max);
+    assert!(last < started + 1100.0, "a typing call left at {:.0} ms, after the 1 s lifetime", last - started);
     let after = app.metrics().await;
-    let capped = |t: &str| metric_value(t, "keeptyping_sessions_ended_total", r#"reason="max_lifetime""#);
-    assert!(capped(&after) - capped(&before) >= 2.0, "two lifetimes of 1 s fit in 2.5 s of starts");
-    // Each lifetime ends the session; the next start opens a new one.
-    assert!(outcomes.iter().filter(|o| *o == "started").count() >= 3, "{outcomes:?}");
+    let ended = |t: &str| metric_value(t, "keeptyping_sessions_ended_total", r#"reason="max_lifetime""#);
+    assert!(ended(&after) - ended(&before) >= 1.0, "the session ended at max_lifetime");
+    assert!(metric_value(&after, "keeptyping_starts_capped_total", "") >= 5.0);
+    // A stop lifts the cap: the next start opens a new session.
+    assert_eq!(app.stop("1007").await.1["outcome"], "stopped");
+    assert_eq!(app.start("1007").await.1["outcome"], "started");
+    // So does a pause in starts longer than the idle lease, once the new session is capped too.
+    let again = app.now_ms();
+    while app.now_ms() - again < 1300.0 {
+        app.start("1007").await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    assert_eq!(app.start("1007").await.1["outcome"], "capped");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(app.start("1007").await.1["outcome"], "started");
 }
 
 #[tokio::test]
