@@ -332,15 +332,14 @@ impl BudgetState {
             if headroom <= 0.0 {
                 // 10 s of a 60 s window, scaled with the window.
                 self.pause(now + RESERVE_PAUSE.mul_f64(scale), PauseReason::Reserve);
-                self.headroom_rate = None;
-            } else {
-                // What the tool's own traffic leaves: typing may keep the pace it had over the
-                // last period (those calls are inside `remaining` already) plus the headroom.
-                self.forget_old(now);
-                #[allow(clippy::cast_precision_loss, reason = "a count within one window")]
-                let ours = self.window.len() as f64;
-                self.headroom_rate = Some(((ours + headroom) / self.period.as_secs_f64(), now));
             }
+            // What the tool's own traffic leaves: typing may keep the pace it had over the last
+            // period (those calls are inside `remaining` already) plus the headroom, which is
+            // negative when the tool's traffic has grown into typing's share.
+            self.forget_old(now);
+            #[allow(clippy::cast_precision_loss, reason = "a count within one window")]
+            let ours = self.window.len() as f64;
+            self.headroom_rate = Some(((ours + headroom).max(0.0) / self.period.as_secs_f64(), now));
         }
         if let (Some(limit_day), Some(remaining_day)) = (limits.limit_day, limits.remaining_day) {
             self.daily = Some((limit_day, remaining_day));

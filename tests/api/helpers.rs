@@ -161,6 +161,12 @@ impl TestApp {
         self.mock.state().now_ms()
     }
 
+    /// The mock's clock (`now_ms`), for tasks the test spawns.
+    pub fn clock(&self) -> impl Fn() -> f64 + Send + Sync + 'static {
+        let state = self.mock.state().clone();
+        move || state.now_ms()
+    }
+
     pub async fn metrics(&self) -> String {
         self.http.get(format!("{}/metrics", self.admin)).send().await.unwrap().text().await.unwrap()
     }
