@@ -705,6 +705,14 @@ impl Settings {
                     token_digest(s.expose_secret())
                 }
             };
+            if t.api_key.is_none() && self.key_count(env) > 1 {
+                // Calls that name no account (client sessions, auth attempts) would otherwise
+                // fall back to whichever key comes first: possibly another tenant's.
+                return Err(invalid(
+                    format!("{at}.api_key"),
+                    "must name the tenant's key when more than one key is configured",
+                ));
+            }
             if let Some(name) = &t.api_key {
                 let known = self.upstream.keys.iter().any(|k| &k.name == name)
                     || (name == DEFAULT_NAME && env.contains_key(ENV_API_KEY));
@@ -741,6 +749,14 @@ impl Settings {
             return Err(invalid("accounts.callback_url", format!("is set, so {ENV_CALLBACK_SECRET} must be set too")));
         }
         Ok(secrets)
+    }
+
+    /// How many API keys the settings and `env` resolve to (the `ONLYFANSAPI_API_KEY` shortcut
+    /// adds one unless a configured key is already called `default`).
+    fn key_count(&self, env: &HashMap<String, String>) -> usize {
+        let shortcut = env.get(ENV_API_KEY).is_some_and(|v| !v.trim().is_empty())
+            && !self.upstream.keys.iter().any(|k| k.name == DEFAULT_NAME);
+        self.upstream.keys.len() + usize::from(shortcut)
     }
 
     /// The effective settings as TOML, followed by the names (never the values) of the
@@ -902,6 +918,54 @@ mod tests {
         assert_eq!(cfg.secrets.hook_tokens[0].digest, token_digest("hook-secret"));
         let shown = format!("{cfg:?}{}", cfg.settings.describe(&cfg.secrets));
         assert!(!shown.contains("sk_live_secret") && !shown.contains("hook-secret"), "{shown}");
+    }
+
+    fn write_toml(name: &str, text: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("kt-cfg-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_token_without_its_key_is_refused_when_several_keys_exist() {
+        let two_keys = r#"
+[[upstream.keys]]
+name = "agency_a"
+key_env = "KEY_A"
+accounts = ["acct_a1"]
+[[upstream.keys]]
+name = "agency_b"
+key_env = "KEY_B"
+accounts = ["acct_b1"]
+[[hooks.tokens]]
+name = "a"
+token_env = "A_TOKEN"
+accounts = ["acct_a1"]
+api_key = "agency_a"
+[[hooks.tokens]]
+name = "b"
+token_env = "B_TOKEN"
+accounts = ["acct_b1"]
+"#;
+        let e = env(&[("KEY_A", "ka"), ("KEY_B", "kb"), ("A_TOKEN", "ta"), ("B_TOKEN", "tb")]);
+
+        let err = load(Some(&write_toml("nokey", two_keys)), &e).unwrap_err().to_string();
+
+        assert!(err.contains("hooks.tokens[1].api_key"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+        // Naming the key fixes it; so does having a single key (nothing to confuse).
+        let named = format!("{two_keys}api_key = \"agency_b\"\n");
+        assert!(load(Some(&write_toml("named", &named)), &e).is_ok());
+        let single = "[[hooks.tokens]]\nname = \"a\"\ntoken_env = \"A_TOKEN\"\naccounts = [\"*\"]\n";
+        assert!(load(Some(&write_toml("single", single)), &env(&[(ENV_API_KEY, "k"), ("A_TOKEN", "t")])).is_ok());
+        // The ONLYFANSAPI_API_KEY shortcut beside a configured key makes two.
+        let key_and_shortcut =
+            format!("[[upstream.keys]]\nname = \"agency_a\"\nkey_env = \"KEY_A\"\naccounts = [\"*\"]\n{single}");
+        let e = env(&[(ENV_API_KEY, "k"), ("KEY_A", "ka"), ("A_TOKEN", "t")]);
+        let err = load(Some(&write_toml("shortcut", &key_and_shortcut)), &e).unwrap_err().to_string();
+        assert!(err.contains("hooks.tokens[0].api_key"), "{err}");
     }
 
     #[test]

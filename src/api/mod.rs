@@ -8,7 +8,7 @@
 //! | `POST /v1/typing/stop` | release it; no typing call leaves once answered |
 //! | `POST /v1/typing/batch` | several starts and stops, validated whole |
 //! | `GET /v1/typing/sessions` | the caller's live sessions |
-//! | `GET /v1/budget` | every budget's state |
+//! | `GET /v1/budget` | the state of the budgets the caller's keys spend from |
 //! | `POST /v1/client-sessions` | mint the `ofapi_cs_…` token a browser hands to `startOnlyFansAuthentication` |
 //! | `POST /v1/auth-attempts` | watch an authentication attempt |
 //! | `GET /v1/auth-attempts/{attempt_id}` | its latest state |

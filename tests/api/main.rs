@@ -13,6 +13,7 @@ mod budget;
 mod fault_suite;
 mod faults;
 mod helpers;
+mod isolation;
 mod metrics;
 mod openapi;
 mod shutdown;
