@@ -104,7 +104,8 @@ impl App {
         )
         .await
         .context("starting the authentication-attempt scheduler")?;
-        let state = ApiState::new(&settings, engine, tokens, metrics, accounts.clone());
+        let mut state = ApiState::new(&settings, engine, tokens, metrics, accounts.clone());
+        state.admin_token = secrets.admin_token;
         let hook_router = api::router(state.clone(), &settings);
         let admin_router = api::admin_router(state.clone());
         let hooks = TcpListener::bind(settings.server.listen)

@@ -16,7 +16,7 @@
 //! | `GET /openapi.json` | the OpenAPI document of the hook API (no token needed) |
 //!
 //! Admin (`admin.listen`): `GET /metrics`, `/livez`, `/readyz`, and the status page `GET /`
-//! (with `GET /status.json`).
+//! (with `GET /status.json`; account ids only with the admin token).
 //!
 //! Handlers call only [`Engine`] and [`Accounts`]: they never call the upstream for typing and
 //! never spawn.
@@ -82,6 +82,8 @@ pub struct ApiState {
     pub accounts: Accounts,
     /// `accounts.unavailable_pause`: how long a webhook-paused account waits before a probe.
     pub unavailable_pause: Duration,
+    /// SHA-256 of the admin token; the status page shows account ids only to its holders.
+    pub admin_token: Option<[u8; 32]>,
 }
 
 impl ApiState {
@@ -115,6 +117,7 @@ impl ApiState {
             platforms: settings.platforms.clone(),
             accounts,
             unavailable_pause: settings.accounts.unavailable_pause,
+            admin_token: None,
         }
     }
 }

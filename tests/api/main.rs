@@ -9,6 +9,7 @@
 //! on real time with short intervals. One test binary.
 
 mod accounts;
+mod admin;
 mod budget;
 mod fault_suite;
 mod faults;
