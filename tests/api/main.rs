@@ -15,6 +15,7 @@ mod fault_suite;
 mod faults;
 mod helpers;
 mod isolation;
+mod listeners;
 mod metrics;
 mod openapi;
 mod shutdown;
