@@ -28,6 +28,7 @@ pub mod budget;
 pub mod error;
 mod limit;
 pub mod openapi;
+pub mod replay;
 mod status;
 pub mod typing;
 pub mod webhooks;
@@ -84,6 +85,8 @@ pub struct ApiState {
     pub unavailable_pause: Duration,
     /// SHA-256 of the admin token; the status page shows account ids only to its holders.
     pub admin_token: Option<[u8; 32]>,
+    /// Verified webhook bodies seen recently (replays are dropped).
+    pub webhook_replays: Arc<replay::ReplayGuard>,
 }
 
 impl ApiState {
@@ -118,6 +121,7 @@ impl ApiState {
             accounts,
             unavailable_pause: settings.accounts.unavailable_pause,
             admin_token: None,
+            webhook_replays: Arc::new(replay::ReplayGuard::default()),
         }
     }
 }
