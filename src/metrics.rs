@@ -149,8 +149,6 @@ pub enum EndReason {
     Rejected,
     /// An outbound-message webhook ended it.
     MessageSent,
-    /// The service shut down.
-    Shutdown,
 }
 
 impl EndReason {
@@ -163,7 +161,6 @@ impl EndReason {
             Self::Unauthorized => "unauthorized",
             Self::Rejected => "rejected",
             Self::MessageSent => "message_sent",
-            Self::Shutdown => "shutdown",
         }
     }
 }
@@ -177,12 +174,8 @@ pub enum SkipReason {
     BudgetPaused,
     /// The account is paused (re-authenticating, expired).
     AccountPaused,
-    /// The in-flight cap was reached.
-    InFlightCap,
     /// The previous call for this chat had not answered yet.
     PreviousInFlight,
-    /// No API key covers the account.
-    NoKey,
 }
 
 impl SkipReason {
@@ -192,9 +185,7 @@ impl SkipReason {
             Self::Budget => "budget",
             Self::BudgetPaused => "budget_paused",
             Self::AccountPaused => "account_paused",
-            Self::InFlightCap => "in_flight_cap",
             Self::PreviousInFlight => "previous_in_flight",
-            Self::NoKey => "no_key",
         }
     }
 }
