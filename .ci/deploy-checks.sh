@@ -74,7 +74,7 @@ promtool check rules deploy/prometheus/keeptyping-rules.yml "$OUT/chart/all-on/p
 (cd deploy/prometheus && promtool test rules keeptyping-rules.test.yml)
 python3 deploy/tests/check_rule_tests.py deploy/prometheus/keeptyping-rules.yml deploy/prometheus/keeptyping-rules.test.yml
 
-step "dashboard: JSON parses and every expression names only exported metrics"
+step "dashboard, alerts and README: JSON parses, every expression names only exported metrics, every README series is emitted"
 python3 -m json.tool deploy/grafana/keeptyping.json >/dev/null && echo "  ok    deploy/grafana/keeptyping.json parses"
 python3 deploy/tests/promql_names.py check .
 
@@ -95,6 +95,7 @@ env KEEPTYPING__SERVER__LISTEN="127.0.0.1:$HOOK_PORT" \
   KEEPTYPING__ADMIN__LISTEN="127.0.0.1:$ADMIN_PORT" \
   KEEPTYPING__UPSTREAM__BASE_URL="http://127.0.0.1:$MOCK_PORT" \
   ONLYFANSAPI_API_KEY=deploy-checks-key KEEPTYPING_HOOK_TOKEN=deploy-checks-token \
+  KEEPTYPING_ADMIN_TOKEN=deploy-checks-admin-token \
   timeout "$RUN_SECONDS" "$BIN" serve >"$OUT/keeptyping.log" 2>&1 &
 PIDS+=($!)
 

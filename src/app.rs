@@ -20,6 +20,7 @@ use crate::budget::Budgets;
 use crate::config::{Config, DEFAULT_NAME};
 use crate::engine::{Engine, EngineConfig, KeyRing, Scheduler};
 use crate::ids::AccountId;
+use crate::server::{self, Limits};
 use crate::shutdown::Shutdown;
 use crate::upstream::{OnlyFansClient, Upstream};
 
@@ -39,6 +40,10 @@ pub struct App {
     drain_delay: Duration,
     client: OnlyFansClient,
     accounts: Accounts,
+    /// `server.header_read_timeout` and `server.max_connections`.
+    hook_limits: Limits,
+    /// `admin.header_read_timeout` and `admin.max_connections`.
+    admin_limits: Limits,
 }
 
 impl std::fmt::Debug for App {
@@ -104,7 +109,8 @@ impl App {
         )
         .await
         .context("starting the authentication-attempt scheduler")?;
-        let state = ApiState::new(&settings, engine, tokens, metrics, accounts.clone());
+        let mut state = ApiState::new(&settings, engine, tokens, metrics, accounts.clone());
+        state.admin_token = secrets.admin_token;
         let hook_router = api::router(state.clone(), &settings);
         let admin_router = api::admin_router(state.clone());
         let hooks = TcpListener::bind(settings.server.listen)
@@ -124,6 +130,14 @@ impl App {
             drain_delay: settings.shutdown.drain_delay,
             client,
             accounts,
+            hook_limits: Limits {
+                header_read_timeout: settings.server.header_read_timeout,
+                max_connections: settings.server.max_connections,
+            },
+            admin_limits: Limits {
+                header_read_timeout: settings.admin.header_read_timeout,
+                max_connections: settings.admin.max_connections,
+            },
         })
     }
 
@@ -155,10 +169,23 @@ impl App {
     /// Serves until `signal` completes, then drains.
     ///
     /// # Errors
-    /// When a listener fails.
+    /// None today: a failed accept is logged and retried, a failed connection is the client's.
+    /// The `Result` stays for the callers (`main`, tests) that report one.
     pub async fn run_until_stopped(self, signal: impl std::future::Future<Output = ()> + Send) -> anyhow::Result<()> {
-        let Self { hooks, admin, hook_router, admin_router, state, scheduler, shutdown, accounts, drain_delay, .. } =
-            self;
+        let Self {
+            hooks,
+            admin,
+            hook_router,
+            admin_router,
+            state,
+            scheduler,
+            shutdown,
+            accounts,
+            drain_delay,
+            hook_limits,
+            admin_limits,
+            ..
+        } = self;
         let token = shutdown.token.clone();
         shutdown.tracker.spawn(scheduler.run(token.child_token()));
         // The attempt watcher's job scheduler stops with everything else.
@@ -178,11 +205,10 @@ impl App {
                 }
             }
         });
-        let hook_server = axum::serve(hooks, hook_router).with_graceful_shutdown(token.clone().cancelled_owned());
-        let admin_server = axum::serve(admin, admin_router).with_graceful_shutdown(token.clone().cancelled_owned());
-        let servers = shutdown.tracker.spawn(async move {
-            let (a, b) = tokio::join!(hook_server.into_future(), admin_server.into_future());
-            a.and(b)
+        let hook_server = server::serve(hooks, hook_router, hook_limits, "hooks", token.clone());
+        let admin_server = server::serve(admin, admin_router, admin_limits, "admin", token.clone());
+        shutdown.tracker.spawn(async move {
+            tokio::join!(hook_server, admin_server);
         });
         api::set_ready(&state.ready, true);
         tracing::info!("keeptyping is ready");
@@ -197,11 +223,6 @@ impl App {
         }
         // (2) stop the scheduler and the listeners; (3) wait for tracked work within the grace.
         let clean = shutdown.drain().await;
-        if clean {
-            if let Ok(Err(e)) = servers.await {
-                return Err(e).context("serving");
-            }
-        }
         tracing::info!(clean, "stopped");
         Ok(())
     }

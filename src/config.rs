@@ -29,6 +29,9 @@ pub const ENV_WEBHOOK_SECRET: &str = "KEEPTYPING_WEBHOOK_SECRET";
 /// (`accounts.callback_url`). Deliberately not the webhook secret: a chat tool that verifies
 /// callbacks must not be able to forge OnlyFansAPI webhooks.
 pub const ENV_CALLBACK_SECRET: &str = "KEEPTYPING_CALLBACK_SECRET";
+/// Environment variable holding the admin token: with it, the status page and `/status.json`
+/// show account ids to requests that present it.
+pub const ENV_ADMIN_TOKEN: &str = "KEEPTYPING_ADMIN_TOKEN";
 /// Prefix of layered overrides: `KEEPTYPING__ENGINE__IDLE_TIMEOUT=45s`.
 pub const ENV_PREFIX: &str = "KEEPTYPING";
 /// Name given to the key, token and budget created by the single-tenant shortcuts.
@@ -69,7 +72,20 @@ pub struct ServerSettings {
     /// A hook request taking longer than this is answered 503.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// Longest wait for a complete request head, counted from the moment the connection opens
+    /// or its previous response was written: bounds slow headers and idle keep-alive alike.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Open connections beyond which new ones are closed at once (and counted).
+    pub max_connections: usize,
 }
+
+/// Default of `server.header_read_timeout` and `admin.header_read_timeout`.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default of `server.max_connections`.
+pub const DEFAULT_MAX_HOOK_CONNECTIONS: usize = 1024;
+/// Default of `admin.max_connections`: Prometheus, probes and a few status pages.
+pub const DEFAULT_MAX_ADMIN_CONNECTIONS: usize = 64;
 
 impl Default for ServerSettings {
     fn default() -> Self {
@@ -77,6 +93,8 @@ impl Default for ServerSettings {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             max_body_bytes: 64 * 1024,
             request_timeout: Duration::from_secs(5),
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            max_connections: DEFAULT_MAX_HOOK_CONNECTIONS,
         }
     }
 }
@@ -87,11 +105,28 @@ impl Default for ServerSettings {
 pub struct AdminSettings {
     /// Address of the admin listener.
     pub listen: SocketAddr,
+    /// As `server.header_read_timeout`, for the admin listener.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// As `server.max_connections`, for the admin listener.
+    pub max_connections: usize,
+    /// Environment variable holding the admin token (default: `KEEPTYPING_ADMIN_TOKEN`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_env: Option<String>,
+    /// File holding the admin token (a mounted Kubernetes Secret).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
 }
 
 impl Default for AdminSettings {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([0, 0, 0, 0], 9090)) }
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            max_connections: DEFAULT_MAX_ADMIN_CONNECTIONS,
+            token_env: None,
+            token_file: None,
+        }
     }
 }
 
@@ -458,6 +493,9 @@ pub struct Secrets {
     pub webhook_secret: Option<SecretString>,
     /// The secret signing authentication-attempt callbacks.
     pub callback_secret: Option<SecretString>,
+    /// SHA-256 of the admin token (`admin.token_env`, `admin.token_file` or
+    /// `KEEPTYPING_ADMIN_TOKEN`); with it, the status page shows account ids to its holders.
+    pub admin_token: Option<[u8; 32]>,
 }
 
 /// Everything [`load`] produces.
@@ -622,6 +660,20 @@ impl Settings {
                 _ => return Err(invalid("accounts.callback_url", "must be an http(s) URL or empty")),
             }
         }
+        for (listener, timeout, max) in [
+            ("server", self.server.header_read_timeout, self.server.max_connections),
+            ("admin", self.admin.header_read_timeout, self.admin.max_connections),
+        ] {
+            if timeout.is_zero() {
+                return Err(invalid(format!("{listener}.header_read_timeout"), "must be greater than zero"));
+            }
+            if max == 0 {
+                return Err(invalid(format!("{listener}.max_connections"), "must be at least 1"));
+            }
+        }
+        if self.admin.token_env.is_some() && self.admin.token_file.is_some() {
+            return Err(invalid("admin.token", "set at most one of token_env, token_file"));
+        }
         if self.server.max_body_bytes < 256 {
             return Err(invalid("server.max_body_bytes", "must be at least 256"));
         }
@@ -699,6 +751,14 @@ impl Settings {
                     token_digest(s.expose_secret())
                 }
             };
+            if t.api_key.is_none() && self.key_count(env) > 1 {
+                // Calls that name no account (client sessions, auth attempts) would otherwise
+                // fall back to whichever key comes first: possibly another tenant's.
+                return Err(invalid(
+                    format!("{at}.api_key"),
+                    "must name the tenant's key when more than one key is configured",
+                ));
+            }
             if let Some(name) = &t.api_key {
                 let known = self.upstream.keys.iter().any(|k| &k.name == name)
                     || (name == DEFAULT_NAME && env.contains_key(ENV_API_KEY));
@@ -731,10 +791,25 @@ impl Settings {
             .get(ENV_CALLBACK_SECRET)
             .filter(|v| !v.trim().is_empty())
             .map(|v| SecretString::from(v.trim().to_owned()));
+        secrets.admin_token = match (&self.admin.token_env, &self.admin.token_file) {
+            (None, None) => env.get(ENV_ADMIN_TOKEN).map(|v| v.trim()).filter(|v| !v.is_empty()).map(token_digest),
+            (var, file) => {
+                let s = read_secret("admin.token", var.as_deref(), file.as_deref(), env)?;
+                Some(token_digest(s.expose_secret()))
+            }
+        };
         if !self.accounts.callback_url.is_empty() && secrets.callback_secret.is_none() {
             return Err(invalid("accounts.callback_url", format!("is set, so {ENV_CALLBACK_SECRET} must be set too")));
         }
         Ok(secrets)
+    }
+
+    /// How many API keys the settings and `env` resolve to (the `ONLYFANSAPI_API_KEY` shortcut
+    /// adds one unless a configured key is already called `default`).
+    fn key_count(&self, env: &HashMap<String, String>) -> usize {
+        let shortcut = env.get(ENV_API_KEY).is_some_and(|v| !v.trim().is_empty())
+            && !self.upstream.keys.iter().any(|k| k.name == DEFAULT_NAME);
+        self.upstream.keys.len() + usize::from(shortcut)
     }
 
     /// The effective settings as TOML, followed by the names (never the values) of the
@@ -752,6 +827,8 @@ impl Settings {
         out.push_str(&format!("# webhook signing secret: {webhook}\n"));
         let callback = if secrets.callback_secret.is_some() { "set" } else { "not set" };
         out.push_str(&format!("# callback signing secret: {callback}\n"));
+        let admin = if secrets.admin_token.is_some() { "set" } else { "not set" };
+        out.push_str(&format!("# admin token: {admin}\n"));
         out
     }
 }
@@ -870,6 +947,11 @@ mod tests {
             ("KEEPTYPING__ACCOUNTS__CALLBACK_URL", "mailto:x", "accounts.callback_url"),
             ("KEEPTYPING__ACCOUNTS__CALLBACK_URL", "http://127.0.0.1:1/cb", "KEEPTYPING_CALLBACK_SECRET"),
             ("KEEPTYPING__SHUTDOWN__DRAIN_DELAY", "10s", "shutdown.drain_delay"),
+            ("KEEPTYPING__SERVER__HEADER_READ_TIMEOUT", "0s", "server.header_read_timeout"),
+            ("KEEPTYPING__SERVER__MAX_CONNECTIONS", "0", "server.max_connections"),
+            ("KEEPTYPING__ADMIN__HEADER_READ_TIMEOUT", "0s", "admin.header_read_timeout"),
+            ("KEEPTYPING__ADMIN__MAX_CONNECTIONS", "0", "admin.max_connections"),
+            ("KEEPTYPING__ADMIN__TOKEN_ENV", "NOT_SET_ANYWHERE", "admin.token"),
         ];
         for (var, value, key) in cases {
             let err = load(None, &env(&[(var, value)])).unwrap_err().to_string();
@@ -896,6 +978,75 @@ mod tests {
         assert_eq!(cfg.secrets.hook_tokens[0].digest, token_digest("hook-secret"));
         let shown = format!("{cfg:?}{}", cfg.settings.describe(&cfg.secrets));
         assert!(!shown.contains("sk_live_secret") && !shown.contains("hook-secret"), "{shown}");
+    }
+
+    fn write_toml(name: &str, text: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("kt-cfg-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_token_without_its_key_is_refused_when_several_keys_exist() {
+        let two_keys = r#"
+[[upstream.keys]]
+name = "agency_a"
+key_env = "KEY_A"
+accounts = ["acct_a1"]
+[[upstream.keys]]
+name = "agency_b"
+key_env = "KEY_B"
+accounts = ["acct_b1"]
+[[hooks.tokens]]
+name = "a"
+token_env = "A_TOKEN"
+accounts = ["acct_a1"]
+api_key = "agency_a"
+[[hooks.tokens]]
+name = "b"
+token_env = "B_TOKEN"
+accounts = ["acct_b1"]
+"#;
+        let e = env(&[("KEY_A", "ka"), ("KEY_B", "kb"), ("A_TOKEN", "ta"), ("B_TOKEN", "tb")]);
+
+        let err = load(Some(&write_toml("nokey", two_keys)), &e).unwrap_err().to_string();
+
+        assert!(err.contains("hooks.tokens[1].api_key"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+        // Naming the key fixes it; so does having a single key (nothing to confuse).
+        let named = format!("{two_keys}api_key = \"agency_b\"\n");
+        assert!(load(Some(&write_toml("named", &named)), &e).is_ok());
+        let single = "[[hooks.tokens]]\nname = \"a\"\ntoken_env = \"A_TOKEN\"\naccounts = [\"*\"]\n";
+        assert!(load(Some(&write_toml("single", single)), &env(&[(ENV_API_KEY, "k"), ("A_TOKEN", "t")])).is_ok());
+        // The ONLYFANSAPI_API_KEY shortcut beside a configured key makes two.
+        let key_and_shortcut =
+            format!("[[upstream.keys]]\nname = \"agency_a\"\nkey_env = \"KEY_A\"\naccounts = [\"*\"]\n{single}");
+        let e = env(&[(ENV_API_KEY, "k"), ("KEY_A", "ka"), ("A_TOKEN", "t")]);
+        let err = load(Some(&write_toml("shortcut", &key_and_shortcut)), &e).unwrap_err().to_string();
+        assert!(err.contains("hooks.tokens[0].api_key"), "{err}");
+    }
+
+    #[test]
+    fn the_admin_token_comes_from_its_shortcut_an_env_var_or_a_file_and_is_never_shown() {
+        let none = load(None, &HashMap::new()).unwrap();
+        assert_eq!(none.secrets.admin_token, None);
+
+        let shortcut = load(None, &env(&[(ENV_ADMIN_TOKEN, "admin-secret-1")])).unwrap();
+        assert_eq!(shortcut.secrets.admin_token, Some(token_digest("admin-secret-1")));
+
+        let named = load(None, &env(&[("KEEPTYPING__ADMIN__TOKEN_ENV", "OPS_TOKEN"), ("OPS_TOKEN", "admin-secret-2")]))
+            .unwrap();
+        assert_eq!(named.secrets.admin_token, Some(token_digest("admin-secret-2")));
+
+        let file = write_toml("admin-token", "admin-secret-3\n");
+        let path = write_toml("admin", &format!("[admin]\ntoken_file = \"{}\"\n", file.display()));
+        let from_file = load(Some(&path), &HashMap::new()).unwrap();
+        assert_eq!(from_file.secrets.admin_token, Some(token_digest("admin-secret-3")));
+
+        let shown = format!("{from_file:?}{}", from_file.settings.describe(&from_file.secrets));
+        assert!(!shown.contains("admin-secret") && shown.contains("# admin token: set"), "{shown}");
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //!           signatures)  ──►  upstream
 //! config, metrics, shutdown, ids: leaves that anything may use
 //! mock: a stand-in OnlyFansAPI for tests, the demo and benchmarks; demo: the one-command tour
+//! server: the bounded accept loop both listeners run (header read timeout, connection cap)
 //! app: wires it all together; main.rs only parses the command line
 //! ```
 //!
@@ -27,6 +28,7 @@ pub mod engine;
 pub mod ids;
 pub mod metrics;
 pub mod mock;
+pub mod server;
 pub mod shutdown;
 pub mod telemetry;
 pub mod upstream;

@@ -64,6 +64,10 @@ pub const AUTH_ATTEMPTS: &str = "keeptyping_auth_attempts_total";
 pub const AUTH_ATTEMPTS_WATCHED: &str = "keeptyping_auth_attempts_watched";
 /// Authentication-attempt callbacks sent, by outcome.
 pub const AUTH_CALLBACKS: &str = "keeptyping_auth_callbacks_total";
+/// Connections closed on accept because the listener was at `max_connections`, by listener.
+pub const CONNECTIONS_REFUSED: &str = "keeptyping_connections_refused_total";
+/// OnlyFansAPI webhooks dropped because the same signed body was seen within the replay window.
+pub const WEBHOOK_REPLAYS: &str = "keeptyping_webhook_replays_total";
 
 const LATENCY_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0];
 const COVERAGE_BUCKETS: &[f64] = &[0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 1.0];
@@ -153,6 +157,8 @@ fn describe() {
     describe_counter!(AUTH_ATTEMPTS, "Authentication attempts entering a state, by state.");
     describe_gauge!(AUTH_ATTEMPTS_WATCHED, "Authentication attempts being polled.");
     describe_counter!(AUTH_CALLBACKS, "Authentication-attempt callbacks sent, by outcome.");
+    describe_counter!(CONNECTIONS_REFUSED, "Connections closed at once because the listener was full, by listener.");
+    describe_counter!(WEBHOOK_REPLAYS, "Webhooks dropped as replays of a body seen within the replay window.");
 }
 
 /// Why a session ended.
@@ -170,7 +176,7 @@ pub enum EndReason {
     Rejected,
     /// An outbound-message webhook ended it.
     MessageSent,
-    /// The service shut down.
+    /// Still live when the process drained and exited.
     Shutdown,
 }
 
@@ -198,12 +204,10 @@ pub enum SkipReason {
     BudgetPaused,
     /// The account is paused (re-authenticating, expired).
     AccountPaused,
-    /// The in-flight cap was reached.
+    /// Every in-flight permit was taken: the call waits for one (`engine.max_in_flight`).
     InFlightCap,
     /// The previous call for this chat had not answered yet.
     PreviousInFlight,
-    /// No API key covers the account.
-    NoKey,
     /// The session's budget does not exist: never sent unpaid.
     NoBudget,
     /// The day's remainder (`remaining_day`) reached the reserve.
@@ -219,7 +223,6 @@ impl SkipReason {
             Self::AccountPaused => "account_paused",
             Self::InFlightCap => "in_flight_cap",
             Self::PreviousInFlight => "previous_in_flight",
-            Self::NoKey => "no_key",
             Self::NoBudget => "no_budget",
             Self::DailyLimit => "daily_limit",
         }
@@ -359,4 +362,14 @@ pub fn auth_attempts_watched(n: usize) {
 /// One callback sent: `ok`, `refused` (non-2xx) or `failed` (no answer).
 pub fn auth_callback(outcome: &'static str) {
     counter!(AUTH_CALLBACKS, "outcome" => outcome).increment(1);
+}
+
+/// A connection was closed on accept: `listener` (`hooks`, `admin`) was at `max_connections`.
+pub fn connection_refused(listener: &'static str) {
+    counter!(CONNECTIONS_REFUSED, "listener" => listener).increment(1);
+}
+
+/// A webhook body seen within the replay window was dropped.
+pub fn webhook_replayed() {
+    counter!(WEBHOOK_REPLAYS).increment(1);
 }

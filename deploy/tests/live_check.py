@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import promql_names  # noqa: E402
 
 TOKEN = "deploy-checks-token"
+ADMIN_TOKEN = "deploy-checks-admin-token"
 ACCOUNT_OK = "acct_0123456789abcdef0123456789abcdef"
 ACCOUNT_PAUSED = "acct_fedcba9876543210fedcba9876543210"
 FAILURES = []
@@ -58,8 +59,8 @@ def http(url, body=None, token=TOKEN, timeout=5):
         return e.code, e.read()
 
 
-def get_json(url):
-    status, body = http(url, token=None)
+def get_json(url, token=None):
+    status, body = http(url, token=token)
     if status != 200:
         raise RuntimeError(f"GET {url}: {status} {body[:200]!r}")
     return json.loads(body)
@@ -201,9 +202,12 @@ def main():
         check(not unhealthy, f"every rule evaluates without error ({unhealthy or 'all ok'})")
 
         print("live: the status page")
-        s1 = get_json(f"{admin}/status.json")
+        s1 = get_json(f"{admin}/status.json", token=ADMIN_TOKEN)
         time.sleep(2.5)
-        s = get_json(f"{admin}/status.json")
+        s = get_json(f"{admin}/status.json", token=ADMIN_TOKEN)
+        anonymous = get_json(f"{admin}/status.json")
+        check(ACCOUNT_PAUSED not in json.dumps(anonymous) and anonymous["paused_accounts_count"] == 1,
+              "/status.json without the admin token: a count, no account id")
         check(s["sessions_active"] >= 5, f"/status.json: {s['sessions_active']} active sessions")
         check(s["refires_per_second"] is not None and s["refires_per_second"] > 0,
               f"/status.json: {s['refires_per_second']} refires per second")
@@ -223,10 +227,10 @@ def main():
         check(not re.search(r'(src|href)\s*=|https?://|@import', page),
               "the page loads nothing from elsewhere (self-contained)")
 
-        r = chromium(["--virtual-time-budget=6000", "--dump-dom", f"{admin}/"])
+        r = chromium(["--virtual-time-budget=6000", "--dump-dom", f"{admin}/?token={ADMIN_TOKEN}"])
         dom = r.stdout
         check(r.returncode == 0 and "<tbody" in dom, f"headless Chromium rendered the page (exit {r.returncode})")
-        live = get_json(f"{admin}/status.json")
+        live = get_json(f"{admin}/status.json", token=ADMIN_TOKEN)
         sessions = text_of(dom, "sessions")
         check(sessions is not None and sessions.isdigit() and int(sessions) == live["sessions_active"],
               f"DOM shows the active sessions ({sessions}, service says {live['sessions_active']})")
@@ -250,7 +254,7 @@ def main():
         if os.path.exists(screenshot):
             os.remove(screenshot)
         r = chromium(["--virtual-time-budget=6000", "--hide-scrollbars", "--window-size=1280,1000",
-                      f"--screenshot={os.path.abspath(screenshot)}", f"{admin}/"])
+                      f"--screenshot={os.path.abspath(screenshot)}", f"{admin}/?token={ADMIN_TOKEN}"])
         size = os.path.getsize(screenshot) if os.path.exists(screenshot) else 0
         check(r.returncode == 0 and size > 10_000, f"screenshot saved to {screenshot} ({size} bytes)")
     finally:

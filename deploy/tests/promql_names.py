@@ -7,6 +7,10 @@ Usage:
                                  suffixes read from src/metrics.rs)
   promql_names.py list REPO      print every metric name they use, one per line
   promql_names.py exprs REPO     print every dashboard expression, one JSON string per line
+  promql_names.py readme REPO    only the README part of `check`: every metric the README names
+                                 is exported, and every label value it lists (the metrics table's
+                                 `label`: a, b, c lists and name{label="value"} selectors) has a
+                                 place in src/ that emits it
 
 A metric name in PromQL is an identifier that is not a function call, a keyword, an aggregation
 modifier's label list, or inside a label matcher or a range; everything else is removed before
@@ -84,6 +88,60 @@ def metric_names(expr):
     return names
 
 
+def readme_series(repo):
+    """(names, {(name, label): values}) that README.md tells operators about."""
+    text = (repo / "README.md").read_text()
+    names = set(re.findall(r"\bkeeptyping_[a-z0-9_]+", text))
+    values = {}
+    for m in re.finditer(r"^\| `(keeptyping_[a-z0-9_]+)` \| \w+ \| (.*)\|\s*$", text, re.M):
+        for lm in re.finditer(r"`(\w+)`: ([^|(`]+)", m.group(2)):
+            listed = {v.strip() for v in lm.group(2).split(",") if re.fullmatch(r"[a-z0-9_./]+", v.strip())}
+            values.setdefault((m.group(1), lm.group(1)), set()).update(listed)
+    # Prose: `keeptyping_x_total{reason}` with `a`, `b`, `c`.
+    for m in re.finditer(r"`(keeptyping_[a-z0-9_]+)\{(\w+)\}` with ((?:\s*`[a-z0-9_]+`,?(?:\s*and)?)+)", text):
+        values.setdefault((m.group(1), m.group(2)), set()).update(re.findall(r"`([a-z0-9_]+)`", m.group(3)))
+    for m in re.finditer(r'(keeptyping_[a-z0-9_]+)\{(\w+)="([a-z0-9_]+)"\}', text):
+        values.setdefault((m.group(1), m.group(2)), set()).add(m.group(3))
+    return names, values
+
+
+def emitted_values(repo):
+    """Label values the code can emit: string literals outside metrics.rs and the mock, and the
+    values metrics.rs maps from an enum variant that some other module uses."""
+    src = repo / "src"
+    metrics = (src / "metrics.rs").read_text()
+    others = "\n".join(p.read_text() for p in src.rglob("*.rs")
+                       if p.name != "metrics.rs" and "mock" not in p.relative_to(src).parts)
+    mapped = re.findall(r'Self::(\w+) => "([a-z0-9_]+)"', metrics)
+    # A value metrics.rs maps from a variant is emitted only where that variant is used.
+    values = set(re.findall(r'"([a-z0-9_./]+)"', others)) - {value for _, value in mapped}
+    enums = "|".join(re.findall(r"pub enum (\w+)", metrics)) or "NoEnum"
+    for variant, value in mapped:
+        if re.search(rf"\b(?:{enums})::{variant}\b", others):
+            values.add(value)
+    return values
+
+
+def check_readme(repo):
+    """Fails on every README metric or label value the service never emits."""
+    names, histograms = exported(repo)
+    readme_names, readme_values = readme_series(repo)
+    emitted = emitted_values(repo)
+    ok = True
+    for n in sorted(readme_names):
+        if n not in names and n not in histograms:
+            print(f"  FAIL  README.md names {n}, which src/metrics.rs does not export")
+            ok = False
+    for (name, label), vals in sorted(readme_values.items()):
+        for v in sorted(vals - emitted):
+            print(f'  FAIL  README.md names {name}{{{label}="{v}"}}, which nothing in src/ emits')
+            ok = False
+    count = sum(len(v) for v in readme_values.values())
+    print(f"  {'ok  ' if ok else 'FAIL'}  README.md: {len(readme_names)} metric names and {count} label values, "
+          "each exported and emitted somewhere in src/")
+    return ok
+
+
 def main():
     mode, repo = sys.argv[1], Path(sys.argv[2])
     exprs = dashboard_exprs(repo) + rule_exprs(repo)
@@ -91,6 +149,8 @@ def main():
         for _, e in dashboard_exprs(repo):
             print(json.dumps(e))
         return
+    if mode == "readme":
+        sys.exit(0 if check_readme(repo) else 1)
     used = set()
     for _, e in exprs:
         used |= metric_names(e)
@@ -137,6 +197,7 @@ def main():
     if "histogram_quantile" not in exprs_text or 'by (outcome)' not in exprs_text or "by (budget)" not in exprs_text:
         print("  FAIL  dashboard lacks quantiles, the outcome breakdown or the per-budget breakdown")
         ok = False
+    ok = check_readme(repo) and ok
     print(f"  {'ok  ' if ok else 'FAIL'}  {len(exprs)} expressions ({len(dashboard_exprs(repo))} dashboard, "
           f"{len(rule_exprs(repo))} alert) name only exported metrics: {', '.join(sorted(used))}")
     sys.exit(0 if ok else 1)

@@ -29,13 +29,43 @@ pub struct Caller {
     pub accounts: Arc<AccountScope>,
     /// The API key its calls prefer.
     pub api_key: Option<KeyIndex>,
+    /// Prefix of the holder ids this caller's chatters get in the engine (see [`Caller::holder`]).
+    holder_ns: Arc<str>,
 }
+
+/// Separates a caller's namespace from the chatter id in an engine holder id. Chatter ids
+/// cannot contain it (`typing::chatter`), so a namespace never ends inside a chatter id.
+const HOLDER_SEPARATOR: char = '/';
 
 impl Caller {
     /// # Errors
     /// [`ApiError::ForbiddenAccount`] when `account` is outside the caller's list.
     pub fn check(&self, account: &AccountId) -> Result<(), ApiError> {
         if self.accounts.allows(account) { Ok(()) } else { Err(ApiError::ForbiddenAccount(account.to_string())) }
+    }
+
+    /// The holder id the engine keeps for `chatter` (`None`: the caller's anonymous holder).
+    /// Holders are namespaced by token, so two tenants whose accounts overlap, or who pick the
+    /// same chatter ids, never release each other's hold on a chat.
+    pub fn holder(&self, chatter: Option<&str>) -> Arc<str> {
+        Arc::from(format!("{}{}", self.holder_ns, chatter.unwrap_or_default()))
+    }
+
+    /// The chatter id behind an engine holder id when the holder is this caller's:
+    /// `Some(None)` for its anonymous holder, `None` for another caller's holder.
+    pub fn own_chatter<'h>(&self, holder: &'h str) -> Option<Option<&'h str>> {
+        let chatter = holder.strip_prefix(&*self.holder_ns)?;
+        if chatter.contains(HOLDER_SEPARATOR) {
+            return None;
+        }
+        Some((!chatter.is_empty()).then_some(chatter))
+    }
+}
+
+fn holder_namespace(token_index: Option<usize>) -> Arc<str> {
+    match token_index {
+        Some(i) => Arc::from(format!("{i}{HOLDER_SEPARATOR}")),
+        None => Arc::from(format!("-{HOLDER_SEPARATOR}")),
     }
 }
 
@@ -93,12 +123,19 @@ impl Tokens {
             token_index: Some(i),
             accounts: Arc::clone(scope),
             api_key: *key,
+            holder_ns: holder_namespace(Some(i)),
         })
     }
 }
 
 fn anonymous() -> Caller {
-    Caller { name: Arc::from("anonymous"), token_index: None, accounts: Arc::new(AccountScope::All), api_key: None }
+    Caller {
+        name: Arc::from("anonymous"),
+        token_index: None,
+        accounts: Arc::new(AccountScope::All),
+        api_key: None,
+        holder_ns: holder_namespace(None),
+    }
 }
 
 impl FromRequestParts<ApiState> for Caller {

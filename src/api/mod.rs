@@ -8,7 +8,7 @@
 //! | `POST /v1/typing/stop` | release it; no typing call leaves once answered |
 //! | `POST /v1/typing/batch` | several starts and stops, validated whole |
 //! | `GET /v1/typing/sessions` | the caller's live sessions |
-//! | `GET /v1/budget` | every budget's state |
+//! | `GET /v1/budget` | the state of the budgets the caller's keys spend from |
 //! | `POST /v1/client-sessions` | mint the `ofapi_cs_…` token a browser hands to `startOnlyFansAuthentication` |
 //! | `POST /v1/auth-attempts` | watch an authentication attempt |
 //! | `GET /v1/auth-attempts/{attempt_id}` | its latest state |
@@ -16,7 +16,7 @@
 //! | `GET /openapi.json` | the OpenAPI document of the hook API (no token needed) |
 //!
 //! Admin (`admin.listen`): `GET /metrics`, `/livez`, `/readyz`, and the status page `GET /`
-//! (with `GET /status.json`).
+//! (with `GET /status.json`; account ids only with the admin token).
 //!
 //! Handlers call only [`Engine`] and [`Accounts`]: they never call the upstream for typing and
 //! never spawn.
@@ -28,6 +28,7 @@ pub mod budget;
 pub mod error;
 mod limit;
 pub mod openapi;
+pub mod replay;
 mod status;
 pub mod typing;
 pub mod webhooks;
@@ -82,6 +83,10 @@ pub struct ApiState {
     pub accounts: Accounts,
     /// `accounts.unavailable_pause`: how long a webhook-paused account waits before a probe.
     pub unavailable_pause: Duration,
+    /// SHA-256 of the admin token; the status page shows account ids only to its holders.
+    pub admin_token: Option<[u8; 32]>,
+    /// Verified webhook bodies seen recently (replays are dropped).
+    pub webhook_replays: Arc<replay::ReplayGuard>,
 }
 
 impl ApiState {
@@ -115,6 +120,8 @@ impl ApiState {
             platforms: settings.platforms.clone(),
             accounts,
             unavailable_pause: settings.accounts.unavailable_pause,
+            admin_token: None,
+            webhook_replays: Arc::new(replay::ReplayGuard::default()),
         }
     }
 }

@@ -60,7 +60,8 @@ pub struct SessionInfo {
     platform: Platform,
     account_id: String,
     chat_id: String,
-    /// Chatter ids holding it (`null` for anonymous holders).
+    /// The caller's chatter ids holding it (`null` for the caller's anonymous holder); other
+    /// tenants' holders are not listed.
     holders: Vec<Option<String>>,
     priority: Priority,
     /// Milliseconds since it started.
@@ -120,7 +121,7 @@ pub struct BudgetInfo {
     pause_reason: Option<PauseReason>,
     /// Fans the budget keeps fully lit at the OnlyFans cadence.
     capacity_fans: f64,
-    /// Names of the API keys spending from it.
+    /// Names of the caller's usable API keys spending from it.
     keys: Vec<String>,
 }
 
@@ -128,6 +129,7 @@ pub struct BudgetInfo {
 #[derive(ToSchema)]
 #[allow(dead_code, reason = "describes a JSON shape; never constructed")]
 pub struct BudgetList {
+    /// The budgets of the keys the caller's token may use (empty when it may use none).
     budgets: Vec<BudgetInfo>,
 }
 
@@ -177,7 +179,10 @@ fn build() -> OpenApi {
             ),
         )
         .path("/v1/typing/sessions", get("listSessions", "The caller's live sessions", "SessionList", &[401, 429, 503]))
-        .path("/v1/budget", get("getBudget", "Every budget's state", "BudgetList", &[401, 429, 503]))
+        .path(
+            "/v1/budget",
+            get("getBudget", "The state of the budgets the caller's keys spend from", "BudgetList", &[401, 429, 503]),
+        )
         .path("/openapi.json", PathItem::new(HttpMethod::Get, openapi_operation()));
     let paths = accounts::paths(paths);
     let components = ComponentsBuilder::new()

@@ -10,8 +10,13 @@
 //! and `/metrics` never disagree. Rates per second are computed here, from samples of those
 //! counters taken as `/status.json` is polled (at most one a second, kept [`RATE_WINDOW`]), so
 //! that every viewer sees the same rate and a page that just opened has one at once.
-//! Nothing here names a chat or a fan; paused accounts are the creator accounts the operator
-//! configured.
+//! Nothing here names a chat or a fan. Paused creator accounts are shown by id only to a request
+//! presenting the admin token (`Authorization: Bearer`, `admin.token`); without it, or when no
+//! admin token is configured, they are counts and causes only. The admin port is unauthenticated
+//! for Prometheus and the kubelet (`/metrics`, `/livez`, `/readyz` stay open), so nothing
+//! identifying is served there to whoever reaches it. The page takes the token from
+//! `?token=` once (kept in `sessionStorage`, removed from the address bar) and sends it as a
+//! bearer header.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
@@ -20,9 +25,10 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{HeaderMap, header};
 use axum::response::{Html, IntoResponse};
 use serde::Serialize;
+use subtle::ConstantTimeEq;
 use tokio::time::Instant;
 
 use super::ApiState;
@@ -73,6 +79,10 @@ pub(super) struct StatusResponse {
     pub(super) refires_skipped_total: f64,
     /// Every budget.
     pub(super) budgets: Vec<BudgetStatus>,
+    /// How many accounts are paused.
+    pub(super) paused_accounts_count: usize,
+    /// Whether `paused_accounts` carries account ids (the request presented the admin token).
+    pub(super) account_ids_shown: bool,
     /// Accounts whose typing is paused.
     pub(super) paused_accounts: Vec<PausedAccount>,
     /// The last failed typing calls, newest first.
@@ -94,8 +104,9 @@ pub(super) struct BudgetStatus {
 /// One paused account.
 #[derive(Debug, Serialize)]
 pub(super) struct PausedAccount {
-    /// The creator account.
-    pub(super) account_id: String,
+    /// The creator account; only for holders of the admin token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) account_id: Option<String>,
     /// Why it is paused.
     pub(super) cause: &'static str,
     /// Milliseconds until a refire probes it again.
@@ -108,8 +119,9 @@ pub(super) async fn page() -> impl IntoResponse {
 }
 
 /// `GET /status.json`
-pub(super) async fn status(State(state): State<ApiState>) -> impl IntoResponse {
+pub(super) async fn status(State(state): State<ApiState>, headers: HeaderMap) -> impl IntoResponse {
     let engine = &state.engine;
+    let show_ids = presents_admin_token(state.admin_token.as_ref(), &headers);
     let now = Instant::now();
     let rendered = state.metrics.render();
     let refires = sum_by_label(&rendered, crate::metrics::REFIRES, "outcome");
@@ -118,12 +130,12 @@ pub(super) async fn status(State(state): State<ApiState>) -> impl IntoResponse {
         .paused_accounts()
         .into_iter()
         .map(|(account, p)| PausedAccount {
-            account_id: account.to_string(),
+            account_id: show_ids.then(|| account.to_string()),
             cause: p.cause.as_str(),
             probe_in_ms: u64::try_from(p.probe_at.saturating_duration_since(now).as_millis()).unwrap_or(u64::MAX),
         })
         .collect();
-    paused_accounts.sort_by(|a, b| a.account_id.cmp(&b.account_id));
+    paused_accounts.sort_by(|a, b| (&a.account_id, a.probe_in_ms).cmp(&(&b.account_id, b.probe_in_ms)));
     let refires_total = refires.values().fold(0.0, |a, b| a + b);
     let failed = refires.iter().filter(|(outcome, _)| outcome.as_str() != "ok").fold(0.0, |a, (_, b)| a + b);
     let rates = rates(Sample { at: now, refires: refires_total, failed });
@@ -139,11 +151,28 @@ pub(super) async fn status(State(state): State<ApiState>) -> impl IntoResponse {
         refires_by_outcome: refires,
         refires_skipped_total: skipped.values().fold(0.0, |a, b| a + b),
         budgets: engine.budgets().into_iter().map(|(state, keys)| BudgetStatus { state, keys }).collect(),
+        paused_accounts_count: paused_accounts.len(),
+        account_ids_shown: show_ids,
         paused_accounts,
         recent_errors: engine.recent_errors(),
         refresh_ms: REFRESH_MS,
     };
     ([(header::CACHE_CONTROL, "no-store")], Json(body))
+}
+
+/// Whether `headers` carry `Authorization: Bearer <admin token>`; never without a configured
+/// token. Compared as SHA-256 digests in constant time, like hook tokens.
+fn presents_admin_token(admin_token: Option<&[u8; 32]>, headers: &HeaderMap) -> bool {
+    let Some(want) = admin_token else { return false };
+    let Some(token) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim)
+    else {
+        return false;
+    };
+    bool::from(crate::config::token_digest(token).ct_eq(want))
 }
 
 /// Records `current` (if the last sample is old enough) and returns the refire and failure
@@ -247,7 +276,7 @@ const PAGE: &str = r##"<!doctype html>
   <thead><tr><th>budget</th><th>keys</th><th>tokens</th><th>typing used / allowed per min</th><th>upstream remaining / limit per min</th><th>fans</th><th>state</th></tr></thead>
   <tbody id="budgets"></tbody>
 </table>
-<h2>Paused accounts</h2>
+<h2>Paused accounts <span id="pausedcount" class="sub"></span></h2>
 <table>
   <thead><tr><th>account</th><th>cause</th><th>probed again in</th></tr></thead>
   <tbody id="paused"></tbody>
@@ -293,15 +322,25 @@ function render(s) {
       bar(b.remaining_minute, b.limit_per_minute, "rem"),
       cell(Math.floor(b.capacity_fans)), cell(st[0], st[1])];
   }), 7, "no budget");
-  fill("paused", s.paused_accounts.map((p) => [cell(p.account_id), cell(p.cause, "warn"), cell(Math.ceil(p.probe_in_ms / 1000) + " s")]), 3, "none");
+  $("pausedcount").textContent = "(" + s.paused_accounts_count + (s.account_ids_shown ? ")" : "; ids need the admin token: open this page with ?token=...)");
+  fill("paused", s.paused_accounts.map((p) => [cell(p.account_id || "hidden", p.account_id ? "" : "empty"), cell(p.cause, "warn"), cell(Math.ceil(p.probe_in_ms / 1000) + " s")]), 3, "none");
   fill("errors", s.recent_errors.map((e) => [cell(new Date(e.at_unix_ms).toISOString().replace("T", " ").replace("Z", " UTC")), cell(e.platform), cell(e.outcome, "bad"), cell(e.status === null ? "–" : String(e.status))]), 4, "none");
   $("updated").textContent = new Date().toLocaleTimeString();
   refreshMs = s.refresh_ms || refreshMs;
   $("refresh").textContent = (refreshMs / 1000).toString();
 }
+// The admin token: from ?token= once, then kept for this tab only and removed from the address bar.
+const params = new URLSearchParams(location.search);
+if (params.has("token")) {
+  sessionStorage.setItem("keeptyping-admin-token", params.get("token"));
+  params.delete("token");
+  history.replaceState(null, "", location.pathname + (params.toString() ? "?" + params : ""));
+}
+const adminToken = sessionStorage.getItem("keeptyping-admin-token");
 async function poll() {
   try {
-    const r = await fetch("status.json", { cache: "no-store" });
+    const headers = adminToken ? { "Authorization": "Bearer " + adminToken } : {};
+    const r = await fetch("status.json", { cache: "no-store", headers });
     if (!r.ok) throw new Error("HTTP " + r.status);
     render(await r.json());
   } catch (e) {

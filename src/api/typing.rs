@@ -168,8 +168,9 @@ fn session_key(
     Ok(SessionKey { platform, account, chat })
 }
 
-fn chatter(raw: Option<&str>) -> Result<Option<Arc<str>>, ApiError> {
-    let Some(id) = raw else { return Ok(None) };
+/// Validates the chatter id and returns the caller's namespaced holder id for it.
+fn chatter(caller: &Caller, raw: Option<&str>) -> Result<Arc<str>, ApiError> {
+    let Some(id) = raw else { return Ok(caller.holder(None)) };
     let ok = !id.is_empty()
         && id.len() <= MAX_CHATTER_ID_LEN
         && id.bytes().all(|c| c.is_ascii_alphanumeric() || b"_-.:@".contains(&c));
@@ -178,7 +179,7 @@ fn chatter(raw: Option<&str>) -> Result<Option<Arc<str>>, ApiError> {
             "chatter_id must be 1 to {MAX_CHATTER_ID_LEN} characters of letters, digits and _-.:@"
         )));
     }
-    Ok(Some(Arc::from(id)))
+    Ok(caller.holder(Some(id)))
 }
 
 /// A start, validated.
@@ -189,7 +190,7 @@ struct ValidStart {
 
 fn validate_start(state: &ApiState, caller: &Caller, req: &StartRequest) -> Result<ValidStart, ApiError> {
     let key = session_key(caller, req.platform, &req.account_id, &req.chat_id)?;
-    let holder = chatter(req.chatter_id.as_deref())?;
+    let holder = Some(chatter(caller, req.chatter_id.as_deref())?);
     let max = state.max_lifetime;
     let ttl = match req.ttl_ms {
         None => None,
@@ -207,9 +208,9 @@ fn validate_start(state: &ApiState, caller: &Caller, req: &StartRequest) -> Resu
     Ok(ValidStart { cmd, lease })
 }
 
-fn validate_stop(caller: &Caller, req: &StopRequest) -> Result<(SessionKey, Option<Arc<str>>), ApiError> {
+fn validate_stop(caller: &Caller, req: &StopRequest) -> Result<(SessionKey, Arc<str>), ApiError> {
     let key = session_key(caller, req.platform, &req.account_id, &req.chat_id)?;
-    let holder = chatter(req.chatter_id.as_deref())?;
+    let holder = chatter(caller, req.chatter_id.as_deref())?;
     Ok((key, holder))
 }
 
@@ -245,8 +246,8 @@ fn apply_start(state: &ApiState, v: &ValidStart) -> Result<TypingResponse, ApiEr
     })
 }
 
-fn apply_stop(state: &ApiState, key: &SessionKey, holder: Option<&str>) -> TypingResponse {
-    let (outcome, holders) = match state.engine.stop(key, holder) {
+fn apply_stop(state: &ApiState, key: &SessionKey, holder: &str) -> TypingResponse {
+    let (outcome, holders) = match state.engine.stop(key, Some(holder)) {
         StopOutcome::Stopped => ("stopped", None),
         StopOutcome::Released { holders } => ("released", Some(holders)),
         StopOutcome::NotFound => ("not_found", None),
@@ -279,12 +280,12 @@ pub async fn stop(
     AppJson(req): AppJson<StopRequest>,
 ) -> Result<Json<TypingResponse>, ApiError> {
     let (key, holder) = validate_stop(&caller, &req)?;
-    Ok(Json(apply_stop(&state, &key, holder.as_deref())))
+    Ok(Json(apply_stop(&state, &key, &holder)))
 }
 
 enum ValidEvent {
     Start(ValidStart),
-    Stop(SessionKey, Option<Arc<str>>),
+    Stop(SessionKey, Arc<str>),
 }
 
 /// `POST /v1/typing/batch`
@@ -308,7 +309,7 @@ pub async fn batch(
         .into_iter()
         .map(|v| match v {
             ValidEvent::Start(s) => apply_start(&state, &s).unwrap_or_else(|e| error_result(&e)),
-            ValidEvent::Stop(k, h) => apply_stop(&state, &k, h.as_deref()),
+            ValidEvent::Stop(k, h) => apply_stop(&state, &k, &h),
         })
         .collect();
     Ok(Json(BatchResponse { results }))
@@ -339,6 +340,13 @@ fn error_result(e: &ApiError) -> TypingResponse {
 
 /// `GET /v1/typing/sessions`
 pub async fn sessions(State(state): State<ApiState>, caller: Caller) -> Json<SessionsResponse> {
-    let sessions = state.engine.sessions(|a| caller.accounts.allows(a));
+    let mut sessions = state.engine.sessions(|a| caller.accounts.allows(a));
+    for s in &mut sessions {
+        // Only the caller's own chatters are named; other tenants' holders are theirs.
+        s.holders = std::mem::take(&mut s.holders)
+            .into_iter()
+            .filter_map(|h| caller.own_chatter(h.as_deref()?).map(|c| c.map(str::to_owned)))
+            .collect();
+    }
     Json(SessionsResponse { count: sessions.len(), sessions })
 }

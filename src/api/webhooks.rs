@@ -14,7 +14,11 @@
 //! | `messages.sent` | end that chat's session (the chatter's reply went out) |
 //! | anything else | 200, ignored, counted |
 //!
-//! Every webhook is counted in `keeptyping_webhooks_total{event,outcome}`.
+//! A verified body identical to one received within the last 10 minutes is a replay (the
+//! envelope carries no timestamp or event id): it answers 200 `ignored`/`replay`, changes
+//! nothing and is counted in `keeptyping_webhook_replays_total` ([`super::replay`]).
+//!
+//! Every other webhook is counted in `keeptyping_webhooks_total{event,outcome}`.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -50,7 +54,7 @@ pub struct WebhookRequest {
 pub struct WebhookResponse {
     /// `paused`, `resumed`, `stopped`, `not_found` (no session for that chat) or `ignored`.
     pub outcome: &'static str,
-    /// Why it was ignored.
+    /// Why it was ignored (`event_not_handled`, `malformed`, `replay`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<&'static str>,
 }
@@ -135,6 +139,13 @@ pub async fn onlyfansapi(
                 ApiError::InvalidSignature
             }
         });
+    }
+    if !state.webhook_replays.first_sighting(&body, tokio::time::Instant::now()) {
+        // The envelope has no timestamp or event id: a verified body seen before is a replay.
+        // 200, so a sender retrying a delivery it thinks failed stops; nothing is applied.
+        metrics::webhook_replayed();
+        tracing::warn!("webhook dropped: the same signed body was received within the replay window");
+        return Ok(Json(ignored("replay")));
     }
     let envelope: WebhookRequest = serde_json::from_slice(&body).map_err(|e| {
         metrics::webhook("unverified", "malformed");

@@ -9,10 +9,13 @@
 //! on real time with short intervals. One test binary.
 
 mod accounts;
+mod admin;
 mod budget;
 mod fault_suite;
 mod faults;
 mod helpers;
+mod isolation;
+mod listeners;
 mod metrics;
 mod openapi;
 mod shutdown;

@@ -155,3 +155,69 @@ async fn messages_sent_ends_that_chat_and_unknown_events_are_ignored() {
     assert!(ended(&after) - ended(&before) >= 1.0);
     assert!(app.engine.paused_accounts().is_empty());
 }
+
+#[tokio::test]
+async fn a_captured_signed_body_replayed_later_changes_nothing_and_is_counted() {
+    // Arrange: the account expired and reconnected; someone captured the expiry delivery.
+    let app = spawn_signed().await;
+    app.start("8501").await;
+    let expired = event("accounts.session_expired");
+    assert_eq!(deliver_signed(&app, &expired).await.1["outcome"], "paused");
+    assert_eq!(deliver_signed(&app, &event("accounts.reconnected")).await.1["outcome"], "resumed");
+    let before = app.metrics().await;
+    let sent = serde_json::to_vec(&json!({
+        "event": "messages.sent", "account_id": ACCOUNT, "payload": { "toUser": { "id": 8501 } }
+    }))
+    .unwrap();
+
+    // Act: the captured expiry is replayed, with its valid signature.
+    let (status, answer) = deliver_signed(&app, &expired).await;
+
+    // Assert: dropped, nothing paused, typing goes on, and the replay is counted.
+    assert_eq!((status, answer["outcome"].as_str(), answer["reason"].as_str()), (200, Some("ignored"), Some("replay")));
+    assert!(app.engine.paused_accounts().is_empty(), "a replayed expiry paused the account");
+    let since = app.now_ms();
+    assert!(eventually(Duration::from_secs(1), || async { app.calls("8501").iter().any(|r| r.t_ms > since) }).await);
+    // A replayed messages.sent cannot end the chat a second time either.
+    assert_eq!(deliver_signed(&app, &sent).await.1["outcome"], "stopped");
+    app.start("8501").await;
+    assert_eq!(deliver_signed(&app, &sent).await.1["reason"], "replay");
+    assert_eq!(app.engine.active_count(), 1, "a replayed messages.sent ended the new session");
+    let after = app.metrics().await;
+    let replays = |t: &str| metric_value(t, "keeptyping_webhook_replays_total", "");
+    assert!(replays(&after) - replays(&before) >= 2.0, "replays not counted");
+}
+
+#[tokio::test]
+async fn an_account_paused_by_a_webhook_heals_by_itself_after_the_unavailable_pause() {
+    // Arrange: a short pause, and no connected event will ever come.
+    let app = spawn_with(
+        Opts::default()
+            .env("KEEPTYPING_WEBHOOK_SECRET", SECRET)
+            .env("KEEPTYPING__ACCOUNTS__UNAVAILABLE_PAUSE", "800ms"),
+    )
+    .await;
+    app.start("8601").await;
+    assert!(eventually(Duration::from_secs(1), || async { !app.calls("8601").is_empty() }).await);
+
+    // Act
+    assert_eq!(deliver_signed(&app, &event("accounts.session_expired")).await.1["outcome"], "paused");
+    let paused_at = app.now_ms();
+    // Keep the chat held while paused (a chatter still composing).
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        app.start("8601").await;
+    }
+
+    // Assert: quiet during the pause, then a probe call goes out by itself, succeeds and
+    // resumes the account; typing continues at its cadence.
+    let calls = |from: f64, to: f64| app.calls("8601").iter().filter(|r| r.t_ms > from && r.t_ms < to).count();
+    assert_eq!(calls(paused_at + 50.0, paused_at + 700.0), 0, "typing during the pause");
+    assert!(
+        eventually(Duration::from_secs(2), || async { app.engine.paused_accounts().is_empty() }).await,
+        "the account stayed paused"
+    );
+    let healed_at = app.now_ms();
+    assert!(healed_at - paused_at >= 700.0, "resumed before the pause ran out");
+    assert!(eventually(Duration::from_secs(1), || async { calls(healed_at, f64::MAX) >= 2 }).await);
+}
