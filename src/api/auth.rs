@@ -39,6 +39,18 @@ const HOLDER_SEPARATOR: char = '/';
 
 impl Caller {
     /// # Errors
+    /// A caller allowed on every account, for tests of what consumes callers.
+    #[cfg(test)]
+    pub(crate) fn for_tests(token_index: Option<usize>) -> Self {
+        Self {
+            name: Arc::from("t"),
+            token_index,
+            accounts: Arc::new(AccountScope::All),
+            api_key: None,
+            holder_ns: holder_namespace(token_index),
+        }
+    }
+
     /// [`ApiError::ForbiddenAccount`] when `account` is outside the caller's list.
     pub fn check(&self, account: &AccountId) -> Result<(), ApiError> {
         if self.accounts.allows(account) { Ok(()) } else { Err(ApiError::ForbiddenAccount(account.to_string())) }

@@ -56,14 +56,12 @@ impl HookLimiter {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
     use std::time::Duration;
 
     use super::*;
-    use crate::config::AccountScope;
 
     fn caller(token_index: Option<usize>) -> Caller {
-        Caller { name: Arc::from("t"), token_index, accounts: Arc::new(AccountScope::All), api_key: None }
+        Caller::for_tests(token_index)
     }
 
     fn allowed(limiter: &HookLimiter, who: &Caller, n: usize) -> usize {

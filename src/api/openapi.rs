@@ -70,6 +70,9 @@ pub struct SessionInfo {
     expires_in_ms: u64,
     /// Whether its account is paused.
     paused: bool,
+    /// Whether it holds a lit slot of its budget (every refire paid on time); false while it
+    /// waits for one and is refired from what the budget has left.
+    lit_slot: bool,
 }
 
 /// Answer of `GET /v1/typing/sessions`.
@@ -102,6 +105,8 @@ pub enum PauseReason {
     RateLimited,
     /// `remaining_minute` reached the reserve.
     Reserve,
+    /// `remaining_day` reached the reserve share of `limit_day`.
+    DailyReserve,
 }
 
 /// One budget (`GET /v1/budget`).
@@ -119,8 +124,18 @@ pub struct BudgetInfo {
     paused: bool,
     paused_for_ms: Option<u64>,
     pause_reason: Option<PauseReason>,
-    /// Fans the budget keeps fully lit at the OnlyFans cadence.
+    /// Fans the budget can keep fully lit at the OnlyFans cadence right now.
     capacity_fans: f64,
+    /// Sessions holding a lit slot.
+    sessions_lit: u64,
+    /// Sessions waiting for a slot.
+    sessions_waiting: u64,
+    /// First indicators paid in the last minute.
+    first_indicators_last_minute: u64,
+    /// `limit_day`, when the upstream reports a number.
+    limit_day: Option<u32>,
+    /// `remaining_day`, when the upstream reports a number.
+    remaining_day: Option<u32>,
     /// Names of the caller's usable API keys spending from it.
     keys: Vec<String>,
 }

@@ -105,13 +105,16 @@ pub struct SessionRef {
 /// Answer of start, stop, and each batch event.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TypingResponse {
-    /// `started`, `refreshed`, `paused`, `stopped`, `released`, `not_found`, or `error` (batch).
+    /// `started`, `refreshed`, `paused`, `capped` (the chat's session reached
+    /// `engine.max_lifetime`: nothing is sent until a stop or a pause in starts longer than the
+    /// idle lease), `stopped`, `released`, `not_found`, or `error` (batch).
     #[schema(value_type = String)]
     pub outcome: &'static str,
     /// The session.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub session: Option<SessionRef>,
-    /// Why it is paused.
+    /// Why it is paused (`reauthenticating`, `session_expired`, `authentication_failed`) or
+    /// capped (`max_lifetime`).
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]
     pub reason: Option<&'static str>,
