@@ -74,11 +74,11 @@ async fn main() -> anyhow::Result<()> {
         while asked.len() < 30 && now - t0 >= asked.len() as f64 * 2000.0 {
             asked.push(state.now_ms());
         }
-        for i in 0..asked.len() {
-            if now - last_start[i] >= 10_000.0 {
+        for (i, last) in last_start.iter_mut().enumerate().take(asked.len()) {
+            if now - *last >= 10_000.0 {
                 let body = serde_json::json!({ "account_id": ACCOUNT, "chat_id": chat(i) });
                 http.post(format!("{hooks}/v1/typing/start")).json(&body).send().await?.error_for_status()?;
-                last_start[i] = state.now_ms();
+                *last = state.now_ms();
             }
         }
         if asked.len() == 30 {
