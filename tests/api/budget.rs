@@ -279,9 +279,10 @@ async fn a_429_without_retry_after_backs_off_and_recovers() {
 
 #[tokio::test]
 async fn high_priority_sessions_keep_full_coverage_while_normal_ones_degrade() {
-    // 200 per window, share 0.5: 100 typing calls per window. Three high-priority fans at a
-    // 200 ms cadence need 90 of them; five normal fans get what is left.
-    let app = spawn_with(scaled(200)).await;
+    // 240 per window, share 0.5: 120 typing calls per window, less 8 first indicators and the
+    // reserve of 5: three high-priority fans at a 200 ms cadence (30 calls a window each) hold
+    // the three slots; five normal fans wait and get what is left.
+    let app = spawn_with(scaled(240)).await;
     let started = app.now_ms();
     for i in 0..3 {
         let body = json!({ "account_id": ACCOUNT, "chat_id": format!("{}", 14_000 + i), "priority": "high" });
