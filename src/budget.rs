@@ -245,8 +245,12 @@ impl BudgetState {
 
     fn effective_rate(&self, now: Instant) -> f64 {
         let base = self.typing_per_minute() / self.period.as_secs_f64();
+        // However little the upstream leaves, one call per reserve pause probes it again.
+        let probe = 1.0 / RESERVE_PAUSE.mul_f64(self.period.as_secs_f64() / WINDOW.as_secs_f64()).as_secs_f64();
         match self.headroom_rate {
-            Some((cap, at)) if now.saturating_duration_since(at) < self.period.min(HEADROOM_TTL) => base.min(cap),
+            Some((cap, at)) if now.saturating_duration_since(at) < self.period.min(HEADROOM_TTL) => {
+                base.min(cap.max(probe))
+            }
             _ => base,
         }
     }
@@ -330,16 +334,15 @@ impl BudgetState {
             let reserve = self.reserve * f64::from(self.limit());
             let headroom = f64::from(remaining) - reserve;
             if headroom <= 0.0 {
-                // 10 s of a 60 s window, scaled with the window.
+                // 10 s of a 60 s window, scaled with the window. What the bucket saved up
+                // meanwhile is not spent in one go when the pause ends.
                 self.pause(now + RESERVE_PAUSE.mul_f64(scale), PauseReason::Reserve);
+                self.bucket.tokens = self.bucket.tokens.min(0.0);
             }
-            // What the tool's own traffic leaves: typing may keep the pace it had over the last
-            // period (those calls are inside `remaining` already) plus the headroom, which is
-            // negative when the tool's traffic has grown into typing's share.
             self.forget_old(now);
             #[allow(clippy::cast_precision_loss, reason = "a count within one window")]
             let ours = self.window.len() as f64;
-            self.headroom_rate = Some(((ours + headroom).max(0.0) / self.period.as_secs_f64(), now));
+            self.headroom_rate = Some((allowance(ours, headroom, reserve) / self.period.as_secs_f64(), now));
         }
         if let (Some(limit_day), Some(remaining_day)) = (limits.limit_day, limits.remaining_day) {
             self.daily = Some((limit_day, remaining_day));
@@ -419,6 +422,16 @@ impl BudgetState {
             remaining_day: self.daily.map(|(_, r)| r),
         }
     }
+}
+
+/// Typing calls per period the budget may spend, given the calls it spent over the last period
+/// (`ours`, already inside the upstream's count) and the `headroom` above the reserve that the
+/// upstream reports. The limit less the tool's own traffic less the reserve is `ours + headroom`;
+/// within one more reserve of the limit typing brakes, in proportion to what is left, so that a
+/// sudden rise of the tool's traffic finds typing slowing down before the reserve is reached.
+fn allowance(ours: f64, headroom: f64, reserve: f64) -> f64 {
+    let all = (ours + headroom).max(0.0);
+    if headroom >= reserve || reserve <= 0.0 { all } else { all * (headroom / reserve).max(0.0) }
 }
 
 /// How deep a bucket refilled at `rate` tokens per second is: `burst`, or one second of refill
@@ -625,7 +638,8 @@ mod tests {
         let full = b.effective_rate(t0);
         b.observe(RateLimits { limit_minute: Some(1000), remaining_minute: Some(160), ..RateLimits::default() }, t0);
         let slowed = b.effective_rate(t0);
-        assert!((slowed - 1.0).abs() < 1e-9, "60 above the reserve spread over 60 s: {slowed}");
+        // 60 above the reserve of 100, nothing spent yet: 60 x 60 / 100 = 36 a minute.
+        assert!((slowed - 0.6).abs() < 1e-9, "{slowed}");
         assert!(slowed < full);
         // Forgotten when the upstream stops reporting.
         assert!((b.effective_rate(t0 + HEADROOM_TTL) - full).abs() < 1e-9);
@@ -746,9 +760,12 @@ mod tests {
         // plus the 68 above the reserve, capped by its share of 60.
         b.observe(RateLimits { limit_minute: Some(120), remaining_minute: Some(80), ..RateLimits::default() }, t0);
         assert!((b.effective_rate(t0) * 60.0 - 60.0).abs() < 1e-9);
-        // The tool now sends 90 a minute: 20 remain.
+        // The tool now sends 70 a minute: 40 remain; typing keeps its 10 plus 28 of headroom.
+        b.observe(RateLimits { limit_minute: Some(120), remaining_minute: Some(40), ..RateLimits::default() }, t0);
+        assert!((b.effective_rate(t0) * 60.0 - 38.0).abs() < 1e-9);
+        // 90 a minute: 20 remain, within one reserve of it: typing brakes to (10 + 8) x 8 / 12.
         b.observe(RateLimits { limit_minute: Some(120), remaining_minute: Some(20), ..RateLimits::default() }, t0);
-        assert!((b.effective_rate(t0) * 60.0 - 18.0).abs() < 1e-9, "10 of its own plus 8 of headroom");
+        assert!((b.effective_rate(t0) * 60.0 - 12.0).abs() < 1e-9);
     }
 
     #[test]

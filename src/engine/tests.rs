@@ -639,3 +639,29 @@ async fn a_session_on_a_missing_budget_sends_nothing() {
     stop.cancel();
     assert!(fake.calls_for("1").is_empty(), "a call left without a budget to pay for it");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_call_leaves_once_the_drain_has_begun_whatever_the_interleaving() {
+    // Calls wait 500 ms for a connection before they are written: any call still waiting when
+    // the drain begins must be dropped. The drain lands while thousands of first calls are being
+    // launched on the other worker, in every phase of `fire`.
+    for round in 0..10u32 {
+        let budget = BudgetSettings { limit_per_minute: 100_000_000, ..BudgetSettings::default() };
+        let h = harness_with(EngineSettings::default(), budget);
+        *h.fake.connect_delay.lock().unwrap() = Duration::from_millis(500);
+        for chat in 0..3000u32 {
+            h.engine.start(start_cmd(&(round * 10_000 + chat + 1).to_string())).unwrap();
+            if chat % 100 == 0 {
+                // Let the scheduler launch on the other worker meanwhile.
+                tokio::task::yield_now().await;
+            }
+            if chat == 1500 + round * 100 {
+                h.engine.drain();
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let left = h.fake.left.lock().unwrap().len();
+        assert_eq!(left, 0, "round {round}: {left} calls left after the drain began");
+    }
+}
