@@ -7,10 +7,10 @@ Usage:
                                  suffixes read from src/metrics.rs)
   promql_names.py list REPO      print every metric name they use, one per line
   promql_names.py exprs REPO     print every dashboard expression, one JSON string per line
-  promql_names.py readme REPO    only the README part of `check`: every metric the README names
-                                 is exported, and every label value it lists (the metrics table's
-                                 `label`: a, b, c lists and name{label="value"} selectors) has a
-                                 place in src/ that emits it
+  promql_names.py readme REPO    only the README part of `check`: every metric README.md and
+                                 docs/*.md name is exported, and every label value they list (the
+                                 metrics table's `label`: a, b, c lists and name{label="value"}
+                                 selectors) has a place in src/ that emits it
 
 A metric name in PromQL is an identifier that is not a function call, a keyword, an aggregation
 modifier's label list, or inside a label matcher or a range; everything else is removed before
@@ -89,8 +89,9 @@ def metric_names(expr):
 
 
 def readme_series(repo):
-    """(names, {(name, label): values}) that README.md tells operators about."""
-    text = (repo / "README.md").read_text()
+    """(names, {(name, label): values}) that README.md and docs/*.md tell operators about."""
+    docs = [repo / "README.md"] + sorted((repo / "docs").glob("*.md"))
+    text = "\n".join(p.read_text() for p in docs)
     names = set(re.findall(r"\bkeeptyping_[a-z0-9_]+", text))
     values = {}
     for m in re.finditer(r"^\| `(keeptyping_[a-z0-9_]+)` \| \w+ \| (.*)\|\s*$", text, re.M):
@@ -123,21 +124,21 @@ def emitted_values(repo):
 
 
 def check_readme(repo):
-    """Fails on every README metric or label value the service never emits."""
+    """Fails on every metric or label value in README.md or docs/*.md that the service never emits."""
     names, histograms = exported(repo)
     readme_names, readme_values = readme_series(repo)
     emitted = emitted_values(repo)
     ok = True
     for n in sorted(readme_names):
         if n not in names and n not in histograms:
-            print(f"  FAIL  README.md names {n}, which src/metrics.rs does not export")
+            print(f"  FAIL  README.md or docs/*.md names {n}, which src/metrics.rs does not export")
             ok = False
     for (name, label), vals in sorted(readme_values.items()):
         for v in sorted(vals - emitted):
-            print(f'  FAIL  README.md names {name}{{{label}="{v}"}}, which nothing in src/ emits')
+            print(f'  FAIL  README.md or docs/*.md names {name}{{{label}="{v}"}}, which nothing in src/ emits')
             ok = False
     count = sum(len(v) for v in readme_values.values())
-    print(f"  {'ok  ' if ok else 'FAIL'}  README.md: {len(readme_names)} metric names and {count} label values, "
+    print(f"  {'ok  ' if ok else 'FAIL'}  README.md and docs/*.md: {len(readme_names)} metric names and {count} label values, "
           "each exported and emitted somewhere in src/")
     return ok
 
