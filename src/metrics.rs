@@ -110,6 +110,7 @@ pub fn install() -> PrometheusHandle {
             let handle = recorder.handle();
             metrics::set_global_recorder(recorder).expect("keeptyping installs the only metrics recorder");
             describe();
+            init_series();
             let _ = HOT.set(Hot::default());
             handle
         })
@@ -161,6 +162,27 @@ fn describe() {
     describe_counter!(WEBHOOK_REPLAYS, "Webhooks dropped as replays of a body seen within the replay window.");
 }
 
+/// Series that exist from start-up at zero, so that a rate over them, an alert or a dashboard
+/// panel has data before the first event (a missing series reads as "no data", not 0): every
+/// counter without labels, every end and skip reason, both listeners, and the plain gauges.
+fn init_series() {
+    for name in [SESSIONS_STARTED, STARTS_CAPPED, GAPS, WEBHOOK_REPLAYS] {
+        counter!(name).absolute(0);
+    }
+    for reason in EndReason::ALL {
+        counter!(SESSIONS_ENDED, "reason" => reason.as_str()).absolute(0);
+    }
+    for reason in SkipReason::ALL {
+        counter!(REFIRES_SKIPPED, "reason" => reason.as_str()).absolute(0);
+    }
+    for listener in ["hooks", "admin"] {
+        counter!(CONNECTIONS_REFUSED, "listener" => listener).absolute(0);
+    }
+    for name in [SESSIONS_ACTIVE, UPSTREAM_IN_FLIGHT, ACCOUNTS_PAUSED, AUTH_ATTEMPTS_WATCHED] {
+        gauge!(name).set(0.0);
+    }
+}
+
 /// Why a session ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EndReason {
@@ -181,6 +203,17 @@ pub enum EndReason {
 }
 
 impl EndReason {
+    /// Every reason.
+    pub const ALL: [Self; 7] = [
+        Self::Stopped,
+        Self::Idle,
+        Self::MaxLifetime,
+        Self::Unauthorized,
+        Self::Rejected,
+        Self::MessageSent,
+        Self::Shutdown,
+    ];
+
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -191,6 +224,25 @@ impl EndReason {
             Self::Rejected => "rejected",
             Self::MessageSent => "message_sent",
             Self::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Whether a session held a lit slot of its budget (the `slot` label of coverage).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    /// It waited for a slot, refired from what the budget had left.
+    Waiting,
+    /// It held a lit slot: every refire paid on time.
+    Lit,
+}
+
+impl Slot {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Waiting => "waiting",
+            Self::Lit => "lit",
         }
     }
 }
@@ -215,6 +267,17 @@ pub enum SkipReason {
 }
 
 impl SkipReason {
+    /// Every reason.
+    pub const ALL: [Self; 7] = [
+        Self::Budget,
+        Self::BudgetPaused,
+        Self::AccountPaused,
+        Self::InFlightCap,
+        Self::PreviousInFlight,
+        Self::NoBudget,
+        Self::DailyLimit,
+    ];
+
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -236,11 +299,11 @@ pub fn session_started() {
 
 /// A session ended, with its coverage while waiting and while holding a lit slot (`None` for a
 /// state it never was in long enough to measure).
-pub fn session_ended(reason: EndReason, coverage: [Option<f64>; 2]) {
+pub fn session_ended(reason: EndReason, coverage: [(Slot, Option<f64>); 2]) {
     counter!(SESSIONS_ENDED, "reason" => reason.as_str()).increment(1);
-    for (slot, c) in ["waiting", "lit"].into_iter().zip(coverage) {
+    for (slot, c) in coverage {
         if let Some(c) = c {
-            histogram!(COVERAGE, "slot" => slot).record(c);
+            histogram!(COVERAGE, "slot" => slot.as_str()).record(c);
         }
     }
 }

@@ -388,7 +388,8 @@ impl Shared {
             token.cancel();
         }
         let _ = self.commands.send(scheduler::Command::Left { budget: session.budget, generation: session.generation });
-        metrics::session_ended(reason, session.coverage_by_slot(now));
+        let [waiting, lit] = session.coverage_by_slot(now);
+        metrics::session_ended(reason, [(metrics::Slot::Waiting, waiting), (metrics::Slot::Lit, lit)]);
         metrics::sessions_active(self.table.len());
     }
 
