@@ -96,6 +96,8 @@ env KEEPTYPING__SERVER__LISTEN="127.0.0.1:$HOOK_PORT" \
   KEEPTYPING__UPSTREAM__BASE_URL="http://127.0.0.1:$MOCK_PORT" \
   ONLYFANSAPI_API_KEY=deploy-checks-key KEEPTYPING_HOOK_TOKEN=deploy-checks-token \
   KEEPTYPING_ADMIN_TOKEN=deploy-checks-admin-token \
+  KEEPTYPING__ACCOUNTS__CALLBACK_URL="http://127.0.0.1:$MOCK_PORT/deploy-checks/attempt-callback" \
+  KEEPTYPING_CALLBACK_SECRET=deploy-checks-callback-secret \
   timeout "$RUN_SECONDS" "$BIN" serve >"$OUT/keeptyping.log" 2>&1 &
 PIDS+=($!)
 

@@ -65,7 +65,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let chat = |i: usize| format!("{}", 500 + i);
     let mut asked: Vec<f64> = Vec::new();
-    let mut last_start = vec![0.0; 30];
+    let mut last_start = vec![f64::NEG_INFINITY; 30];
     // Per chat: was it lit at every one-second sample of each half?
     let mut lit_always = [vec![true; 30], vec![true; 30]];
     let mut lit_counts = [Vec::new(), Vec::new()];
@@ -111,6 +111,12 @@ async fn main() -> anyhow::Result<()> {
             calls.iter().find(|r| r.chat == chat(i) && r.status == 200).map_or(f64::INFINITY, |r| r.t_ms - asked[i])
         })
         .collect();
+    let slow: Vec<String> = delays
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| **d > 1000.0)
+        .map(|(i, d)| format!("fan {i} at {:.0} s: {:.1} s", (asked[i] - t0) / 1000.0, d / 1000.0))
+        .collect();
     delays.sort_by(f64::total_cmp);
     let times: Vec<f64> = calls.iter().map(|r| r.t_ms).collect();
     let busiest =
@@ -120,6 +126,9 @@ async fn main() -> anyhow::Result<()> {
         (half - t0) / 1000.0
     );
     println!("first-indicator delay: p50 {:.0} ms, p90 {:.0} ms, max {:.0} ms", delays[15], delays[26], delays[29]);
+    if !slow.is_empty() {
+        println!("first indicators later than 1 s: {}", slow.join("; "));
+    }
     for (phase, name, from, to) in [(0, "tool 30/min", t0 + 60_000.0, half), (1, "tool 90/min", half, stop_ms)] {
         let mut counts = lit_counts[phase].clone();
         counts.sort_unstable();

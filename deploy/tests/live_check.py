@@ -143,6 +143,12 @@ def main():
     traffic.start()
     bad, _ = http(f"{hook}/v1/typing/start", {"account_id": ACCOUNT_OK, "chat_id": "1"}, token="wrong")
     check(bad == 401, f"a start with a bad token is refused ({bad})")
+    # The rarer paths the documented metrics count: a watched authentication attempt (its state
+    # changes are called back to the configured callback URL) and an unsigned webhook.
+    watched, _ = http(f"{hook}/v1/auth-attempts", {"attempt_id": "att_deploy_checks_1"})
+    check(watched in (200, 201, 202), f"an authentication attempt is watched ({watched})")
+    unsigned, _ = http(f"{hook}/v1/webhooks/onlyfansapi", {"event": "accounts.session_expired"}, token=None)
+    check(unsigned in (400, 401, 403, 503), f"an unsigned webhook is refused ({unsigned})")
 
     try:
         print("live: Prometheus scrapes keeptyping")

@@ -462,28 +462,42 @@ mod tests {
 
     #[test]
     fn concurrent_starts_never_exceed_the_session_cap() {
-        for round in 0..50 {
-            let table = Arc::new(SessionTable::default());
-            let threads: Vec<_> = (0..4u32)
-                .map(|th| {
-                    let t = Arc::clone(&table);
-                    std::thread::spawn(move || {
-                        (0..100u32)
-                            .filter(|i| {
-                                let up = t.upsert(key(th * 1000 + i + 1), holder("a"), Priority::Normal, 100, || {
-                                    session_g(0)
-                                });
-                                matches!(up, Upsert::Inserted { .. })
-                            })
-                            .count()
-                    })
-                })
-                .collect();
-            let inserted: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
-            let live = table.collect(|_, _| Some(())).len();
-            assert!(inserted <= 100 && live <= 100, "round {round}: {inserted} inserted, {live} live, cap 100");
-            assert_eq!(table.len(), live);
+        // A table one place short of its cap. One start takes the last place and is held while
+        // it builds its session; meanwhile starts of other chats (on other shards of the map)
+        // must find the table full.
+        use std::sync::mpsc;
+        let table = Arc::new(SessionTable::default());
+        for i in 0..99u32 {
+            table.upsert(key(i + 1), holder("a"), Priority::Normal, 100, || session_g(0));
         }
+        let (entered_tx, entered_rx) = mpsc::channel();
+        let (done_tx, done_rx) = mpsc::channel::<()>();
+        let t = Arc::clone(&table);
+        let first = std::thread::spawn(move || {
+            let up = t.upsert(key(500), holder("a"), Priority::Normal, 100, || {
+                entered_tx.send(()).unwrap();
+                // Held until another start got through (or long enough for one to).
+                let _ = done_rx.recv_timeout(Duration::from_millis(500));
+                session_g(0)
+            });
+            matches!(up, Upsert::Inserted { .. })
+        });
+        entered_rx.recv().unwrap();
+        let others: Vec<_> = (0..8u32)
+            .map(|i| {
+                let (t, done) = (Arc::clone(&table), done_tx.clone());
+                std::thread::spawn(move || {
+                    let up = t.upsert(key(600 + i), holder("a"), Priority::Normal, 100, || session_g(0));
+                    let _ = done.send(());
+                    matches!(up, Upsert::Inserted { .. })
+                })
+            })
+            .collect();
+        let inserted = usize::from(first.join().unwrap())
+            + others.into_iter().map(|t| usize::from(t.join().unwrap())).sum::<usize>();
+        let live = table.collect(|_, _| Some(())).len();
+        assert!(inserted == 1 && live == 100, "{inserted} starts took the last place; {live} live, cap 100");
+        assert_eq!(table.len(), live);
     }
 
     fn session_g(generation: u64) -> Session {
