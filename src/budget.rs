@@ -188,9 +188,15 @@ pub struct BudgetState {
     /// First-indicator grant instants within the last `period`, oldest first.
     firsts: VecDeque<Instant>,
     paused_until: Option<(Instant, PauseReason)>,
+    /// A reserve pause ended: the next call probes the upstream, whatever its class, so that
+    /// a fresh `remaining_minute` can lift the brake.
+    probe_due: bool,
     consecutive_429: u32,
     /// Tokens per second allowed by the last `remaining_minute`, and when it was learned.
     headroom_rate: Option<(f64, Instant)>,
+    /// The tool's own traffic in the upstream's window (`limit - remaining - ours`) as last
+    /// estimated, when, and how fast it has been growing (requests per second, smoothed).
+    others: Option<(f64, Instant, f64)>,
     /// `limit_day` and `remaining_day` as last reported, when both were numbers.
     daily: Option<(u32, u32)>,
 }
@@ -216,8 +222,10 @@ impl BudgetState {
             window: VecDeque::new(),
             firsts: VecDeque::new(),
             paused_until: None,
+            probe_due: false,
             consecutive_429: 0,
             headroom_rate: None,
+            others: None,
             daily: None,
         }
     }
@@ -299,8 +307,17 @@ impl BudgetState {
                 return Err(Denied::Paused { until, reason });
             }
             self.paused_until = None;
+            self.probe_due = matches!(reason, PauseReason::Reserve | PauseReason::DailyReserve);
         }
         self.forget_old(now);
+        if self.probe_due && self.bucket.try_take(0.0, now).is_ok() {
+            self.probe_due = false;
+            self.window.push_back(now);
+            if class == Class::First {
+                self.firsts.push_back(now);
+            }
+            return Ok(());
+        }
         self.sync_rate(now);
         // The window keeps slots for first indicators and slot holders just as the bucket keeps
         // tokens for them.
@@ -323,6 +340,31 @@ impl BudgetState {
         Ok(())
     }
 
+    /// Updates the estimate of the tool's own traffic in the upstream's window (`others`) and
+    /// returns how fast it grows (requests per second, 0 when steady or shrinking). Estimates
+    /// closer together than a sixtieth of the window are merged, so that jitter in one answer
+    /// is not read as a trend.
+    fn tool_growth(&mut self, others: f64, now: Instant) -> f64 {
+        let min_gap = self.period.as_secs_f64() / 60.0;
+        match self.others {
+            Some((last, at, slope)) => {
+                let dt = now.saturating_duration_since(at).as_secs_f64();
+                if dt < min_gap {
+                    return slope.max(0.0);
+                }
+                // Smoothed over about a tenth of the window.
+                let weight = (dt / (self.period.as_secs_f64() / 10.0)).min(1.0);
+                let slope = slope + weight * ((others - last) / dt - slope);
+                self.others = Some((others, now, slope));
+                slope.max(0.0)
+            }
+            None => {
+                self.others = Some((others, now, 0.0));
+                0.0
+            }
+        }
+    }
+
     /// Feeds back what an upstream answer said about the rate limit.
     pub fn observe(&mut self, limits: RateLimits, now: Instant) {
         if let Some(limit) = limits.limit_minute.filter(|l| *l > 0) {
@@ -342,7 +384,13 @@ impl BudgetState {
             self.forget_old(now);
             #[allow(clippy::cast_precision_loss, reason = "a count within one window")]
             let ours = self.window.len() as f64;
-            self.headroom_rate = Some((allowance(ours, headroom, reserve) / self.period.as_secs_f64(), now));
+            let growth = self.tool_growth(f64::from(self.limit()) - f64::from(remaining) - ours, now);
+            // What the tool's traffic will have added over the next half window, at the pace it
+            // has been growing, is not typing's to spend: typing's own calls take that long to
+            // leave the upstream's window.
+            let ahead = growth * self.period.as_secs_f64() / 2.0;
+            let per_period = allowance(ours, headroom, reserve) - ahead;
+            self.headroom_rate = Some((per_period.max(0.0) / self.period.as_secs_f64(), now));
         }
         if let (Some(limit_day), Some(remaining_day)) = (limits.limit_day, limits.remaining_day) {
             self.daily = Some((limit_day, remaining_day));
@@ -427,11 +475,11 @@ impl BudgetState {
 /// Typing calls per period the budget may spend, given the calls it spent over the last period
 /// (`ours`, already inside the upstream's count) and the `headroom` above the reserve that the
 /// upstream reports. The limit less the tool's own traffic less the reserve is `ours + headroom`;
-/// within one more reserve of the limit typing brakes, in proportion to what is left, so that a
-/// sudden rise of the tool's traffic finds typing slowing down before the reserve is reached.
+/// within one more reserve of it typing gives back what the headroom lacks of a second reserve,
+/// so that it slows down before the reserve is reached.
 fn allowance(ours: f64, headroom: f64, reserve: f64) -> f64 {
-    let all = (ours + headroom).max(0.0);
-    if headroom >= reserve || reserve <= 0.0 { all } else { all * (headroom / reserve).max(0.0) }
+    let brake = (reserve - headroom).max(0.0);
+    (ours + headroom - brake).max(0.0)
 }
 
 /// How deep a bucket refilled at `rate` tokens per second is: `burst`, or one second of refill
@@ -638,8 +686,9 @@ mod tests {
         let full = b.effective_rate(t0);
         b.observe(RateLimits { limit_minute: Some(1000), remaining_minute: Some(160), ..RateLimits::default() }, t0);
         let slowed = b.effective_rate(t0);
-        // 60 above the reserve of 100, nothing spent yet: 60 x 60 / 100 = 36 a minute.
-        assert!((slowed - 0.6).abs() < 1e-9, "{slowed}");
+        // 60 above the reserve of 100, nothing spent yet: 60 less the 40 it lacks of a second
+        // reserve, 20 a minute.
+        assert!((slowed - 20.0 / 60.0).abs() < 1e-9, "{slowed}");
         assert!(slowed < full);
         // Forgotten when the upstream stops reporting.
         assert!((b.effective_rate(t0 + HEADROOM_TTL) - full).abs() < 1e-9);
@@ -714,6 +763,20 @@ mod tests {
     }
 
     #[test]
+    fn after_a_reserve_pause_the_next_call_probes_whatever_its_class() {
+        let t0 = Instant::now();
+        let mut b = BudgetState::new("b", 120, &settings(120), t0);
+        // The tool's traffic left typing nothing: paused, bucket emptied, refill at the probe
+        // rate (one call per pause).
+        b.observe(RateLimits { limit_minute: Some(120), remaining_minute: Some(10), ..RateLimits::default() }, t0);
+        let end = t0 + RESERVE_PAUSE;
+        assert!(b.try_acquire(Class::Spare, end - secs(0.1)).is_err());
+        // A waiting session's refire may probe although the bucket is below its reserve.
+        assert!(b.try_acquire(Class::Spare, end).is_ok(), "no probe after the reserve pause");
+        assert!(b.try_acquire(Class::Spare, end).is_err(), "one probe, not a burst");
+    }
+
+    #[test]
     fn a_large_key_is_not_throttled_by_a_small_burst() {
         // 1,000,000 per minute, share 0.5: 8,333 typing calls per second. With burst 10 a
         // scheduler acting every 5 ms could pay only 2,000 per second; the bucket holds one
@@ -763,9 +826,23 @@ mod tests {
         // The tool now sends 70 a minute: 40 remain; typing keeps its 10 plus 28 of headroom.
         b.observe(RateLimits { limit_minute: Some(120), remaining_minute: Some(40), ..RateLimits::default() }, t0);
         assert!((b.effective_rate(t0) * 60.0 - 38.0).abs() < 1e-9);
-        // 90 a minute: 20 remain, within one reserve of it: typing brakes to (10 + 8) x 8 / 12.
-        b.observe(RateLimits { limit_minute: Some(120), remaining_minute: Some(20), ..RateLimits::default() }, t0);
-        assert!((b.effective_rate(t0) * 60.0 - 12.0).abs() < 1e-9);
+        // 90 a minute: 20 remain, within one reserve of it: typing gives back the 4 its headroom
+        // lacks of a second reserve: 10 + 8 - 4.
+        let t1 = t0 + secs(30.0);
+        b.observe(RateLimits { limit_minute: Some(120), remaining_minute: Some(20), ..RateLimits::default() }, t1);
+        // The tool's traffic grew from 30 to 90 in 30 s, 2 a second: the next 30 s of that growth
+        // (60) are not typing's either, which leaves nothing but the probe, one call per pause.
+        let probe = 60.0 / RESERVE_PAUSE.as_secs_f64();
+        assert!((b.effective_rate(t1) * 60.0 - probe).abs() < 1e-9, "{}", b.effective_rate(t1) * 60.0);
+        // Steady again a window later (typing's own calls have left the window): 120 less the
+        // tool's 90 less the reserve of 12.
+        let t2 = t1 + secs(60.0);
+        for _ in 0..3 {
+            b.observe(RateLimits { limit_minute: Some(120), remaining_minute: Some(30), ..RateLimits::default() }, t2);
+        }
+        let t3 = t2 + secs(20.0);
+        b.observe(RateLimits { limit_minute: Some(120), remaining_minute: Some(30), ..RateLimits::default() }, t3);
+        assert!((b.effective_rate(t3) * 60.0 - 18.0).abs() < 1e-9, "{}", b.effective_rate(t3) * 60.0);
     }
 
     #[test]

@@ -64,6 +64,10 @@ pub(crate) async fn fire(
     metrics::refire(key.platform.as_str(), outcome.label(), outcome.elapsed);
     if let Some(limits) = outcome.rate_limits {
         shared.budgets.with(budget, |b| b.observe(limits, now));
+        // What the budget may spend moved: the scheduler balances its slots on its next pass.
+        if let Some(flag) = shared.rebalance.get(budget) {
+            flag.store(true, Ordering::Release);
+        }
     }
     let lifetime = shared.platform(key.platform).indicator_lifetime;
     match &outcome.result {

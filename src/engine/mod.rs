@@ -153,6 +153,8 @@ pub(crate) struct Shared {
     pub(crate) slot_counts: Vec<SlotCounts>,
     /// A session referred to a budget that does not exist (logged once).
     pub(crate) no_budget_logged: AtomicBool,
+    /// Per budget: an upstream answer changed what it may spend since the slots were balanced.
+    pub(crate) rebalance: Vec<AtomicBool>,
 }
 
 /// The cloneable engine handle.
@@ -175,6 +177,7 @@ impl Engine {
         let (tx, rx) = mpsc::unbounded_channel();
         let in_flight = Arc::new(Semaphore::new(cfg.engine.max_in_flight));
         let slot_counts = (0..budgets.len()).map(|_| SlotCounts::default()).collect();
+        let rebalance = (0..budgets.len()).map(|_| AtomicBool::new(false)).collect();
         let shared = Arc::new(Shared {
             cfg,
             table: SessionTable::default(),
@@ -187,6 +190,7 @@ impl Engine {
             generation: AtomicU64::new(1),
             draining: AtomicBool::new(false),
             recent: RecentErrors::default(),
+            rebalance,
             slot_counts,
             no_budget_logged: AtomicBool::new(false),
         });

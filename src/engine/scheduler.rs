@@ -359,6 +359,12 @@ impl Scheduler {
     /// sessions whose slot changed. A session admitted while its fan is dark (its entry waits
     /// in the spare queue) is due at once.
     fn balance(&mut self, now: Instant) {
+        let last = self.unbalanced.len() - 1;
+        for (b, flag) in self.shared.rebalance.iter().enumerate() {
+            if flag.swap(false, std::sync::atomic::Ordering::AcqRel) {
+                self.unbalanced[b.min(last)] = true;
+            }
+        }
         for b in 0..self.unbalanced.len() {
             if !std::mem::take(&mut self.unbalanced[b]) {
                 continue;

@@ -32,38 +32,26 @@ fn typing(app: &TestApp) -> Vec<Record> {
     app.all_requests().into_iter().filter(|r| r.kind == "typing").collect()
 }
 
-/// The chat tool's own "send message" traffic on the same key: one request every `every`
-/// until `until_ms` (test clock); returns every status it got.
-fn tool_traffic(app: &TestApp, every: Duration, until_ms: f64) -> tokio::task::JoinHandle<Vec<u16>> {
-    tool_traffic_factory(app)(every, until_ms)
-}
-
-fn tool_traffic_factory(app: &TestApp) -> impl Fn(Duration, f64) -> tokio::task::JoinHandle<Vec<u16>> + Send + 'static {
+/// The chat tool's own "send message" traffic on the same key, `per_window(t)` requests per
+/// window at test time `t` (ms since `t0`), until `until`; returns every status it got.
+fn tool_traffic(
+    app: &TestApp,
+    t0: f64,
+    until: f64,
+    per_window: impl Fn(f64) -> f64 + Send + 'static,
+) -> tokio::task::JoinHandle<Vec<u16>> {
     let url = format!("{}/api/{ACCOUNT}/messages", app.mock.url());
-    let clock = std::sync::Arc::new(app.clock());
-    move |every, until_ms| {
-        let (url, clock, http) = (url.clone(), clock.clone(), reqwest::Client::new());
-        tokio::spawn(async move { send_messages(&http, &url, &*clock, every, until_ms).await })
-    }
-}
-
-async fn send_messages(
-    http: &reqwest::Client,
-    url: &str,
-    clock: &(dyn Fn() -> f64 + Send + Sync),
-    every: Duration,
-    until_ms: f64,
-) -> Vec<u16> {
-    {
+    let clock = app.clock();
+    tokio::spawn(async move {
+        let http = reqwest::Client::new();
         let mut statuses = Vec::new();
-        let mut tick = tokio::time::interval(every);
-        while clock() < until_ms {
-            tick.tick().await;
-            let resp = http.post(url).bearer_auth(API_KEY).json(&json!({"text": "hi"})).send().await.unwrap();
+        while clock() - t0 < until {
+            let resp = http.post(&url).bearer_auth(API_KEY).json(&json!({"text": "hi"})).send().await.unwrap();
             statuses.push(resp.status().as_u16());
+            tokio::time::sleep(Duration::from_secs_f64(WINDOW_MS / 1000.0 / per_window(clock() - t0))).await;
         }
         statuses
-    }
+    })
 }
 
 /// Chats holding a lit slot right now, in start order.
@@ -91,25 +79,17 @@ async fn a_short_budget_lights_every_newcomer_at_once_and_keeps_its_slot_holders
         .env("KEEPTYPING__ENGINE__IDLE_TIMEOUT", "3s");
     let app = spawn_with(opts).await;
     let t0 = app.now_ms();
-    // The tool sends 40 per window, then 150 per window from 9 s on.
-    let calm = tool_traffic(&app, Duration::from_millis(150), t0 + 9000.0);
-    let busy = {
-        let clock = app.clock();
-        let app2 = tool_traffic_factory(&app);
-        tokio::spawn(async move {
-            while clock() < t0 + 9000.0 {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            app2(Duration::from_millis(40), t0 + 18_000.0).await.unwrap()
-        })
-    };
+    // The tool sends 40 per window, then from 12 s on more and more, up to 120 per window at 18 s:
+    // typing may then spend what 240 less 120 less the reserve of 24 leaves.
+    let tool = tool_traffic(&app, t0, 26_000.0, |t| 40.0 + 80.0 * ((t - 12_000.0) / 6000.0).clamp(0.0, 1.0));
     // Thirty fans start one after another; their chat tools re-send start every 500 ms.
     let chats: Vec<String> = (0..30).map(|i| format!("{}", 20_000 + i)).collect();
     let mut asked = Vec::new();
     let mut lit_before = Vec::new();
     let mut lit_after = Vec::new();
     let mut round = 0;
-    while app.now_ms() - t0 < 18_000.0 {
+    let mut always_lit: Vec<u64> = (20_000..20_030).collect();
+    while app.now_ms() - t0 < 26_000.0 {
         let now = app.now_ms() - t0;
         let due = ((now / 200.0) as usize + 1).min(chats.len());
         while asked.len() < due {
@@ -123,10 +103,15 @@ async fn a_short_budget_lights_every_newcomer_at_once_and_keeps_its_slot_holders
             }
         }
         round += 1;
-        if (8400.0..8900.0).contains(&now) {
+        if round % 5 == 0 && now >= 7000.0 {
+            // Slot holders throughout: lit at every sample once every fan has started.
+            let now_lit = lit(&app).await;
+            always_lit.retain(|c| now_lit.contains(c));
+        }
+        if (11_400.0..11_900.0).contains(&now) {
             lit_before = lit(&app).await;
         }
-        if (16_500.0..17_000.0).contains(&now) {
+        if (24_500.0..25_000.0).contains(&now) {
             lit_after = lit(&app).await;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -146,8 +131,7 @@ async fn a_short_budget_lights_every_newcomer_at_once_and_keeps_its_slot_holders
     assert!(delays[26] <= 1000.0 && delays[29] <= 2000.0, "first-indicator delays (ms): {delays:?}");
     // No 429 to typing or to the tool, and typing within its share in every window.
     assert!(calls.iter().all(|r| r.status != 429), "the mock answered 429 to typing");
-    let (calm, busy) = (calm.await.unwrap(), busy.await.unwrap());
-    let tool: Vec<u16> = calm.into_iter().chain(busy).collect();
+    let tool = tool.await.unwrap();
     assert!(tool.iter().all(|s| *s != 429), "the tool's own requests got 429s");
     let busiest = busiest_window(&calls, WINDOW_MS);
     assert!(busiest <= 120, "{busiest} typing calls in one window; the share is 120");
@@ -159,14 +143,13 @@ async fn a_short_budget_lights_every_newcomer_at_once_and_keeps_its_slot_holders
         lit_after.len() < lit_before.len() && !lit_after.is_empty(),
         "lit before {lit_before:?}, after {lit_after:?}"
     );
-    // The oldest fans held their slots throughout: lit for at least 99% of their composing time
-    // until the tool's traffic rose past what the reserve leaves (typing then pauses until the
-    // window has room again, so that the tool never sees a 429).
-    for chat in &chats[..lit_after.len()] {
-        let t: Vec<f64> = app.calls(chat).iter().filter(|r| r.status == 200).map(|r| r.t_ms).collect();
+    // The fans that held their slots throughout were lit for at least 99% of their composing
+    // time (the newest ones gave their slots back as the tool's traffic grew).
+    assert!(always_lit.len() >= 2, "slot holders throughout: {always_lit:?}");
+    for chat in always_lit.iter().map(u64::to_string) {
+        let t: Vec<f64> = app.calls(&chat).iter().filter(|r| r.status == 200).map(|r| r.t_ms).collect();
         let from = t.first().copied().unwrap_or(end);
-        let until = t0 + 9000.0;
-        let c = lit_ms(&t, from, until, 400.0) / (until - from);
+        let c = lit_ms(&t, from, end, 400.0) / (end - from);
         assert!(c >= 0.99, "slot holder {chat}: coverage {c:.4}");
     }
     let (_, budget) = app.get("/v1/budget").await;
