@@ -89,12 +89,11 @@ pub enum BatchAction {
     Stop,
 }
 
-/// One event of a batch on the wire: the fields of a start or a stop, and the `action` saying
-/// which. Read into a [`BatchEvent`].
-///
-/// One flat object rather than a tagged union of the two bodies, so that every client
-/// generator reads it (`openapi-python-client` skips a `oneOf` of `allOf`, and with it the
-/// route); a stop ignores `priority` and `ttl_ms`.
+/// One event of a batch: the fields of a start or a stop, and the `action` saying which. A stop
+/// ignores `priority` and `ttl_ms`.
+// One flat object rather than a tagged union of the two bodies, so that every client generator
+// reads it (`openapi-python-client` skips a `oneOf` of `allOf`, and with it the route). Read
+// into a [`BatchEvent`].
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[schema(as = BatchEvent)]
 pub struct BatchEventBody {
