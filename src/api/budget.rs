@@ -16,7 +16,6 @@ use super::openapi::TYPING_TAG;
 use crate::budget::{self, BudgetSnapshot};
 use crate::config::AccountScope;
 use crate::engine::KeyRing;
-use crate::ids::AccountId;
 use crate::upstream::KeyIndex;
 
 /// One budget in the answer: its state, and the caller's keys spending from it.
@@ -183,12 +182,7 @@ pub(crate) fn usable_keys(keys: &KeyRing, caller: &Caller) -> BTreeSet<KeyIndex>
     match caller.accounts.as_ref() {
         AccountScope::All => usable.extend(0..keys.entries().len()),
         AccountScope::Only(accounts) => {
-            usable.extend(
-                accounts
-                    .iter()
-                    .filter_map(|a| AccountId::parse_any(a).ok())
-                    .filter_map(|a| keys.resolve(&a, caller.api_key)),
-            );
+            usable.extend(accounts.iter().filter_map(|a| keys.resolve(a, caller.api_key)));
         }
     }
     usable
