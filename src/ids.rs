@@ -143,6 +143,13 @@ impl AccountId {
     }
 }
 
+/// Lets a set of ids be searched with a `&str` (`AccountId` hashes and compares as its text).
+impl std::borrow::Borrow<str> for AccountId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for AccountId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

@@ -4,8 +4,12 @@
 //! Labels are bounded enums (platform, outcome, reason, route, status) or configured budget
 //! names; chat, fan and account ids never become labels.
 
+use std::collections::BTreeMap;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use dashmap::DashMap;
 
 use metrics::{
     Counter, Histogram, Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
@@ -324,8 +328,70 @@ pub fn sessions_active(n: usize) {
     gauge!(SESSIONS_ACTIVE).set(n as f64);
 }
 
+/// Typing calls and skipped refires since the process started, counted where they are recorded
+/// (beside the Prometheus counters, whether or not a recorder is installed) so that the status
+/// page reads numbers rather than parsing `/metrics` back. Process-wide, like the registry.
+#[derive(Default)]
+struct Tally {
+    /// `ok` calls: the hot path, one atomic add.
+    ok: AtomicU64,
+    /// Every other outcome (a bounded set of labels).
+    other: OnceLock<DashMap<&'static str, AtomicU64>>,
+    /// Refires not sent, any reason.
+    skipped: AtomicU64,
+}
+
+static TALLY: Tally = Tally { ok: AtomicU64::new(0), other: OnceLock::new(), skipped: AtomicU64::new(0) };
+
+/// What [`refire_counts`] reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RefireCounts {
+    /// Typing calls by outcome (`ok`, `server_error`, ...), summed over platforms.
+    pub by_outcome: BTreeMap<&'static str, u64>,
+    /// Due refires that were not sent, summed over reasons.
+    pub skipped: u64,
+}
+
+impl RefireCounts {
+    /// Every typing call.
+    pub fn total(&self) -> u64 {
+        self.by_outcome.values().sum()
+    }
+
+    /// Typing calls that did not succeed.
+    pub fn failed(&self) -> u64 {
+        self.by_outcome.iter().filter(|(o, _)| **o != "ok").map(|(_, n)| n).sum()
+    }
+}
+
+/// Typing calls and skipped refires since the process started (the same events as
+/// `keeptyping_refires_total` and `keeptyping_refires_skipped_total`).
+pub fn refire_counts() -> RefireCounts {
+    let mut by_outcome = BTreeMap::new();
+    let ok = TALLY.ok.load(Ordering::Relaxed);
+    if ok > 0 {
+        by_outcome.insert("ok", ok);
+    }
+    if let Some(other) = TALLY.other.get() {
+        for e in other.iter() {
+            by_outcome.insert(*e.key(), e.value().load(Ordering::Relaxed));
+        }
+    }
+    RefireCounts { by_outcome, skipped: TALLY.skipped.load(Ordering::Relaxed) }
+}
+
+fn tally_refire(outcome: &'static str) {
+    if outcome == "ok" {
+        TALLY.ok.fetch_add(1, Ordering::Relaxed);
+    } else {
+        // The guard is dropped at the end of this statement; nothing awaits here.
+        TALLY.other.get_or_init(DashMap::new).entry(outcome).or_default().fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// One typing call completed.
 pub fn refire(platform: &'static str, outcome: &'static str, elapsed: Duration) {
+    tally_refire(outcome);
     if outcome == "ok" {
         if let (Some(hot), Some(i)) = (HOT.get(), PLATFORMS.iter().position(|p| *p == platform)) {
             let (c, h) = hot.ok[i].get_or_init(|| {
@@ -350,6 +416,7 @@ pub fn upstream_request(endpoint: &'static str, outcome: &'static str, elapsed: 
 
 /// A due refire was not sent.
 pub fn refire_skipped(reason: SkipReason) {
+    TALLY.skipped.fetch_add(1, Ordering::Relaxed);
     counter!(REFIRES_SKIPPED, "reason" => reason.as_str()).increment(1);
 }
 
@@ -435,4 +502,29 @@ pub fn connection_refused(listener: &'static str) {
 /// A webhook body seen within the replay window was dropped.
 pub fn webhook_replayed() {
     counter!(WEBHOOK_REPLAYS).increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refire_counts_follow_the_recorded_events() {
+        // Other tests in this binary record refires too: an outcome only this test uses, and
+        // lower bounds for the shared totals.
+        let before = refire_counts();
+
+        refire("fansly", "counted_by_this_test", Duration::from_millis(3));
+        refire("onlyfans", "counted_by_this_test", Duration::from_millis(3));
+        refire("onlyfans", "ok", Duration::from_millis(3));
+        refire_skipped(SkipReason::Budget);
+
+        let after = refire_counts();
+        assert_eq!(after.by_outcome.get("counted_by_this_test"), Some(&2));
+        assert_eq!(before.by_outcome.get("counted_by_this_test"), None);
+        assert!(after.by_outcome["ok"] > before.by_outcome.get("ok").copied().unwrap_or(0));
+        assert!(after.failed() >= before.failed() + 2);
+        assert!(after.total() >= before.total() + 3);
+        assert!(after.skipped > before.skipped);
+    }
 }

@@ -15,13 +15,17 @@ use serde::{Deserialize, Serialize};
 
 use super::ApiState;
 use super::auth::Caller;
-use super::error::{ApiError, AppJson};
+use super::error::{
+    ApiError, AppJson, BadGateway, BadRequest, Forbidden, NotFound, PayloadTooLarge, ServiceUnavailable,
+    TooManyRequests, Unauthorized, Unprocessable, UnsupportedMediaType,
+};
+use super::openapi::ACCOUNTS_TAG;
 use crate::accounts::{AttemptId, AttemptSnapshot, AttemptState, WatchError, parse_fields};
 use crate::config::{AccountScope, DEFAULT_NAME};
 use crate::upstream::{AccountCallError, KeyIndex, UpstreamError};
 
 /// Body of `POST /v1/client-sessions`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 pub struct ClientSessionRequest {
     /// Shown to the creator in the login frame (required, at most 100 characters).
     #[serde(default)]
@@ -35,7 +39,7 @@ pub struct ClientSessionRequest {
 }
 
 /// Answer of `POST /v1/client-sessions`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ClientSessionResponse {
     /// `ofapi_cs_…`: hand it to `startOnlyFansAuthentication` in the browser.
     pub token: String,
@@ -50,26 +54,43 @@ pub struct ClientSessionResponse {
 }
 
 /// Body of `POST /v1/auth-attempts`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 pub struct WatchAttemptRequest {
     /// The `attempt_id` (`auth_…`) that `startOnlyFansAuthentication` reported.
     pub attempt_id: String,
 }
 
 /// An attempt's latest state.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AttemptResponse {
     /// On `POST`: `watching` (new) or `already_watching`.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub outcome: Option<&'static str>,
     /// The attempt.
     pub attempt_id: String,
-    /// `state` and its fields: `pending` (`progress`), `needs_2fa` (`otp_phone_ending`),
-    /// `mobile_pending` (`mobile_deeplink`), `connected` (`account_id`), `failed`
-    /// (`error_code`, `error_message`), `timed_out`.
-    #[serde(flatten)]
-    pub state: AttemptState,
+    /// Where it stands; the fields below that belong to this state are set.
+    pub state: AttemptStateName,
+    /// `pending`: the upstream's progress.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress: Option<String>,
+    /// `needs_2fa`: last digits of the phone the code went to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otp_phone_ending: Option<String>,
+    /// `mobile_pending`: the deeplink that opens the app.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mobile_deeplink: Option<String>,
+    /// `connected`: the connected account.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account_id: Option<String>,
+    /// `failed`: the upstream's error code (or `upstream_<status>` when the poll was refused).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
+    /// `failed`: the upstream's message.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_message: Option<String>,
     /// Every state reached, in order.
+    #[schema(value_type = Vec<String>)]
     pub history: Vec<&'static str>,
     /// Whether it is still polled.
     pub watching: bool,
@@ -79,25 +100,82 @@ pub struct AttemptResponse {
     pub age_ms: u64,
     /// Outcome label of the last failed poll (`timeout`, `server_error`, ...), if the last poll failed.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub last_error: Option<&'static str>,
+}
+
+/// The state of an authentication attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptStateName {
+    /// Still going; nothing is asked of the creator.
+    Pending,
+    /// A 2FA code is needed.
+    #[serde(rename = "needs_2fa")]
+    Needs2fa,
+    /// A mobile-app login is pending.
+    MobilePending,
+    /// Authenticated: the account is connected.
+    Connected,
+    /// The attempt failed.
+    Failed,
+    /// No terminal state within `accounts.attempt_deadline`; polling stopped.
+    TimedOut,
 }
 
 impl AttemptResponse {
     fn new(s: AttemptSnapshot, outcome: Option<&'static str>) -> Self {
-        Self {
+        let mut r = Self {
             outcome,
             attempt_id: s.id.to_string(),
-            state: s.state,
+            state: AttemptStateName::Pending,
+            progress: None,
+            otp_phone_ending: None,
+            mobile_deeplink: None,
+            account_id: None,
+            error_code: None,
+            error_message: None,
             history: s.history,
             watching: s.watching,
             polls: s.polls,
             age_ms: u64::try_from(s.age.as_millis()).unwrap_or(u64::MAX),
             last_error: s.last_error,
+        };
+        match s.state {
+            AttemptState::Pending { progress } => r.progress = progress,
+            AttemptState::NeedsTwoFactor { otp_phone_ending } => {
+                (r.state, r.otp_phone_ending) = (AttemptStateName::Needs2fa, otp_phone_ending);
+            }
+            AttemptState::MobilePending { mobile_deeplink } => {
+                (r.state, r.mobile_deeplink) = (AttemptStateName::MobilePending, mobile_deeplink);
+            }
+            AttemptState::Connected { account_id } => {
+                (r.state, r.account_id) = (AttemptStateName::Connected, account_id)
+            }
+            AttemptState::Failed { error_code, error_message } => {
+                (r.state, r.error_code, r.error_message) = (AttemptStateName::Failed, error_code, error_message);
+            }
+            AttemptState::TimedOut => r.state = AttemptStateName::TimedOut,
         }
+        r
     }
 }
 
 /// `POST /v1/client-sessions`
+#[utoipa::path(
+    post,
+    path = "/v1/client-sessions",
+    operation_id = "createClientSession",
+    summary = "Mint an OnlyFansAPI client-session token",
+    tag = ACCOUNTS_TAG,
+    security(("hook_token" = [])),
+    request_body = ClientSessionRequest,
+    responses(
+        (status = 200, description = "The minted token", body = ClientSessionResponse),
+        BadRequest, Unauthorized, Forbidden, PayloadTooLarge, UnsupportedMediaType, Unprocessable, TooManyRequests,
+        BadGateway, ServiceUnavailable,
+    )
+)]
 ///
 /// # Errors
 /// 400 for a missing or out-of-bounds field, 403 without a usable API key, 502/422 as the
@@ -122,6 +200,20 @@ pub async fn create_client_session(
 }
 
 /// `POST /v1/auth-attempts`
+#[utoipa::path(
+    post,
+    path = "/v1/auth-attempts",
+    operation_id = "watchAuthAttempt",
+    summary = "Watch an authentication attempt",
+    tag = ACCOUNTS_TAG,
+    security(("hook_token" = [])),
+    request_body = WatchAttemptRequest,
+    responses(
+        (status = 200, description = "The attempt, now watched", body = AttemptResponse),
+        BadRequest, Unauthorized, Forbidden, PayloadTooLarge, UnsupportedMediaType, TooManyRequests,
+        ServiceUnavailable,
+    )
+)]
 ///
 /// # Errors
 /// 400 for a bad `attempt_id`, 403 without a usable API key, 503 when too many attempts are
@@ -142,6 +234,19 @@ pub async fn watch_attempt(
 }
 
 /// `GET /v1/auth-attempts/{attempt_id}`
+#[utoipa::path(
+    get,
+    path = "/v1/auth-attempts/{attempt_id}",
+    operation_id = "getAuthAttempt",
+    summary = "Latest state of an authentication attempt",
+    tag = ACCOUNTS_TAG,
+    security(("hook_token" = [])),
+    params(("attempt_id" = String, Path, description = "The `auth_…` id being watched")),
+    responses(
+        (status = 200, description = "The attempt", body = AttemptResponse),
+        BadRequest, Unauthorized, NotFound, TooManyRequests, ServiceUnavailable,
+    )
+)]
 ///
 /// # Errors
 /// 400 for a bad id; 404 when this tenant watches no such attempt (or it was forgotten).

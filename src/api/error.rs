@@ -88,15 +88,21 @@ pub enum ApiError {
     WebhookSecretMissing,
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    error: ErrorDetail<'a>,
+/// The body of every error answer.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ErrorResponse {
+    /// The error.
+    pub error: ErrorDetail,
 }
 
-#[derive(Serialize)]
-struct ErrorDetail<'a> {
-    code: &'a str,
-    message: String,
+/// What went wrong.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable snake_case code, e.g. `invalid_chat_id`, `forbidden_account`, `rate_limited`.
+    #[schema(value_type = String)]
+    pub code: &'static str,
+    /// Human-readable message.
+    pub message: String,
 }
 
 impl ApiError {
@@ -132,7 +138,7 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        let body = ErrorBody { error: ErrorDetail { code, message: self.to_string() } };
+        let body = ErrorResponse { error: ErrorDetail { code, message: self.to_string() } };
         let mut resp = (status, Json(body)).into_response();
         let retry_after = match &self {
             Self::RateLimited { retry_after_secs } => Some(*retry_after_secs),
@@ -183,3 +189,66 @@ fn data_error_text(text: &str) -> String {
     let t = text.split_once(": ").map_or(text, |(_, rest)| rest);
     t.chars().take(300).collect()
 }
+
+// === the error answers as the OpenAPI document lists them ===
+//
+// One type per status, named in each handler's `#[utoipa::path(responses(...))]`; the body is
+// always [`ErrorResponse`]. 429 and 503 carry `Retry-After` (see `IntoResponse` above).
+
+/// 400: bad JSON or an invalid field.
+#[derive(utoipa::IntoResponses)]
+#[response(status = 400, description = "Bad JSON or an invalid field")]
+pub struct BadRequest(#[allow(dead_code, reason = "names the body for the document")] ErrorResponse);
+
+/// 401: no or unknown bearer token.
+#[derive(utoipa::IntoResponses)]
+#[response(status = 401, description = "No or unknown bearer token (or a bad webhook signature)")]
+pub struct Unauthorized(#[allow(dead_code, reason = "names the body for the document")] ErrorResponse);
+
+/// 403: the token may not act on the account, or no API key covers it.
+#[derive(utoipa::IntoResponses)]
+#[response(status = 403, description = "The token may not act on this account, or no API key covers it")]
+pub struct Forbidden(#[allow(dead_code, reason = "names the body for the document")] ErrorResponse);
+
+/// 404: no such resource.
+#[derive(utoipa::IntoResponses)]
+#[response(status = 404, description = "No such resource")]
+pub struct NotFound(#[allow(dead_code, reason = "names the body for the document")] ErrorResponse);
+
+/// 413: the body exceeds `server.max_body_bytes`.
+#[derive(utoipa::IntoResponses)]
+#[response(status = 413, description = "The body exceeds server.max_body_bytes")]
+pub struct PayloadTooLarge(#[allow(dead_code, reason = "names the body for the document")] ErrorResponse);
+
+/// 415: the body is not `application/json`.
+#[derive(utoipa::IntoResponses)]
+#[response(status = 415, description = "Content-Type is not application/json")]
+pub struct UnsupportedMediaType(#[allow(dead_code, reason = "names the body for the document")] ErrorResponse);
+
+/// 422: an id does not match its platform's pattern, or the upstream refused a value.
+#[derive(utoipa::IntoResponses)]
+#[response(status = 422, description = "An id does not match its platform's pattern, or the upstream refused a value")]
+pub struct Unprocessable(#[allow(dead_code, reason = "names the body for the document")] ErrorResponse);
+
+/// 429: the token's hook rate limit.
+#[derive(utoipa::IntoResponses)]
+#[response(
+    status = 429,
+    description = "The token's hook rate limit; retry after Retry-After seconds",
+    headers(("Retry-After" = String, description = "Seconds to wait"))
+)]
+pub struct TooManyRequests(#[allow(dead_code, reason = "names the body for the document")] ErrorResponse);
+
+/// 502: the upstream refused the API key or failed.
+#[derive(utoipa::IntoResponses)]
+#[response(status = 502, description = "The upstream refused the API key or failed")]
+pub struct BadGateway(#[allow(dead_code, reason = "names the body for the document")] ErrorResponse);
+
+/// 503: shutting down, at a cap, or timed out.
+#[derive(utoipa::IntoResponses)]
+#[response(
+    status = 503,
+    description = "Shutting down, at the session cap, or the request timed out; retry after Retry-After",
+    headers(("Retry-After" = String, description = "Seconds to wait"))
+)]
+pub struct ServiceUnavailable(#[allow(dead_code, reason = "names the body for the document")] ErrorResponse);

@@ -5,11 +5,14 @@
 //! | `GET /` | one self-contained HTML page (inline CSS and JS, no external asset) that polls |
 //! | `GET /status.json` | what the page shows: sessions, refire counters, budgets, paused accounts, last upstream errors |
 //!
-//! Everything comes from the [`Engine`](crate::engine::Engine) handle, except the refire
-//! counters, which are read back from the process's own Prometheus registry so that the page
-//! and `/metrics` never disagree. Rates per second are computed here, from samples of those
-//! counters taken as `/status.json` is polled (at most one a second, kept [`RATE_WINDOW`]), so
-//! that every viewer sees the same rate and a page that just opened has one at once.
+//! Everything comes from the state the numbers are made of: sessions, calls in flight, budgets
+//! (with their lit and waiting sessions), paused accounts and recent errors from the
+//! [`Engine`](crate::engine::Engine) handle; the refire counters from
+//! [`metrics::refire_counts`](crate::metrics::refire_counts), counted where the Prometheus
+//! counters are recorded. Nothing parses `/metrics` back. Rates per second are computed here,
+//! from samples of those counters taken as `/status.json` is polled (at most one a second, kept
+//! [`RATE_WINDOW`]), so that every viewer sees the same rate and a page that just opened has one
+//! at once. The page itself (HTML, CSS, JS) is `status.html`, compiled in.
 //! Nothing here names a chat or a fan. Paused creator accounts are shown by id only to a request
 //! presenting the admin token (`Authorization: Bearer`, `admin.token`); without it, or when no
 //! admin token is configured, they are counts and causes only. The admin port is unauthenticated
@@ -32,8 +35,9 @@ use subtle::ConstantTimeEq;
 use tokio::time::Instant;
 
 use super::ApiState;
-use crate::budget::BudgetSnapshot;
+use super::budget::BudgetView;
 use crate::engine::RecentError;
+use crate::metrics;
 
 /// How often the page polls `/status.json`, in milliseconds.
 pub(super) const REFRESH_MS: u64 = 2000;
@@ -67,18 +71,18 @@ pub(super) struct StatusResponse {
     pub(super) sessions_active: usize,
     /// Typing calls on the wire.
     pub(super) in_flight: usize,
-    /// `keeptyping_refires_total` summed over every label.
-    pub(super) refires_total: f64,
-    /// `keeptyping_refires_total` by `outcome`, summed over platforms.
-    pub(super) refires_by_outcome: BTreeMap<String, f64>,
+    /// Typing calls since start (`keeptyping_refires_total` summed over every label).
+    pub(super) refires_total: u64,
+    /// Typing calls by `outcome`, summed over platforms.
+    pub(super) refires_by_outcome: BTreeMap<&'static str, u64>,
     /// Typing calls per second over the last few seconds (`null` until two samples exist).
     pub(super) refires_per_second: Option<f64>,
     /// Failed typing calls (any outcome but `ok`) per second, likewise.
     pub(super) failed_per_second: Option<f64>,
-    /// `keeptyping_refires_skipped_total` summed over every reason.
-    pub(super) refires_skipped_total: f64,
-    /// Every budget.
-    pub(super) budgets: Vec<BudgetStatus>,
+    /// Due refires not sent (`keeptyping_refires_skipped_total` summed over every reason).
+    pub(super) refires_skipped_total: u64,
+    /// Every budget, with its lit and waiting sessions and all its keys.
+    pub(super) budgets: Vec<BudgetView>,
     /// How many accounts are paused.
     pub(super) paused_accounts_count: usize,
     /// Whether `paused_accounts` carries account ids (the request presented the admin token).
@@ -89,16 +93,6 @@ pub(super) struct StatusResponse {
     pub(super) recent_errors: Vec<RecentError>,
     /// How often the page polls, in milliseconds.
     pub(super) refresh_ms: u64,
-}
-
-/// One budget on the status page.
-#[derive(Debug, Serialize)]
-pub(super) struct BudgetStatus {
-    /// The state, as `/v1/budget` shows it.
-    #[serde(flatten)]
-    pub(super) state: BudgetSnapshot,
-    /// Names of the API keys spending from it (names only, never the keys).
-    pub(super) keys: Vec<String>,
 }
 
 /// One paused account.
@@ -123,9 +117,7 @@ pub(super) async fn status(State(state): State<ApiState>, headers: HeaderMap) ->
     let engine = &state.engine;
     let show_ids = presents_admin_token(state.admin_token.as_ref(), &headers);
     let now = Instant::now();
-    let rendered = state.metrics.render();
-    let refires = sum_by_label(&rendered, crate::metrics::REFIRES, "outcome");
-    let skipped = sum_by_label(&rendered, crate::metrics::REFIRES_SKIPPED, "reason");
+    let counts = metrics::refire_counts();
     let mut paused_accounts: Vec<PausedAccount> = engine
         .paused_accounts()
         .into_iter()
@@ -136,9 +128,9 @@ pub(super) async fn status(State(state): State<ApiState>, headers: HeaderMap) ->
         })
         .collect();
     paused_accounts.sort_by(|a, b| (&a.account_id, a.probe_in_ms).cmp(&(&b.account_id, b.probe_in_ms)));
-    let refires_total = refires.values().fold(0.0, |a, b| a + b);
-    let failed = refires.iter().filter(|(outcome, _)| outcome.as_str() != "ok").fold(0.0, |a, (_, b)| a + b);
-    let rates = rates(Sample { at: now, refires: refires_total, failed });
+    let refires_total = counts.total();
+    #[allow(clippy::cast_precision_loss, reason = "counts far below 2^52; rates are shown to two decimals")]
+    let rates = rates(Sample { at: now, refires: refires_total as f64, failed: counts.failed() as f64 });
     let body = StatusResponse {
         version: env!("CARGO_PKG_VERSION"),
         ready: state.ready.load(Ordering::Acquire) && !engine.is_draining(),
@@ -148,9 +140,9 @@ pub(super) async fn status(State(state): State<ApiState>, headers: HeaderMap) ->
         refires_total,
         refires_per_second: rates.map(|r| r.0),
         failed_per_second: rates.map(|r| r.1),
-        refires_by_outcome: refires,
-        refires_skipped_total: skipped.values().fold(0.0, |a, b| a + b),
-        budgets: engine.budgets().into_iter().map(|(state, keys)| BudgetStatus { state, keys }).collect(),
+        refires_skipped_total: counts.skipped,
+        refires_by_outcome: counts.by_outcome,
+        budgets: engine.budgets().into_iter().map(|(state, keys)| BudgetView::new(state, keys)).collect(),
         paused_accounts_count: paused_accounts.len(),
         account_ids_shown: show_ids,
         paused_accounts,
@@ -198,184 +190,13 @@ fn rates_from(samples: &mut VecDeque<Sample>, current: Sample) -> Option<(f64, f
         .then(|| ((current.refires - base.refires) / dt, (current.failed - base.failed).max(0.0) / dt))
 }
 
-/// Sums the samples of counter `name` in Prometheus text `text`, grouped by the value of
-/// `label` (samples without it count under `""`).
-fn sum_by_label(text: &str, name: &str, label: &str) -> BTreeMap<String, f64> {
-    let mut sums = BTreeMap::new();
-    for line in text.lines() {
-        let Some(rest) = line.strip_prefix(name) else {
-            continue;
-        };
-        let (labels, value) = match rest.strip_prefix('{') {
-            Some(r) => match r.split_once('}') {
-                Some((labels, value)) => (labels, value),
-                None => continue,
-            },
-            // `name value`, but not `name_other ...`.
-            None if rest.starts_with(' ') => ("", rest),
-            None => continue,
-        };
-        let Ok(v) = value.trim().parse::<f64>() else {
-            continue;
-        };
-        let key = label_value(labels, label).unwrap_or_default();
-        *sums.entry(key).or_insert(0.0) += v;
-    }
-    sums
-}
-
-/// The value of `label` in a Prometheus label set `a="x",b="y"`. Label values written by this
-/// service are bounded enums without quotes or commas.
-fn label_value(labels: &str, label: &str) -> Option<String> {
-    labels.split(',').find_map(|pair| {
-        let (k, v) = pair.split_once('=')?;
-        (k.trim() == label).then(|| v.trim().trim_matches('"').to_owned())
-    })
-}
-
-/// The page: inline CSS and JS only, so it works air-gapped and behind any proxy.
-const PAGE: &str = r##"<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>keeptyping status</title>
-<style>
-  :root { --bg:#0f1115; --fg:#e6e6e6; --mute:#8a8f98; --ok:#3fb950; --warn:#d29922; --bad:#f85149; --bar:#30363d; --acc:#58a6ff; }
-  * { box-sizing: border-box; }
-  body { margin:0; padding:1.2rem; background:var(--bg); color:var(--fg); font:14px/1.4 system-ui, sans-serif; }
-  h1 { font-size:1.2rem; margin:0 0 .2rem; }
-  h2 { font-size:1rem; margin:1.4rem 0 .5rem; color:var(--mute); text-transform:uppercase; letter-spacing:.05em; }
-  .sub { color:var(--mute); }
-  .tiles { display:flex; flex-wrap:wrap; gap:.8rem; margin-top:1rem; }
-  .tile { background:#161b22; border:1px solid var(--bar); border-radius:6px; padding:.7rem 1rem; min-width:10rem; }
-  .tile .v { font-size:1.8rem; font-variant-numeric:tabular-nums; }
-  .tile .l { color:var(--mute); }
-  table { border-collapse:collapse; width:100%; max-width:60rem; }
-  th, td { text-align:left; padding:.3rem .6rem; border-bottom:1px solid var(--bar); font-variant-numeric:tabular-nums; }
-  th { color:var(--mute); font-weight:normal; }
-  .bar { position:relative; height:.9rem; width:14rem; background:var(--bar); border-radius:3px; overflow:hidden; }
-  .bar > span { position:absolute; left:0; top:0; bottom:0; background:var(--acc); }
-  .bar.rem > span { background:var(--ok); }
-  .ok { color:var(--ok); } .warn { color:var(--warn); } .bad { color:var(--bad); }
-  .empty { color:var(--mute); font-style:italic; }
-</style>
-</head>
-<body>
-<h1>keeptyping <span id="version" class="sub"></span></h1>
-<div class="sub"><span id="state">loading…</span> · updated <span id="updated">never</span> · refreshes every <span id="refresh">2</span> s</div>
-<div class="tiles">
-  <div class="tile"><div class="v" id="sessions">–</div><div class="l">active sessions</div></div>
-  <div class="tile"><div class="v" id="rate">–</div><div class="l">refires / s</div></div>
-  <div class="tile"><div class="v" id="errrate">–</div><div class="l">failed refires / s</div></div>
-  <div class="tile"><div class="v" id="inflight">–</div><div class="l">typing calls in flight</div></div>
-  <div class="tile"><div class="v" id="refires">–</div><div class="l">refires since start</div></div>
-</div>
-<h2>Budgets</h2>
-<table>
-  <thead><tr><th>budget</th><th>keys</th><th>tokens</th><th>typing used / allowed per min</th><th>upstream remaining / limit per min</th><th>fans</th><th>state</th></tr></thead>
-  <tbody id="budgets"></tbody>
-</table>
-<h2>Paused accounts <span id="pausedcount" class="sub"></span></h2>
-<table>
-  <thead><tr><th>account</th><th>cause</th><th>probed again in</th></tr></thead>
-  <tbody id="paused"></tbody>
-</table>
-<h2>Last upstream errors</h2>
-<table>
-  <thead><tr><th>time</th><th>platform</th><th>outcome</th><th>HTTP status</th></tr></thead>
-  <tbody id="errors"></tbody>
-</table>
-<script>
-"use strict";
-let refreshMs = 2000;
-const $ = (id) => document.getElementById(id);
-function cell(text, cls) { const td = document.createElement("td"); td.textContent = text; if (cls) td.className = cls; return td; }
-function bar(value, max, cls) {
-  const td = document.createElement("td");
-  const b = document.createElement("div"); b.className = "bar" + (cls ? " " + cls : "");
-  const s = document.createElement("span");
-  const pct = max > 0 ? Math.max(0, Math.min(100, 100 * value / max)) : 0;
-  s.style.width = pct.toFixed(1) + "%"; b.appendChild(s);
-  const label = document.createElement("div"); label.className = "sub";
-  label.textContent = value === null ? "not reported yet" : Math.round(value) + " / " + Math.round(max);
-  td.appendChild(b); td.appendChild(label); return td;
-}
-function fill(id, rows, cols, empty) {
-  const body = $(id); body.replaceChildren();
-  if (rows.length === 0) { const tr = document.createElement("tr"); tr.appendChild(cell(empty, "empty")).colSpan = cols; body.appendChild(tr); return; }
-  for (const r of rows) { const tr = document.createElement("tr"); for (const c of r) tr.appendChild(c); body.appendChild(tr); }
-}
-function render(s) {
-  $("version").textContent = "v" + s.version;
-  $("state").textContent = s.draining ? "draining" : (s.ready ? "ready" : "not ready");
-  $("state").className = s.draining ? "warn" : (s.ready ? "ok" : "bad");
-  $("sessions").textContent = s.sessions_active;
-  $("inflight").textContent = s.in_flight;
-  $("refires").textContent = Math.round(s.refires_total);
-  $("rate").textContent = s.refires_per_second === null ? "–" : s.refires_per_second.toFixed(2);
-  $("errrate").textContent = s.failed_per_second === null ? "–" : s.failed_per_second.toFixed(2);
-  fill("budgets", s.budgets.map((b) => {
-    const st = b.paused ? ["paused (" + (b.pause_reason || "") + ", " + Math.ceil((b.paused_for_ms || 0) / 1000) + " s)", "bad"] : ["typing", "ok"];
-    return [cell(b.name), cell(b.keys.join(", ") || "–"), cell(b.tokens.toFixed(1)),
-      bar(b.sent_last_minute, b.typing_per_minute),
-      bar(b.remaining_minute, b.limit_per_minute, "rem"),
-      cell(Math.floor(b.capacity_fans)), cell(st[0], st[1])];
-  }), 7, "no budget");
-  $("pausedcount").textContent = "(" + s.paused_accounts_count + (s.account_ids_shown ? ")" : "; ids need the admin token: open this page with ?token=...)");
-  fill("paused", s.paused_accounts.map((p) => [cell(p.account_id || "hidden", p.account_id ? "" : "empty"), cell(p.cause, "warn"), cell(Math.ceil(p.probe_in_ms / 1000) + " s")]), 3, "none");
-  fill("errors", s.recent_errors.map((e) => [cell(new Date(e.at_unix_ms).toISOString().replace("T", " ").replace("Z", " UTC")), cell(e.platform), cell(e.outcome, "bad"), cell(e.status === null ? "–" : String(e.status))]), 4, "none");
-  $("updated").textContent = new Date().toLocaleTimeString();
-  refreshMs = s.refresh_ms || refreshMs;
-  $("refresh").textContent = (refreshMs / 1000).toString();
-}
-// The admin token: from ?token= once, then kept for this tab only and removed from the address bar.
-const params = new URLSearchParams(location.search);
-if (params.has("token")) {
-  sessionStorage.setItem("keeptyping-admin-token", params.get("token"));
-  params.delete("token");
-  history.replaceState(null, "", location.pathname + (params.toString() ? "?" + params : ""));
-}
-const adminToken = sessionStorage.getItem("keeptyping-admin-token");
-async function poll() {
-  try {
-    const headers = adminToken ? { "Authorization": "Bearer " + adminToken } : {};
-    const r = await fetch("status.json", { cache: "no-store", headers });
-    if (!r.ok) throw new Error("HTTP " + r.status);
-    render(await r.json());
-  } catch (e) {
-    $("state").textContent = "unreachable (" + e.message + ")"; $("state").className = "bad";
-  } finally {
-    setTimeout(poll, refreshMs);
-  }
-}
-poll();
-</script>
-</body>
-</html>
-"##;
+/// The page (`status.html`): inline CSS and JS only, so it works air-gapped and behind any
+/// proxy.
+const PAGE: &str = include_str!("status.html");
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const TEXT: &str = "\
-# HELP keeptyping_refires_total Typing calls made to the upstream, by platform and outcome.
-# TYPE keeptyping_refires_total counter
-keeptyping_refires_total{platform=\"onlyfans\",outcome=\"ok\"} 40
-keeptyping_refires_total{platform=\"fansly\",outcome=\"ok\"} 2
-keeptyping_refires_total{platform=\"onlyfans\",outcome=\"server_error\"} 3
-keeptyping_refires_skipped_total{reason=\"budget\"} 7
-";
-
-    #[test]
-    fn refire_counters_are_summed_by_outcome_across_platforms() {
-        let sums = sum_by_label(TEXT, "keeptyping_refires_total", "outcome");
-
-        assert_eq!(sums.get("ok"), Some(&42.0));
-        assert_eq!(sums.get("server_error"), Some(&3.0));
-        assert_eq!(sums.len(), 2, "the skipped counter is another family");
-    }
 
     #[test]
     fn rates_come_from_the_oldest_sample_in_the_window() {

@@ -13,7 +13,11 @@ use serde::{Deserialize, Serialize};
 
 use super::ApiState;
 use super::auth::Caller;
-use super::error::{ApiError, AppJson};
+use super::error::{
+    ApiError, AppJson, BadGateway, BadRequest, ErrorDetail, Forbidden, PayloadTooLarge, ServiceUnavailable,
+    TooManyRequests, Unauthorized, Unprocessable, UnsupportedMediaType,
+};
+use super::openapi::TYPING_TAG;
 use crate::engine::{Priority, SessionInfo, StartCommand, StartError, StartOutcome, StopOutcome};
 use crate::ids::{AccountId, ChatId, IdError, Platform, SessionKey};
 
@@ -75,9 +79,47 @@ pub struct StopRequest {
     pub chatter_id: Option<String>,
 }
 
-/// One event of a batch.
+/// What a batch event does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BatchAction {
+    /// As `POST /v1/typing/start`.
+    Start,
+    /// As `POST /v1/typing/stop`.
+    Stop,
+}
+
+/// One event of a batch: the fields of a start or a stop, and the `action` saying which. A stop
+/// ignores `priority` and `ttl_ms`.
+// One flat object rather than a tagged union of the two bodies, so that every client generator
+// reads it (`openapi-python-client` skips a `oneOf` of `allOf`, and with it the route). Read
+// into a [`BatchEvent`].
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
-#[serde(tag = "action", rename_all = "lowercase")]
+#[schema(as = BatchEvent)]
+pub struct BatchEventBody {
+    /// `start` or `stop`.
+    pub action: BatchAction,
+    /// Creator account (`acct_…`).
+    pub account_id: String,
+    /// The fan's chat.
+    pub chat_id: RawId,
+    /// Platform; default `onlyfans`.
+    #[serde(default)]
+    pub platform: Option<Platform>,
+    /// The chatter holding or letting go of the session.
+    #[serde(default)]
+    pub chatter_id: Option<String>,
+    /// Start only: `normal` (default) or `high`.
+    #[serde(default)]
+    pub priority: Option<Priority>,
+    /// Start only: this holder's idle lease in milliseconds (default `engine.idle_timeout`).
+    #[serde(default)]
+    pub ttl_ms: Option<u64>,
+}
+
+/// One event of a batch: the start or stop it stands for.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(from = "BatchEventBody")]
 pub enum BatchEvent {
     /// A start.
     Start(StartRequest),
@@ -85,10 +127,23 @@ pub enum BatchEvent {
     Stop(StopRequest),
 }
 
+impl From<BatchEventBody> for BatchEvent {
+    fn from(e: BatchEventBody) -> Self {
+        let BatchEventBody { action, account_id, chat_id, platform, chatter_id, priority, ttl_ms } = e;
+        match action {
+            BatchAction::Start => {
+                Self::Start(StartRequest { account_id, chat_id, platform, chatter_id, priority, ttl_ms })
+            }
+            BatchAction::Stop => Self::Stop(StopRequest { account_id, chat_id, platform, chatter_id }),
+        }
+    }
+}
+
 /// Body of `POST /v1/typing/batch`.
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 pub struct BatchRequest {
     /// The events, applied in order.
+    #[schema(value_type = Vec<BatchEventBody>)]
     pub events: Vec<BatchEvent>,
 }
 
@@ -129,8 +184,7 @@ pub struct TypingResponse {
     pub holders: Option<usize>,
     /// A batch event's error.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
-    pub error: Option<serde_json::Value>,
+    pub error: Option<ErrorDetail>,
 }
 
 /// Answer of a batch.
@@ -141,12 +195,49 @@ pub struct BatchResponse {
 }
 
 /// Answer of `GET /v1/typing/sessions`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SessionsResponse {
     /// Number of sessions listed.
     pub count: usize,
     /// The caller's live sessions.
-    pub sessions: Vec<SessionInfo>,
+    pub sessions: Vec<SessionView>,
+}
+
+/// A live session (`GET /v1/typing/sessions`).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct SessionView {
+    /// Platform.
+    pub platform: Platform,
+    /// Creator account.
+    #[schema(value_type = String)]
+    pub account_id: AccountId,
+    /// The fan's chat.
+    #[schema(value_type = String)]
+    pub chat_id: ChatId,
+    /// The caller's chatter ids holding it (`null` for the caller's anonymous holder); other
+    /// tenants' holders are not listed.
+    pub holders: Vec<Option<String>>,
+    /// `normal` or `high`.
+    pub priority: Priority,
+    /// Milliseconds since it started.
+    pub age_ms: u64,
+    /// Milliseconds until it ends unless refreshed.
+    pub expires_in_ms: u64,
+    /// Whether its account is paused.
+    pub paused: bool,
+    /// Whether it holds a lit slot of its budget (every refire paid on time); false while it
+    /// waits for one and is refired from what the budget has left.
+    pub lit_slot: bool,
+}
+
+impl From<SessionInfo> for SessionView {
+    fn from(s: SessionInfo) -> Self {
+        // Destructured without `..`: a field the engine adds fails here until it is answered
+        // (and so documented) or deliberately dropped.
+        let SessionInfo { platform, account_id, chat_id, holders, priority, age_ms, expires_in_ms, paused, lit_slot } =
+            s;
+        Self { platform, account_id, chat_id, holders, priority, age_ms, expires_in_ms, paused, lit_slot }
+    }
 }
 
 fn id_error(e: &IdError) -> ApiError {
@@ -267,6 +358,20 @@ fn apply_stop(state: &ApiState, key: &SessionKey, holder: &str) -> TypingRespons
 }
 
 /// `POST /v1/typing/start`
+#[utoipa::path(
+    post,
+    path = "/v1/typing/start",
+    operation_id = "startTyping",
+    summary = "Start or refresh a chat's typing session",
+    tag = TYPING_TAG,
+    security(("hook_token" = [])),
+    request_body = StartRequest,
+    responses(
+        (status = 200, description = "Started, refreshed, paused or capped", body = TypingResponse),
+        BadRequest, Unauthorized, Forbidden, PayloadTooLarge, UnsupportedMediaType, Unprocessable, TooManyRequests,
+        BadGateway, ServiceUnavailable,
+    )
+)]
 pub async fn start(
     State(state): State<ApiState>,
     caller: Caller,
@@ -277,6 +382,20 @@ pub async fn start(
 }
 
 /// `POST /v1/typing/stop`
+#[utoipa::path(
+    post,
+    path = "/v1/typing/stop",
+    operation_id = "stopTyping",
+    summary = "Release a chat; no typing call leaves once answered",
+    tag = TYPING_TAG,
+    security(("hook_token" = [])),
+    request_body = StopRequest,
+    responses(
+        (status = 200, description = "Stopped, released or not found", body = TypingResponse),
+        BadRequest, Unauthorized, Forbidden, PayloadTooLarge, UnsupportedMediaType, Unprocessable, TooManyRequests,
+        ServiceUnavailable,
+    )
+)]
 pub async fn stop(
     State(state): State<ApiState>,
     caller: Caller,
@@ -292,6 +411,20 @@ enum ValidEvent {
 }
 
 /// `POST /v1/typing/batch`
+#[utoipa::path(
+    post,
+    path = "/v1/typing/batch",
+    operation_id = "typingBatch",
+    summary = "Several starts and stops, validated whole",
+    tag = TYPING_TAG,
+    security(("hook_token" = [])),
+    request_body = BatchRequest,
+    responses(
+        (status = 200, description = "One result per event, in order", body = BatchResponse),
+        BadRequest, Unauthorized, Forbidden, PayloadTooLarge, UnsupportedMediaType, Unprocessable, TooManyRequests,
+        ServiceUnavailable,
+    )
+)]
 pub async fn batch(
     State(state): State<ApiState>,
     caller: Caller,
@@ -337,11 +470,23 @@ fn error_result(e: &ApiError) -> TypingResponse {
         refire_interval_ms: None,
         lease_ms: None,
         holders: None,
-        error: Some(serde_json::json!({ "code": code, "message": e.to_string() })),
+        error: Some(ErrorDetail { code, message: e.to_string() }),
     }
 }
 
 /// `GET /v1/typing/sessions`
+#[utoipa::path(
+    get,
+    path = "/v1/typing/sessions",
+    operation_id = "listSessions",
+    summary = "The caller's live sessions",
+    tag = TYPING_TAG,
+    security(("hook_token" = [])),
+    responses(
+        (status = 200, description = "The caller's live sessions", body = SessionsResponse),
+        Unauthorized, TooManyRequests, ServiceUnavailable,
+    )
+)]
 pub async fn sessions(State(state): State<ApiState>, caller: Caller) -> Json<SessionsResponse> {
     let mut sessions = state.engine.sessions(|a| caller.accounts.allows(a));
     for s in &mut sessions {
@@ -351,5 +496,5 @@ pub async fn sessions(State(state): State<ApiState>, caller: Caller) -> Json<Ses
             .filter_map(|h| caller.own_chatter(h.as_deref()?).map(|c| c.map(str::to_owned)))
             .collect();
     }
-    Json(SessionsResponse { count: sessions.len(), sessions })
+    Json(SessionsResponse { count: sessions.len(), sessions: sessions.into_iter().map(SessionView::from).collect() })
 }

@@ -29,7 +29,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::ApiState;
-use super::error::ApiError;
+use super::error::{ApiError, BadRequest, PayloadTooLarge, ServiceUnavailable, Unauthorized};
+use super::openapi::ACCOUNTS_TAG;
 use crate::accounts::WebhookAuthError;
 use crate::accounts::signing::SIGNATURE_HEADER;
 use crate::engine::PauseCause;
@@ -37,7 +38,7 @@ use crate::ids::{AccountId, ChatId, Platform, SessionKey};
 use crate::metrics::{self, EndReason};
 
 /// The webhook envelope.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 pub struct WebhookRequest {
     /// `accounts.session_expired`, `messages.sent`, ... (`fansly.`-prefixed on Fansly).
     pub event: String,
@@ -46,16 +47,19 @@ pub struct WebhookRequest {
     pub account_id: Option<String>,
     /// Event-specific fields.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub payload: Value,
 }
 
 /// Answer of a webhook.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct WebhookResponse {
     /// `paused`, `resumed`, `stopped`, `not_found` (no session for that chat) or `ignored`.
+    #[schema(value_type = String)]
     pub outcome: &'static str,
     /// Why it was ignored (`event_not_handled`, `malformed`, `replay`).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub reason: Option<&'static str>,
 }
 
@@ -109,6 +113,20 @@ impl Event {
 }
 
 /// `POST /v1/webhooks/onlyfansapi`
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks/onlyfansapi",
+    operation_id = "onlyfansapiWebhook",
+    summary = "OnlyFansAPI webhook (authenticated by its Signature, not a bearer token)",
+    tag = ACCOUNTS_TAG,
+    security(()),
+    params(("Signature" = String, Header, description = "Hex HMAC-SHA256 of the raw body with the webhook signing secret")),
+    request_body = WebhookRequest,
+    responses(
+        (status = 200, description = "Accepted", body = WebhookResponse),
+        BadRequest, Unauthorized, PayloadTooLarge, ServiceUnavailable,
+    )
+)]
 ///
 /// # Errors
 /// 401 `invalid_signature`, 503 `webhook_secret_not_configured`, 413 for a body over

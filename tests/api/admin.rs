@@ -68,3 +68,40 @@ async fn without_an_admin_token_configured_no_account_id_is_shown() {
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["paused_accounts_count"], 1, "{body}");
 }
+
+/// `/status.json` reads the engine and the budgets: a started session is counted in the active
+/// sessions and as lit or waiting in its budget, its typing calls in the refire counters; the
+/// page (one compiled-in file) shows lit and waiting per budget.
+#[tokio::test]
+async fn the_status_page_shows_sessions_refires_and_lit_or_waiting_per_budget() {
+    // Arrange
+    let app = spawn_app().await;
+    let status = || async {
+        let (code, body) = status_json(&app, None).await;
+        assert_eq!(code, 200);
+        serde_json::from_str::<Value>(&body).unwrap()
+    };
+    let before = status().await;
+
+    // Act
+    assert_eq!(app.start("6100001").await.0, 200);
+    assert_eq!(app.start("6100002").await.0, 200);
+
+    // Assert
+    let counted = eventually(Duration::from_secs(5), || async {
+        let s = status().await;
+        let budget = &s["budgets"][0];
+        let placed = budget["sessions_lit"].as_u64().unwrap() + budget["sessions_waiting"].as_u64().unwrap();
+        s["sessions_active"] == 2
+            && placed == 2
+            && s["refires_total"].as_u64().unwrap() >= before["refires_total"].as_u64().unwrap() + 4
+    })
+    .await;
+    assert!(counted, "{}", status().await);
+    let s = status().await;
+    assert_eq!(s["budgets"][0]["name"], "default");
+    assert_eq!(s["budgets"][0]["keys"], serde_json::json!(["default"]));
+    assert!(s["refires_by_outcome"]["ok"].as_u64().unwrap() >= 4, "{s}");
+    let page = app.http.get(format!("{}/", app.admin)).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("b.sessions_lit") && page.contains("b.sessions_waiting"), "the page shows lit/waiting");
+}
