@@ -37,7 +37,11 @@ const MAX_BATCH: usize = 500;
 /// Time allowed after the stops for calls already on the wire to land.
 const LAND: Duration = Duration::from_millis(2500);
 /// Lateness p99 a system must stay under to "hold" N sessions.
-const HOLD_BOUND_MS: f64 = 50.0;
+const HOLD_BOUND_MS: f64 = 20.0;
+/// Storm hook p99 a system must stay under to "hold" N sessions.
+const HOLD_HOOK_MS: f64 = 10.0;
+/// Share of the expected refire rate a system must reach to "hold" N sessions.
+const HOLD_RATE: f64 = 0.99;
 
 /// Command-line options.
 #[derive(Debug, Clone, Serialize)]
@@ -50,6 +54,12 @@ pub(crate) struct Opts {
     pub(crate) ceiling_concurrency: Vec<usize>,
     pub(crate) storm_pairs: usize,
     pub(crate) storm_rate: f64,
+    /// The mock's delay before every answer.
+    pub(crate) mock_latency_ms: u64,
+    /// The mock serves HTTPS (a certificate made at its start, trusted through `SSL_CERT_FILE`).
+    pub(crate) tls: bool,
+    /// In TLS mode, the mock offers HTTP/2 by ALPN as well.
+    pub(crate) tls_h2: bool,
 }
 
 impl Opts {
@@ -63,6 +73,9 @@ impl Opts {
             ceiling_concurrency: vec![8, 1024],
             storm_pairs: 1500,
             storm_rate: 500.0,
+            mock_latency_ms: 0,
+            tls: false,
+            tls_h2: false,
         };
         let mut args = std::env::args().skip(1);
         let list = |v: Option<String>| -> anyhow::Result<Vec<usize>> {
@@ -87,10 +100,14 @@ impl Opts {
                 "--ceiling-calls" => o.ceiling_calls = args.next().context("--ceiling-calls M")?.parse()?,
                 "--ceiling-concurrency" => o.ceiling_concurrency = list(args.next())?,
                 "--storm" => o.storm_pairs = args.next().context("--storm PAIRS")?.parse()?,
+                "--mock-latency" => o.mock_latency_ms = args.next().context("--mock-latency MS")?.parse()?,
+                "--tls" => o.tls = true,
+                "--tls-h2" => (o.tls, o.tls_h2) = (true, true),
                 "-h" | "--help" => {
                     println!(
                         "cargo bench --bench load -- [--quick] [--n 1000,10000,50000] [--hold SECONDS] [--repeat R]\n  \
-                         [--systems keeptyping,naive] [--ceiling-calls M] [--ceiling-concurrency 8,1024] [--storm PAIRS]"
+                         [--systems keeptyping,naive,naive-sleep,keeptyping@/path/to/bin] [--ceiling-calls M]\n  \
+                         [--ceiling-concurrency 8,1024] [--storm PAIRS] [--mock-latency MS] [--tls | --tls-h2]"
                     );
                     std::process::exit(0);
                 }
@@ -171,6 +188,8 @@ struct Bench {
     mock: String,
     bin: PathBuf,
     logs: PathBuf,
+    /// The mock's certificate (PEM) in TLS mode, trusted by every child through `SSL_CERT_FILE`.
+    cert: Option<PathBuf>,
     /// A driver instant and the mock's clock at that instant.
     clock: (Instant, f64),
 }
@@ -192,26 +211,42 @@ async fn run(opts: Opts) -> anyhow::Result<()> {
     let port = free_port()?;
     let mut cmd = Command::new(&bin);
     cmd.args(["mock-upstream", "--listen", &format!("127.0.0.1:{port}"), "--limit-per-minute", "0"]);
+    cmd.args(["--latency-ms", &opts.mock_latency_ms.to_string()]);
+    let cert = opts.tls.then(|| logs.join("mock-cert.pem"));
+    if let Some(c) = &cert {
+        let _ = std::fs::remove_file(c);
+        cmd.arg("--tls-cert-out").arg(c);
+        if opts.tls_h2 {
+            cmd.arg("--http2");
+        }
+    }
     cmd.env("RUST_LOG", "warn");
     let mock_proc = Proc::spawn("mock-upstream", cmd, &logs.join("mock.log"))?;
-    let mut bench = Bench {
-        http: reqwest::Client::builder()
-            .pool_max_idle_per_host(64)
-            .tcp_nodelay(true)
-            // Bounds every driver request: a system that stops answering fails its run.
-            .timeout(Duration::from_secs(60))
-            .build()?,
-        mock: format!("http://127.0.0.1:{port}"),
-        bin,
-        logs,
-        clock: (Instant::now(), 0.0),
-    };
+    let mut http = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .tcp_nodelay(true)
+        // Bounds every driver request: a system that stops answering fails its run.
+        .timeout(Duration::from_secs(60));
+    if let Some(c) = &cert {
+        for _ in 0..100 {
+            if c.exists() {
+                break;
+            }
+            sleep(Duration::from_millis(50)).await;
+        }
+        let pem = std::fs::read(c).context("the mock wrote no certificate")?;
+        http = http.tls_certs_merge([reqwest::Certificate::from_pem(&pem)?]);
+    }
+    let scheme = if opts.tls { "https://localhost" } else { "http://127.0.0.1" };
+    let mut bench =
+        Bench { http: http.build()?, mock: format!("{scheme}:{port}"), bin, logs, cert, clock: (Instant::now(), 0.0) };
     bench.wait_ready(&format!("{}/_mock/now", bench.mock)).await.context("mock-upstream did not start")?;
     let machine = report::machine();
     eprintln!("machine: {machine}; options: {opts:?}");
     let started = Instant::now();
     let mut ceilings = Vec::new();
-    for &c in &opts.ceiling_concurrency {
+    // `--ceiling-calls 0` skips the ceiling (with a slow mock it would take minutes).
+    for &c in opts.ceiling_concurrency.iter().filter(|_| opts.ceiling_calls > 0) {
         let ceiling = bench.ceiling(opts.ceiling_calls, c).await?;
         eprintln!(
             "ceiling c={c}: {} calls in {:.1} s, {:.3} CPU s per 1k calls",
@@ -293,6 +328,9 @@ impl Bench {
             .env("KEEPTYPING_BENCH_UPSTREAM", &self.mock)
             .env("KEEPTYPING_BENCH_CALLS", calls.to_string())
             .env("KEEPTYPING_BENCH_CONCURRENCY", concurrency.to_string());
+        if let Some(c) = &self.cert {
+            cmd.env("SSL_CERT_FILE", c);
+        }
         let out = tokio::task::spawn_blocking(move || cmd.output()).await??;
         anyhow::ensure!(out.status.success(), "ceiling failed: {}", String::from_utf8_lossy(&out.stderr));
         let line = String::from_utf8(out.stdout)?;
@@ -310,11 +348,21 @@ impl Bench {
         repeat: usize,
     ) -> anyhow::Result<(Proc, String, Option<String>)> {
         let hook_port = free_port()?;
-        let log = self.logs.join(format!("{system}-{n}-{repeat}.log"));
-        match system {
+        let log = self.logs.join(format!("{}-{n}-{repeat}.log", system.replace(['/', '@'], "_")));
+        // `keeptyping@PATH` runs another build of the service (an earlier commit, say) in the same run.
+        let (name, bin) = match system.split_once('@') {
+            Some((name, path)) => (name, PathBuf::from(path)),
+            None => (system, self.bin.clone()),
+        };
+        let trust = |cmd: &mut Command| {
+            if let Some(c) = &self.cert {
+                cmd.env("SSL_CERT_FILE", c);
+            }
+        };
+        match name {
             "keeptyping" => {
                 let admin_port = free_port()?;
-                let mut cmd = Command::new(&self.bin);
+                let mut cmd = Command::new(&bin);
                 cmd.arg("serve")
                     .env("RUST_LOG", "warn")
                     .env("KEEPTYPING__SERVER__LISTEN", format!("127.0.0.1:{hook_port}"))
@@ -322,27 +370,30 @@ impl Bench {
                     .env("KEEPTYPING__UPSTREAM__BASE_URL", &self.mock)
                     .env("ONLYFANSAPI_API_KEY", child::API_KEY)
                     .env("KEEPTYPING_HOOK_TOKEN", child::HOOK_TOKEN)
+                    // Default budget settings but the limit: the bucket holds one second of
+                    // refill when that is more than `budget.burst`.
                     .env("KEEPTYPING__BUDGET__LIMIT_PER_MINUTE", "100000000")
-                    .env("KEEPTYPING__BUDGET__BURST", "100000")
                     .env("KEEPTYPING__HOOKS__RATE_LIMIT_PER_SECOND", "0")
                     .env("KEEPTYPING__ENGINE__IDLE_TIMEOUT", "10m")
                     .env("KEEPTYPING__ENGINE__MAX_SESSIONS", (n + 100_000).to_string());
+                trust(&mut cmd);
                 let p = Proc::spawn("keeptyping", cmd, &log)?;
                 let admin = format!("http://127.0.0.1:{admin_port}");
                 self.wait_ready(&format!("{admin}/readyz")).await?;
                 Ok((p, format!("http://127.0.0.1:{hook_port}"), Some(admin)))
             }
-            "naive" => {
+            "naive" | "naive-sleep" => {
                 let mut cmd = Command::new(std::env::current_exe()?);
-                cmd.env(child::CHILD_ENV, "naive")
+                cmd.env(child::CHILD_ENV, name)
                     .env("KEEPTYPING_BENCH_LISTEN", format!("127.0.0.1:{hook_port}"))
                     .env("KEEPTYPING_BENCH_UPSTREAM", &self.mock);
-                let p = Proc::spawn("naive", cmd, &log)?;
+                trust(&mut cmd);
+                let p = Proc::spawn(name, cmd, &log)?;
                 let hook = format!("http://127.0.0.1:{hook_port}");
                 self.wait_ready(&format!("{hook}/livez")).await?;
                 Ok((p, hook, None))
             }
-            other => anyhow::bail!("unknown system {other:?} (keeptyping, naive)"),
+            other => anyhow::bail!("unknown system {other:?} (keeptyping, keeptyping@PATH, naive, naive-sleep)"),
         }
     }
 
