@@ -24,9 +24,8 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::Shared;
-use super::session::Priority;
 use super::slots::Slots;
+use super::{Command, Shared};
 use crate::budget::{BudgetIndex, Class, Denied, PauseReason};
 use crate::ids::SessionKey;
 use crate::metrics::{self, EndReason, SkipReason};
@@ -44,47 +43,6 @@ const LAUNCH_CHUNK: usize = 32;
 /// [`super::burst_spread`]). A batch of starts launches its first calls a fraction of a
 /// millisecond apart; hooks sent one by one by chatters rarely come this close.
 const BURST_WINDOW: Duration = Duration::from_millis(2);
-
-/// A message to the scheduler.
-#[derive(Debug)]
-pub(crate) enum Command {
-    /// A session's deadline.
-    Due {
-        /// The chat.
-        key: SessionKey,
-        /// The session's generation.
-        generation: u64,
-        /// When it is due.
-        due: Instant,
-    },
-    /// A new session joins its budget's slots.
-    Joined {
-        /// The chat.
-        key: SessionKey,
-        /// The session's generation.
-        generation: u64,
-        /// Its budget.
-        budget: BudgetIndex,
-        /// Its priority at the start.
-        priority: Priority,
-        /// Its typing calls per budget period.
-        calls: f64,
-    },
-    /// A session ended: its slot is free.
-    Left {
-        /// Its budget.
-        budget: BudgetIndex,
-        /// The session's generation.
-        generation: u64,
-    },
-    /// A session's priority rose to `high`.
-    Promoted {
-        /// Its budget.
-        budget: BudgetIndex,
-        /// The session's generation.
-        generation: u64,
-    },
-}
 
 #[derive(Debug)]
 struct Entry {
@@ -287,7 +245,7 @@ impl Scheduler {
             // Refires due within a tick of this pass wait for the next one (see `engine.tick`); a
             // start wakes the loop at once through `rx` and takes whatever is due with it.
             let wake = self.next_wake().map(|w| w.max(pass + self.shared.cfg.engine.tick));
-            let sem = Arc::clone(&self.shared.in_flight);
+            let sem = self.shared.in_flight.semaphore();
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
@@ -630,7 +588,7 @@ impl Scheduler {
     }
 
     fn take_permit(&mut self) -> Option<OwnedSemaphorePermit> {
-        self.permit.take().or_else(|| Arc::clone(&self.shared.in_flight).try_acquire_owned().ok())
+        self.permit.take().or_else(|| self.shared.in_flight.try_acquire())
     }
 
     /// Moves a skipped entry's deadline one interval on (or to its expiry, if sooner).
@@ -721,7 +679,13 @@ impl Scheduler {
                 metrics::budget_state(&s);
             }
         }
-        metrics::in_flight(self.shared.cfg.engine.max_in_flight - self.shared.in_flight.available_permits());
-        metrics::sessions_active(self.shared.table.len());
+        // The in-flight limit follows what the live sessions need at the observed latency.
+        let sessions = self.shared.table.len();
+        #[allow(clippy::cast_precision_loss, reason = "session counts far below 2^52")]
+        let rate = sessions as f64 / interval.as_secs_f64();
+        let in_flight = &self.shared.in_flight;
+        in_flight.resize(in_flight.target(rate));
+        metrics::in_flight(in_flight.taken());
+        metrics::sessions_active(sessions);
     }
 }
