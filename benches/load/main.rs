@@ -106,7 +106,7 @@ impl Opts {
                 "-h" | "--help" => {
                     println!(
                         "cargo bench --bench load -- [--quick] [--n 1000,10000,50000] [--hold SECONDS] [--repeat R]\n  \
-                         [--systems keeptyping,naive,naive-sleep,keeptyping@/path/to/bin] [--ceiling-calls M]\n  \
+                         [--systems keeptyping,naive,naive-sleep,keeptyping@BIN,naive@BENCH_BIN] [--ceiling-calls M]\n  \
                          [--ceiling-concurrency 8,1024] [--storm PAIRS] [--mock-latency MS] [--tls | --tls-h2]"
                     );
                     std::process::exit(0);
@@ -349,10 +349,11 @@ impl Bench {
     ) -> anyhow::Result<(Proc, String, Option<String>)> {
         let hook_port = free_port()?;
         let log = self.logs.join(format!("{}-{n}-{repeat}.log", system.replace(['/', '@'], "_")));
-        // `keeptyping@PATH` runs another build of the service (an earlier commit, say) in the same run.
-        let (name, bin) = match system.split_once('@') {
-            Some((name, path)) => (name, PathBuf::from(path)),
-            None => (system, self.bin.clone()),
+        // `keeptyping@PATH` runs another build of the service (an earlier commit, say) in the
+        // same run; `naive@PATH` another build of this bench (its baselines).
+        let (name, bin, bench_bin) = match system.split_once('@') {
+            Some((name, path)) => (name, PathBuf::from(path), PathBuf::from(path)),
+            None => (system, self.bin.clone(), std::env::current_exe()?),
         };
         let trust = |cmd: &mut Command| {
             if let Some(c) = &self.cert {
@@ -383,7 +384,7 @@ impl Bench {
                 Ok((p, format!("http://127.0.0.1:{hook_port}"), Some(admin)))
             }
             "naive" | "naive-sleep" => {
-                let mut cmd = Command::new(std::env::current_exe()?);
+                let mut cmd = Command::new(&bench_bin);
                 cmd.env(child::CHILD_ENV, name)
                     .env("KEEPTYPING_BENCH_LISTEN", format!("127.0.0.1:{hook_port}"))
                     .env("KEEPTYPING_BENCH_UPSTREAM", &self.mock);

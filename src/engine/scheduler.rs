@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
-use tokio::time::{Instant, sleep_until};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -43,6 +43,9 @@ const LAUNCH_CHUNK: usize = 32;
 /// [`super::burst_spread`]). A batch of starts launches its first calls a fraction of a
 /// millisecond apart; hooks sent one by one by chatters rarely come this close.
 const BURST_WINDOW: Duration = Duration::from_millis(2);
+
+/// Second calls of a burst that share one offset (see [`Scheduler::spread_offset`]).
+const SPREAD_GROUP: u64 = 3;
 
 #[derive(Debug)]
 struct Entry {
@@ -237,6 +240,12 @@ impl Scheduler {
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut gauges = tokio::time::interval(GAUGE_PERIOD);
         gauges.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // One timer for the whole loop, moved only when the next wake-up moves: the loop goes
+        // round for every answer and every command, and a fresh timer each round would be
+        // registered in (and removed from) the timer wheel each time.
+        let timer = tokio::time::sleep_until(Instant::now() + GAUGE_PERIOD);
+        tokio::pin!(timer);
+        let mut armed: Option<Instant> = None;
         loop {
             // A full chunk means more may be due: yield once, then go on.
             let pass = Instant::now();
@@ -245,6 +254,10 @@ impl Scheduler {
             // Refires due within a tick of this pass wait for the next one (see `engine.tick`); a
             // start wakes the loop at once through `rx` and takes whatever is due with it.
             let wake = self.next_wake().map(|w| w.max(pass + self.shared.cfg.engine.tick));
+            if let Some(w) = wake.filter(|w| armed != Some(*w)) {
+                timer.as_mut().reset(w);
+                armed = Some(w);
+            }
             let sem = self.shared.in_flight.semaphore();
             tokio::select! {
                 biased;
@@ -264,7 +277,7 @@ impl Scheduler {
                     self.permit = permit.ok();
                 }
                 () = tokio::task::yield_now(), if more => {}
-                () = sleep_until(wake.unwrap_or_else(|| Instant::now() + GAUGE_PERIOD)), if wake.is_some() && !more => {}
+                () = &mut timer, if wake.is_some() && !more => armed = None,
                 _ = gauges.tick() => {
                     let now = Instant::now();
                     self.sweep_waiting(now);
@@ -664,9 +677,12 @@ impl Scheduler {
 
     /// The next offset of a burst's second calls: spread over `[0, burst_spread(interval))` by a
     /// golden-ratio sequence, so any run of consecutive bursts covers the range evenly.
+    ///
+    /// Members of a burst share an offset by [`SPREAD_GROUP`]: a few calls leaving together cost
+    /// one wake-up of the process instead of one each, and are far too few to hold the cores.
     fn spread_offset(&self, interval: Duration) -> Duration {
         #[allow(clippy::cast_precision_loss, reason = "a sequence position; only its fraction matters")]
-        let u = (self.spread_seq as f64 * 0.618_033_988_749_895).fract();
+        let u = ((self.spread_seq / SPREAD_GROUP) as f64 * 0.618_033_988_749_895).fract();
         super::burst_spread(interval).mul_f64(u)
     }
 
