@@ -128,6 +128,11 @@ pub(crate) struct Cost {
     pub(crate) rss_hold_kib: u64,
     pub(crate) bytes_per_session: f64,
     pub(crate) mock_cpu_s: f64,
+    /// Open sockets of the process at the end of the hold window, and the most seen while it
+    /// lasted and during the storm (sampled every 500 ms): hook connections, listeners and
+    /// upstream connections together.
+    pub(crate) sockets_hold: usize,
+    pub(crate) sockets_max: usize,
 }
 
 /// keeptyping's own counters (from `/metrics`), for the record.
@@ -135,6 +140,8 @@ pub(crate) struct Cost {
 pub(crate) struct Counters {
     pub(crate) refires_total: f64,
     pub(crate) refires_skipped_total: f64,
+    /// `keeptyping_upstream_in_flight` at the end of the run.
+    pub(crate) in_flight: f64,
     pub(crate) lateness_mean_ms: f64,
     /// Storm hooks (start and stop routes) as keeptyping's own middleware timed them: how many,
     /// and the share that took longer than 1 ms and 5 ms inside the process.
@@ -160,6 +167,10 @@ pub(crate) struct Run {
     pub(crate) hook_ms: Quantiles,
     pub(crate) hook_errors: usize,
     pub(crate) storm_after_stop: usize,
+    /// First call after a single start (the storm's, while the N sessions refire): the first
+    /// call received minus the start's send time, over the storm chats that got one before
+    /// their stop.
+    pub(crate) storm_first_ms: Quantiles,
     pub(crate) storm_after_stop_strict: usize,
     pub(crate) counters: Option<Counters>,
 }
@@ -460,12 +471,28 @@ impl Bench {
         // Quiet hold: the cost window.
         sleep(Duration::from_secs(1)).await;
         let (cpu0, mock_cpu0, m0) = (proc_.cpu_seconds()?, mock.cpu_seconds()?, self.mock_ms(Instant::now()));
+        // Sockets sampled while the window and the storm last (reading `/proc` costs the
+        // driver, not the process measured).
+        let pid = proc_.pid();
+        let most = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let sampling = {
+            let most = std::sync::Arc::clone(&most);
+            tokio::spawn(async move {
+                loop {
+                    most.fetch_max(procs::sockets(pid), std::sync::atomic::Ordering::Relaxed);
+                    sleep(Duration::from_millis(500)).await;
+                }
+            })
+        };
         sleep(Duration::from_secs_f64(opts.hold_s)).await;
         let (cpu1, mock_cpu1, m1) = (proc_.cpu_seconds()?, mock.cpu_seconds()?, self.mock_ms(Instant::now()));
         let rss_hold = proc_.rss_kib()?;
+        let sockets_hold = procs::sockets(pid);
         // The storm, while the N sessions keep refiring.
-        let timeline = self.logs.join(format!("storm-{system}-{n}-{repeat}.tsv"));
+        let timeline = self.logs.join(format!("storm-{}-{n}-{repeat}.tsv", system.replace(['/', '@'], "_")));
         let (hook_ms, hook_errors, storm_spells) = self.storm(&hook, opts, &timeline).await;
+        sampling.abort();
+        let sockets_max = procs::sockets(pid).max(most.load(std::sync::atomic::Ordering::Relaxed));
         // Stop everything.
         for b in 0..n.div_ceil(MAX_BATCH) {
             let range = b * MAX_BATCH..((b + 1) * MAX_BATCH).min(n);
@@ -486,6 +513,9 @@ impl Bench {
         let calls = analysis::parse(&tsv, (MAIN_BASE, n), (STORM_BASE, storm_spells.len()));
         let cadence = analysis::cadence(&calls.main, &spells, interval_ms);
         let (storm_after_stop, storm_after_stop_strict) = analysis::after_stop(&calls.storm, &storm_spells);
+        let storm_first_ms = Quantiles::of(
+            calls.storm.iter().zip(&storm_spells).filter_map(|(c, s)| Some(c.first()? - s.start_ms)).collect(),
+        );
         let in_window = calls.all.iter().filter(|t| **t >= m0 && **t < m1).count();
         #[allow(clippy::cast_precision_loss, reason = "counts far below 2^52")]
         let (in_window_f, n_f) = (in_window as f64, n as f64);
@@ -511,10 +541,13 @@ impl Bench {
                 #[allow(clippy::cast_precision_loss, reason = "KiB of one process")]
                 bytes_per_session: (rss_hold as f64 - rss_idle as f64) * 1024.0 / n_f,
                 mock_cpu_s: mock_cpu1 - mock_cpu0,
+                sockets_hold,
+                sockets_max,
             },
             hook_ms,
             hook_errors,
             storm_after_stop,
+            storm_first_ms,
             storm_after_stop_strict,
             counters,
         })
@@ -536,8 +569,10 @@ impl Bench {
                 let mut lat = Vec::with_capacity(2);
                 let mut ok = true;
                 let mut stop_at = None;
+                let mut start_at = None;
                 for route in ["start", "stop"] {
                     let sent = Instant::now();
+                    start_at.get_or_insert(sent);
                     let r = http
                         .post(format!("{hook}/v1/typing/{route}"))
                         .bearer_auth(child::HOOK_TOKEN)
@@ -553,7 +588,7 @@ impl Bench {
                     lat.push(((sent - t0).as_secs_f64() * 1000.0, (done - sent).as_secs_f64() * 1000.0));
                     stop_at = Some(Instant::now());
                 }
-                (lat, ok, stop_at)
+                (lat, ok, stop_at, start_at)
             }));
         }
         let mut lat = Vec::new();
@@ -562,7 +597,7 @@ impl Bench {
         let mut spells = Vec::with_capacity(tasks.len());
         for t in tasks {
             match t.await {
-                Ok((l, ok, stop_at)) => {
+                Ok((l, ok, stop_at, start_at)) => {
                     for (sent, ms) in l {
                         timeline.push_str(&format!("{sent:.3}\t{ms:.3}\n"));
                         lat.push(ms);
@@ -572,7 +607,8 @@ impl Bench {
                         (true, Some(s)) => self.mock_ms(s),
                         _ => f64::INFINITY,
                     };
-                    spells.push(Spell { start_ms: f64::NAN, stop_ms });
+                    let start_ms = start_at.map_or(f64::NAN, |t| self.mock_ms(t));
+                    spells.push(Spell { start_ms, stop_ms });
                 }
                 Err(_) => {
                     errors += 1;
@@ -614,6 +650,7 @@ impl Bench {
             hook_server_over_5ms: share_over(le_5ms),
             refires_total: sum("keeptyping_refires_total"),
             refires_skipped_total: sum("keeptyping_refires_skipped_total"),
+            in_flight: sum("keeptyping_upstream_in_flight"),
             lateness_mean_ms: if count > 0.0 {
                 sum("keeptyping_refire_lateness_seconds_sum") / count * 1000.0
             } else {

@@ -19,6 +19,8 @@ use std::collections::{BinaryHeap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt as _;
+use futures_util::stream::FuturesUnordered;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -205,7 +207,13 @@ pub struct Scheduler {
     /// Second calls spread so far (the position in the spreading sequence).
     spread_seq: u64,
     tasks: TaskTracker,
+    /// The typing calls launched in this pass: they leave together as one task (see
+    /// [`Scheduler::flush`]).
+    batch: Vec<Call>,
 }
+
+/// One typing call (see [`super::fire`]), holding its in-flight permit.
+type Call = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 impl std::fmt::Debug for Scheduler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -232,6 +240,7 @@ impl Scheduler {
             last_first: None,
             spread_seq: 0,
             tasks: TaskTracker::new(),
+            batch: Vec::new(),
         }
     }
 
@@ -251,6 +260,7 @@ impl Scheduler {
             let pass = Instant::now();
             self.balance(pass);
             let more = self.process(pass);
+            self.flush();
             // Refires due within a tick of this pass wait for the next one (see `engine.tick`); a
             // start wakes the loop at once through `rx` and takes whatever is due with it.
             let wake = self.next_wake().map(|w| w.max(pass + self.shared.cfg.engine.tick));
@@ -669,10 +679,34 @@ impl Scheduler {
         self.push(entry.key, entry.generation, next_due);
         let shared = Arc::clone(&self.shared);
         let generation = entry.generation;
-        self.tasks.spawn(async move {
+        self.batch.push(Box::pin(async move {
             super::fire::fire(&shared, key, generation, api_key, budget, now).await;
             drop(permit);
-        });
+        }));
+    }
+
+    /// Sends the calls launched in this pass: one task for all of them, each call polled only
+    /// when its own answer moves. A task per call cost a spawn per call and, with two or more
+    /// spawned at once, a wake-up of another worker per pass for each.
+    fn flush(&mut self) {
+        match self.batch.len() {
+            0 => {}
+            1 => {
+                let call = self.batch.pop();
+                self.tasks.spawn(async move {
+                    if let Some(call) = call {
+                        call.await;
+                    }
+                });
+            }
+            _ => {
+                let calls: FuturesUnordered<Call> = self.batch.drain(..).collect();
+                self.tasks.spawn(async move {
+                    let mut calls = calls;
+                    while calls.next().await.is_some() {}
+                });
+            }
+        }
     }
 
     /// The next offset of a burst's second calls: spread over `[0, burst_spread(interval))` by a
