@@ -1,10 +1,15 @@
 //! The two baselines, run as children of the bench (the bench binary re-executes itself with
 //! `KEEPTYPING_BENCH_CHILD` set), each in its own process so that its CPU and memory are its own.
 //!
-//! - `naive`: one tokio task per session, each sending a typing call and sleeping until one
-//!   interval after it sent, the design common in chat libraries. It is driven through the same
-//!   hook routes and JSON as keeptyping (`/v1/typing/start`, `/stop`, `/batch`, bearer token,
-//!   ids parsed by `keeptyping::ids`) and sends through the same [`OnlyFansClient`].
+//! - `naive`: one tokio task per session on a `tokio::time::interval_at` of absolute deadlines
+//!   (`MissedTickBehavior::Delay`), each task awaiting its own typing call through one shared
+//!   plain `reqwest::Client` (its URL and `Authorization` value built once, when the task
+//!   starts; the answer's body read and dropped): the design a chat library would write. It is
+//!   driven through the same hook routes and JSON as keeptyping (`/v1/typing/start`, `/stop`,
+//!   `/batch`, bearer token, ids parsed by `keeptyping::ids`) and calls the same OnlyFansAPI
+//!   route ([`keeptyping::upstream::typing_path`]), so the mock answers both alike.
+//! - `naive-sleep`: the earlier baseline: one task per session sending through keeptyping's own
+//!   [`OnlyFansClient`] and sleeping until one interval after it sent.
 //! - `ceiling`: the same client sending typing calls back to back at a fixed concurrency, no
 //!   scheduling at all. It measures its own CPU from `/proc/self/stat` and prints one JSON line.
 //!
@@ -56,7 +61,11 @@ pub(crate) fn run(mode: &str) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let var = |k: &str| std::env::var(k).with_context(|| format!("{k} is not set"));
     match mode {
-        "naive" => rt.block_on(naive(var("KEEPTYPING_BENCH_LISTEN")?.parse()?, &var("KEEPTYPING_BENCH_UPSTREAM")?)),
+        "naive" | "naive-sleep" => rt.block_on(naive(
+            var("KEEPTYPING_BENCH_LISTEN")?.parse()?,
+            &var("KEEPTYPING_BENCH_UPSTREAM")?,
+            mode == "naive-sleep",
+        )),
         "ceiling" => rt.block_on(ceiling(
             &var("KEEPTYPING_BENCH_UPSTREAM")?,
             var("KEEPTYPING_BENCH_CALLS")?.parse()?,
@@ -70,12 +79,25 @@ pub(crate) fn run(mode: &str) -> anyhow::Result<()> {
 
 struct Naive {
     upstream: Arc<dyn Upstream>,
+    /// The plain client of the interval design.
+    http: reqwest::Client,
+    base_url: String,
+    /// The earlier design: keeptyping's client, sleeping one interval after each send.
+    sleep_after_send: bool,
     /// One task per live session. A std mutex: sections are a map insert or remove.
     sessions: Mutex<HashMap<SessionKey, AbortHandle>>,
 }
 
-async fn naive(listen: SocketAddr, upstream_url: &str) -> anyhow::Result<()> {
-    let state = Arc::new(Naive { upstream: client(upstream_url)?, sessions: Mutex::new(HashMap::new()) });
+async fn naive(listen: SocketAddr, upstream_url: &str, sleep_after_send: bool) -> anyhow::Result<()> {
+    // One shared client with reqwest's defaults, bounded like keeptyping's calls (2 s).
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
+    let state = Arc::new(Naive {
+        upstream: client(upstream_url)?,
+        http,
+        base_url: upstream_url.trim_end_matches('/').to_owned(),
+        sleep_after_send,
+        sessions: Mutex::new(HashMap::new()),
+    });
     let app = axum::Router::new()
         .route("/livez", get(|| async { "ok" }))
         .route("/v1/typing/start", post(start))
@@ -113,15 +135,31 @@ impl Naive {
         if sessions.contains_key(&key) {
             return json!({ "outcome": "refreshed" });
         }
-        let upstream = Arc::clone(&self.upstream);
-        let task_key = key.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let sent = Instant::now();
-                let _ = upstream.typing(&task_key, 0).await;
-                sleep_until(sent + INTERVAL).await;
-            }
-        });
+        let task = if self.sleep_after_send {
+            let upstream = Arc::clone(&self.upstream);
+            let task_key = key.clone();
+            tokio::spawn(async move {
+                loop {
+                    let sent = Instant::now();
+                    let _ = upstream.typing(&task_key, 0).await;
+                    sleep_until(sent + INTERVAL).await;
+                }
+            })
+        } else {
+            let http = self.http.clone();
+            let url = format!("{}{}", self.base_url, keeptyping::upstream::typing_path(&key));
+            tokio::spawn(async move {
+                let auth = format!("Bearer {API_KEY}");
+                let mut ticks = tokio::time::interval_at(Instant::now(), INTERVAL);
+                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    ticks.tick().await;
+                    if let Ok(resp) = http.post(&url).header(header::AUTHORIZATION, &auth).send().await {
+                        let _ = resp.bytes().await;
+                    }
+                }
+            })
+        };
         sessions.insert(key, task.abort_handle());
         json!({ "outcome": "started" })
     }

@@ -37,7 +37,11 @@ const MAX_BATCH: usize = 500;
 /// Time allowed after the stops for calls already on the wire to land.
 const LAND: Duration = Duration::from_millis(2500);
 /// Lateness p99 a system must stay under to "hold" N sessions.
-const HOLD_BOUND_MS: f64 = 50.0;
+const HOLD_BOUND_MS: f64 = 20.0;
+/// Storm hook p99 a system must stay under to "hold" N sessions.
+const HOLD_HOOK_MS: f64 = 10.0;
+/// Share of the expected refire rate a system must reach to "hold" N sessions.
+const HOLD_RATE: f64 = 0.99;
 
 /// Command-line options.
 #[derive(Debug, Clone, Serialize)]
@@ -50,6 +54,12 @@ pub(crate) struct Opts {
     pub(crate) ceiling_concurrency: Vec<usize>,
     pub(crate) storm_pairs: usize,
     pub(crate) storm_rate: f64,
+    /// The mock's delay before every answer.
+    pub(crate) mock_latency_ms: u64,
+    /// The mock serves HTTPS (a certificate made at its start, trusted through `SSL_CERT_FILE`).
+    pub(crate) tls: bool,
+    /// In TLS mode, the mock offers HTTP/2 by ALPN as well.
+    pub(crate) tls_h2: bool,
 }
 
 impl Opts {
@@ -63,6 +73,9 @@ impl Opts {
             ceiling_concurrency: vec![8, 1024],
             storm_pairs: 1500,
             storm_rate: 500.0,
+            mock_latency_ms: 0,
+            tls: false,
+            tls_h2: false,
         };
         let mut args = std::env::args().skip(1);
         let list = |v: Option<String>| -> anyhow::Result<Vec<usize>> {
@@ -87,10 +100,14 @@ impl Opts {
                 "--ceiling-calls" => o.ceiling_calls = args.next().context("--ceiling-calls M")?.parse()?,
                 "--ceiling-concurrency" => o.ceiling_concurrency = list(args.next())?,
                 "--storm" => o.storm_pairs = args.next().context("--storm PAIRS")?.parse()?,
+                "--mock-latency" => o.mock_latency_ms = args.next().context("--mock-latency MS")?.parse()?,
+                "--tls" => o.tls = true,
+                "--tls-h2" => (o.tls, o.tls_h2) = (true, true),
                 "-h" | "--help" => {
                     println!(
                         "cargo bench --bench load -- [--quick] [--n 1000,10000,50000] [--hold SECONDS] [--repeat R]\n  \
-                         [--systems keeptyping,naive] [--ceiling-calls M] [--ceiling-concurrency 8,1024] [--storm PAIRS]"
+                         [--systems keeptyping,naive,naive-sleep,keeptyping@BIN,naive@BENCH_BIN] [--ceiling-calls M]\n  \
+                         [--ceiling-concurrency 8,1024] [--storm PAIRS] [--mock-latency MS] [--tls | --tls-h2]"
                     );
                     std::process::exit(0);
                 }
@@ -111,6 +128,11 @@ pub(crate) struct Cost {
     pub(crate) rss_hold_kib: u64,
     pub(crate) bytes_per_session: f64,
     pub(crate) mock_cpu_s: f64,
+    /// Open sockets of the process at the end of the hold window, and the most seen while it
+    /// lasted and during the storm (sampled every 500 ms): hook connections, listeners and
+    /// upstream connections together.
+    pub(crate) sockets_hold: usize,
+    pub(crate) sockets_max: usize,
 }
 
 /// keeptyping's own counters (from `/metrics`), for the record.
@@ -118,6 +140,8 @@ pub(crate) struct Cost {
 pub(crate) struct Counters {
     pub(crate) refires_total: f64,
     pub(crate) refires_skipped_total: f64,
+    /// `keeptyping_upstream_in_flight` at the end of the run.
+    pub(crate) in_flight: f64,
     pub(crate) lateness_mean_ms: f64,
     /// Storm hooks (start and stop routes) as keeptyping's own middleware timed them: how many,
     /// and the share that took longer than 1 ms and 5 ms inside the process.
@@ -143,6 +167,10 @@ pub(crate) struct Run {
     pub(crate) hook_ms: Quantiles,
     pub(crate) hook_errors: usize,
     pub(crate) storm_after_stop: usize,
+    /// First call after a single start (the storm's, while the N sessions refire): the first
+    /// call received minus the start's send time, over the storm chats that got one before
+    /// their stop.
+    pub(crate) storm_first_ms: Quantiles,
     pub(crate) storm_after_stop_strict: usize,
     pub(crate) counters: Option<Counters>,
 }
@@ -171,6 +199,8 @@ struct Bench {
     mock: String,
     bin: PathBuf,
     logs: PathBuf,
+    /// The mock's certificate (PEM) in TLS mode, trusted by every child through `SSL_CERT_FILE`.
+    cert: Option<PathBuf>,
     /// A driver instant and the mock's clock at that instant.
     clock: (Instant, f64),
 }
@@ -192,26 +222,42 @@ async fn run(opts: Opts) -> anyhow::Result<()> {
     let port = free_port()?;
     let mut cmd = Command::new(&bin);
     cmd.args(["mock-upstream", "--listen", &format!("127.0.0.1:{port}"), "--limit-per-minute", "0"]);
+    cmd.args(["--latency-ms", &opts.mock_latency_ms.to_string()]);
+    let cert = opts.tls.then(|| logs.join("mock-cert.pem"));
+    if let Some(c) = &cert {
+        let _ = std::fs::remove_file(c);
+        cmd.arg("--tls-cert-out").arg(c);
+        if opts.tls_h2 {
+            cmd.arg("--http2");
+        }
+    }
     cmd.env("RUST_LOG", "warn");
     let mock_proc = Proc::spawn("mock-upstream", cmd, &logs.join("mock.log"))?;
-    let mut bench = Bench {
-        http: reqwest::Client::builder()
-            .pool_max_idle_per_host(64)
-            .tcp_nodelay(true)
-            // Bounds every driver request: a system that stops answering fails its run.
-            .timeout(Duration::from_secs(60))
-            .build()?,
-        mock: format!("http://127.0.0.1:{port}"),
-        bin,
-        logs,
-        clock: (Instant::now(), 0.0),
-    };
+    let mut http = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .tcp_nodelay(true)
+        // Bounds every driver request: a system that stops answering fails its run.
+        .timeout(Duration::from_secs(60));
+    if let Some(c) = &cert {
+        for _ in 0..100 {
+            if c.exists() {
+                break;
+            }
+            sleep(Duration::from_millis(50)).await;
+        }
+        let pem = std::fs::read(c).context("the mock wrote no certificate")?;
+        http = http.tls_certs_merge([reqwest::Certificate::from_pem(&pem)?]);
+    }
+    let scheme = if opts.tls { "https://localhost" } else { "http://127.0.0.1" };
+    let mut bench =
+        Bench { http: http.build()?, mock: format!("{scheme}:{port}"), bin, logs, cert, clock: (Instant::now(), 0.0) };
     bench.wait_ready(&format!("{}/_mock/now", bench.mock)).await.context("mock-upstream did not start")?;
     let machine = report::machine();
     eprintln!("machine: {machine}; options: {opts:?}");
     let started = Instant::now();
     let mut ceilings = Vec::new();
-    for &c in &opts.ceiling_concurrency {
+    // `--ceiling-calls 0` skips the ceiling (with a slow mock it would take minutes).
+    for &c in opts.ceiling_concurrency.iter().filter(|_| opts.ceiling_calls > 0) {
         let ceiling = bench.ceiling(opts.ceiling_calls, c).await?;
         eprintln!(
             "ceiling c={c}: {} calls in {:.1} s, {:.3} CPU s per 1k calls",
@@ -293,6 +339,9 @@ impl Bench {
             .env("KEEPTYPING_BENCH_UPSTREAM", &self.mock)
             .env("KEEPTYPING_BENCH_CALLS", calls.to_string())
             .env("KEEPTYPING_BENCH_CONCURRENCY", concurrency.to_string());
+        if let Some(c) = &self.cert {
+            cmd.env("SSL_CERT_FILE", c);
+        }
         let out = tokio::task::spawn_blocking(move || cmd.output()).await??;
         anyhow::ensure!(out.status.success(), "ceiling failed: {}", String::from_utf8_lossy(&out.stderr));
         let line = String::from_utf8(out.stdout)?;
@@ -310,11 +359,22 @@ impl Bench {
         repeat: usize,
     ) -> anyhow::Result<(Proc, String, Option<String>)> {
         let hook_port = free_port()?;
-        let log = self.logs.join(format!("{system}-{n}-{repeat}.log"));
-        match system {
+        let log = self.logs.join(format!("{}-{n}-{repeat}.log", system.replace(['/', '@'], "_")));
+        // `keeptyping@PATH` runs another build of the service (an earlier commit, say) in the
+        // same run; `naive@PATH` another build of this bench (its baselines).
+        let (name, bin, bench_bin) = match system.split_once('@') {
+            Some((name, path)) => (name, PathBuf::from(path), PathBuf::from(path)),
+            None => (system, self.bin.clone(), std::env::current_exe()?),
+        };
+        let trust = |cmd: &mut Command| {
+            if let Some(c) = &self.cert {
+                cmd.env("SSL_CERT_FILE", c);
+            }
+        };
+        match name {
             "keeptyping" => {
                 let admin_port = free_port()?;
-                let mut cmd = Command::new(&self.bin);
+                let mut cmd = Command::new(&bin);
                 cmd.arg("serve")
                     .env("RUST_LOG", "warn")
                     .env("KEEPTYPING__SERVER__LISTEN", format!("127.0.0.1:{hook_port}"))
@@ -322,27 +382,30 @@ impl Bench {
                     .env("KEEPTYPING__UPSTREAM__BASE_URL", &self.mock)
                     .env("ONLYFANSAPI_API_KEY", child::API_KEY)
                     .env("KEEPTYPING_HOOK_TOKEN", child::HOOK_TOKEN)
+                    // Default budget settings but the limit: the bucket holds one second of
+                    // refill when that is more than `budget.burst`.
                     .env("KEEPTYPING__BUDGET__LIMIT_PER_MINUTE", "100000000")
-                    .env("KEEPTYPING__BUDGET__BURST", "100000")
                     .env("KEEPTYPING__HOOKS__RATE_LIMIT_PER_SECOND", "0")
                     .env("KEEPTYPING__ENGINE__IDLE_TIMEOUT", "10m")
                     .env("KEEPTYPING__ENGINE__MAX_SESSIONS", (n + 100_000).to_string());
+                trust(&mut cmd);
                 let p = Proc::spawn("keeptyping", cmd, &log)?;
                 let admin = format!("http://127.0.0.1:{admin_port}");
                 self.wait_ready(&format!("{admin}/readyz")).await?;
                 Ok((p, format!("http://127.0.0.1:{hook_port}"), Some(admin)))
             }
-            "naive" => {
-                let mut cmd = Command::new(std::env::current_exe()?);
-                cmd.env(child::CHILD_ENV, "naive")
+            "naive" | "naive-sleep" => {
+                let mut cmd = Command::new(&bench_bin);
+                cmd.env(child::CHILD_ENV, name)
                     .env("KEEPTYPING_BENCH_LISTEN", format!("127.0.0.1:{hook_port}"))
                     .env("KEEPTYPING_BENCH_UPSTREAM", &self.mock);
-                let p = Proc::spawn("naive", cmd, &log)?;
+                trust(&mut cmd);
+                let p = Proc::spawn(name, cmd, &log)?;
                 let hook = format!("http://127.0.0.1:{hook_port}");
                 self.wait_ready(&format!("{hook}/livez")).await?;
                 Ok((p, hook, None))
             }
-            other => anyhow::bail!("unknown system {other:?} (keeptyping, naive)"),
+            other => anyhow::bail!("unknown system {other:?} (keeptyping, keeptyping@PATH, naive, naive-sleep)"),
         }
     }
 
@@ -408,12 +471,28 @@ impl Bench {
         // Quiet hold: the cost window.
         sleep(Duration::from_secs(1)).await;
         let (cpu0, mock_cpu0, m0) = (proc_.cpu_seconds()?, mock.cpu_seconds()?, self.mock_ms(Instant::now()));
+        // Sockets sampled while the window and the storm last (reading `/proc` costs the
+        // driver, not the process measured).
+        let pid = proc_.pid();
+        let most = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let sampling = {
+            let most = std::sync::Arc::clone(&most);
+            tokio::spawn(async move {
+                loop {
+                    most.fetch_max(procs::sockets(pid), std::sync::atomic::Ordering::Relaxed);
+                    sleep(Duration::from_millis(500)).await;
+                }
+            })
+        };
         sleep(Duration::from_secs_f64(opts.hold_s)).await;
         let (cpu1, mock_cpu1, m1) = (proc_.cpu_seconds()?, mock.cpu_seconds()?, self.mock_ms(Instant::now()));
         let rss_hold = proc_.rss_kib()?;
+        let sockets_hold = procs::sockets(pid);
         // The storm, while the N sessions keep refiring.
-        let timeline = self.logs.join(format!("storm-{system}-{n}-{repeat}.tsv"));
+        let timeline = self.logs.join(format!("storm-{}-{n}-{repeat}.tsv", system.replace(['/', '@'], "_")));
         let (hook_ms, hook_errors, storm_spells) = self.storm(&hook, opts, &timeline).await;
+        sampling.abort();
+        let sockets_max = procs::sockets(pid).max(most.load(std::sync::atomic::Ordering::Relaxed));
         // Stop everything.
         for b in 0..n.div_ceil(MAX_BATCH) {
             let range = b * MAX_BATCH..((b + 1) * MAX_BATCH).min(n);
@@ -434,6 +513,9 @@ impl Bench {
         let calls = analysis::parse(&tsv, (MAIN_BASE, n), (STORM_BASE, storm_spells.len()));
         let cadence = analysis::cadence(&calls.main, &spells, interval_ms);
         let (storm_after_stop, storm_after_stop_strict) = analysis::after_stop(&calls.storm, &storm_spells);
+        let storm_first_ms = Quantiles::of(
+            calls.storm.iter().zip(&storm_spells).filter_map(|(c, s)| Some(c.first()? - s.start_ms)).collect(),
+        );
         let in_window = calls.all.iter().filter(|t| **t >= m0 && **t < m1).count();
         #[allow(clippy::cast_precision_loss, reason = "counts far below 2^52")]
         let (in_window_f, n_f) = (in_window as f64, n as f64);
@@ -459,10 +541,13 @@ impl Bench {
                 #[allow(clippy::cast_precision_loss, reason = "KiB of one process")]
                 bytes_per_session: (rss_hold as f64 - rss_idle as f64) * 1024.0 / n_f,
                 mock_cpu_s: mock_cpu1 - mock_cpu0,
+                sockets_hold,
+                sockets_max,
             },
             hook_ms,
             hook_errors,
             storm_after_stop,
+            storm_first_ms,
             storm_after_stop_strict,
             counters,
         })
@@ -484,8 +569,10 @@ impl Bench {
                 let mut lat = Vec::with_capacity(2);
                 let mut ok = true;
                 let mut stop_at = None;
+                let mut start_at = None;
                 for route in ["start", "stop"] {
                     let sent = Instant::now();
+                    start_at.get_or_insert(sent);
                     let r = http
                         .post(format!("{hook}/v1/typing/{route}"))
                         .bearer_auth(child::HOOK_TOKEN)
@@ -501,7 +588,7 @@ impl Bench {
                     lat.push(((sent - t0).as_secs_f64() * 1000.0, (done - sent).as_secs_f64() * 1000.0));
                     stop_at = Some(Instant::now());
                 }
-                (lat, ok, stop_at)
+                (lat, ok, stop_at, start_at)
             }));
         }
         let mut lat = Vec::new();
@@ -510,7 +597,7 @@ impl Bench {
         let mut spells = Vec::with_capacity(tasks.len());
         for t in tasks {
             match t.await {
-                Ok((l, ok, stop_at)) => {
+                Ok((l, ok, stop_at, start_at)) => {
                     for (sent, ms) in l {
                         timeline.push_str(&format!("{sent:.3}\t{ms:.3}\n"));
                         lat.push(ms);
@@ -520,7 +607,8 @@ impl Bench {
                         (true, Some(s)) => self.mock_ms(s),
                         _ => f64::INFINITY,
                     };
-                    spells.push(Spell { start_ms: f64::NAN, stop_ms });
+                    let start_ms = start_at.map_or(f64::NAN, |t| self.mock_ms(t));
+                    spells.push(Spell { start_ms, stop_ms });
                 }
                 Err(_) => {
                     errors += 1;
@@ -562,6 +650,7 @@ impl Bench {
             hook_server_over_5ms: share_over(le_5ms),
             refires_total: sum("keeptyping_refires_total"),
             refires_skipped_total: sum("keeptyping_refires_skipped_total"),
+            in_flight: sum("keeptyping_upstream_in_flight"),
             lateness_mean_ms: if count > 0.0 {
                 sum("keeptyping_refire_lateness_seconds_sum") / count * 1000.0
             } else {

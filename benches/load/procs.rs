@@ -92,6 +92,14 @@ fn clock_ticks() -> f64 {
     })
 }
 
+/// Open sockets of process `pid` (its file descriptors that are sockets); 0 if it is gone.
+pub(crate) fn sockets(pid: u32) -> usize {
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else { return 0 };
+    dir.filter_map(Result::ok)
+        .filter(|e| fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().starts_with("socket:")))
+        .count()
+}
+
 /// A loopback port that was free a moment ago.
 pub(crate) fn free_port() -> anyhow::Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;

@@ -13,10 +13,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::Shared;
 use super::readiness::PauseCause;
-use super::scheduler::Command;
 use super::session::Session;
+use super::{Command, Shared};
 use crate::budget::BudgetIndex;
 use crate::ids::SessionKey;
 use crate::metrics::{self, EndReason};
@@ -61,18 +60,29 @@ pub(crate) async fn fire(
         outcome = call => outcome,
     };
     let now = Instant::now();
+    shared.in_flight.observe(outcome.elapsed);
     metrics::refire(key.platform.as_str(), outcome.label(), outcome.elapsed);
-    if let Some(limits) = outcome.rate_limits {
-        shared.budgets.with(budget, |b| b.observe(limits, now));
+    // What the answer tells the budget, in one visit to it.
+    let ok = outcome.result.is_ok();
+    if ok || outcome.rate_limits.is_some() {
+        shared.budgets.with(budget, |b| {
+            if let Some(limits) = outcome.rate_limits {
+                b.observe(limits, now);
+            }
+            if ok {
+                b.succeeded();
+            }
+        });
         // What the budget may spend moved: the scheduler balances its slots on its next pass.
-        if let Some(flag) = shared.rebalance.get(budget) {
-            flag.store(true, Ordering::Release);
+        if outcome.rate_limits.is_some() {
+            if let Some(flag) = shared.rebalance.get(budget) {
+                flag.store(true, Ordering::Release);
+            }
         }
     }
     let lifetime = shared.platform(key.platform).indicator_lifetime;
     match &outcome.result {
         Ok(()) => {
-            shared.budgets.with(budget, crate::budget::BudgetState::succeeded);
             let lit = shared.table.with_generation(&key, generation, |s| {
                 s.in_flight = false;
                 // The first indicator counts as given once a call for it succeeded.

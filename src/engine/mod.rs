@@ -9,6 +9,7 @@
 //! upstream through the [`Upstream`] trait and to the budget through [`Budgets`].
 
 mod fire;
+mod inflight;
 mod keys;
 mod readiness;
 mod recent;
@@ -21,7 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 pub use keys::{KeyEntry, KeyRing, REFUSED_FOR};
@@ -31,7 +32,7 @@ pub use scheduler::Scheduler;
 pub use session::{Holder, MAX_HOLDERS, Priority, Session, SessionTable, Upsert};
 pub use slots::SlotCounts;
 
-use crate::budget::{BudgetSnapshot, Budgets};
+use crate::budget::{BudgetIndex, BudgetSnapshot, Budgets};
 use crate::config::{BudgetSettings, EngineSettings, PlatformsSettings};
 use crate::ids::{AccountId, Platform, SessionKey};
 use crate::metrics::{self, EndReason};
@@ -134,6 +135,47 @@ pub struct SessionInfo {
     pub lit_slot: bool,
 }
 
+/// A message to the scheduler.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// A session's deadline.
+    Due {
+        /// The chat.
+        key: SessionKey,
+        /// The session's generation.
+        generation: u64,
+        /// When it is due.
+        due: Instant,
+    },
+    /// A new session joins its budget's slots.
+    Joined {
+        /// The chat.
+        key: SessionKey,
+        /// The session's generation.
+        generation: u64,
+        /// Its budget.
+        budget: BudgetIndex,
+        /// Its priority at the start.
+        priority: Priority,
+        /// Its typing calls per budget period.
+        calls: f64,
+    },
+    /// A session ended: its slot is free.
+    Left {
+        /// Its budget.
+        budget: BudgetIndex,
+        /// The session's generation.
+        generation: u64,
+    },
+    /// A session's priority rose to `high`.
+    Promoted {
+        /// Its budget.
+        budget: BudgetIndex,
+        /// The session's generation.
+        generation: u64,
+    },
+}
+
 /// State shared by the handle, the scheduler and the fire tasks.
 pub(crate) struct Shared {
     pub(crate) cfg: EngineConfig,
@@ -142,8 +184,9 @@ pub(crate) struct Shared {
     pub(crate) keys: KeyRing,
     pub(crate) readiness: Readiness,
     pub(crate) upstream: Arc<dyn Upstream>,
-    pub(crate) commands: mpsc::UnboundedSender<scheduler::Command>,
-    pub(crate) in_flight: Arc<Semaphore>,
+    pub(crate) commands: mpsc::UnboundedSender<Command>,
+    /// The in-flight limit (see [`inflight`]).
+    pub(crate) in_flight: inflight::InFlight,
     pub(crate) generation: AtomicU64,
     /// Set when the drain starts: no new typing call leaves after this.
     pub(crate) draining: AtomicBool,
@@ -175,7 +218,7 @@ impl Engine {
     /// Builds the engine and its scheduler; run the scheduler with [`Scheduler::run`].
     pub fn new(cfg: EngineConfig, upstream: Arc<dyn Upstream>, budgets: Budgets, keys: KeyRing) -> (Self, Scheduler) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let in_flight = Arc::new(Semaphore::new(cfg.engine.max_in_flight));
+        let in_flight = inflight::InFlight::new(cfg.engine.max_in_flight);
         let slot_counts = (0..budgets.len()).map(|_| SlotCounts::default()).collect();
         let rebalance = (0..budgets.len()).map(|_| AtomicBool::new(false)).collect();
         let shared = Arc::new(Shared {
@@ -234,20 +277,15 @@ impl Engine {
                 let calls = s.cfg.budget.window.as_secs_f64() / interval.as_secs_f64();
                 // The scheduler owns deadlines and slots; a send error means it has stopped
                 // (shutdown), and the session then ends with the process.
-                let joined = scheduler::Command::Joined {
-                    key: cmd.key.clone(),
-                    generation,
-                    budget,
-                    priority: cmd.priority,
-                    calls,
-                };
+                let joined =
+                    Command::Joined { key: cmd.key.clone(), generation, budget, priority: cmd.priority, calls };
                 let _ = s.commands.send(joined);
-                let _ = s.commands.send(scheduler::Command::Due { key: cmd.key.clone(), generation, due: now });
+                let _ = s.commands.send(Command::Due { key: cmd.key.clone(), generation, due: now });
                 StartOutcome::Started
             }
             Upsert::Refreshed { promoted } => {
                 if let Some((budget, generation)) = promoted {
-                    let _ = s.commands.send(scheduler::Command::Promoted { budget, generation });
+                    let _ = s.commands.send(Command::Promoted { budget, generation });
                 }
                 StartOutcome::Refreshed
             }
@@ -345,7 +383,7 @@ impl Engine {
 
     /// Typing calls on the wire right now.
     pub fn in_flight(&self) -> usize {
-        self.shared.cfg.engine.max_in_flight - self.shared.in_flight.available_permits()
+        self.shared.in_flight.taken()
     }
 
     /// The last failed typing calls, newest first (no ids of any kind).
@@ -391,7 +429,7 @@ impl Shared {
         if let Some(token) = &session.cancel_in_flight {
             token.cancel();
         }
-        let _ = self.commands.send(scheduler::Command::Left { budget: session.budget, generation: session.generation });
+        let _ = self.commands.send(Command::Left { budget: session.budget, generation: session.generation });
         let [waiting, lit] = session.coverage_by_slot(now);
         metrics::session_ended(reason, [(metrics::Slot::Waiting, waiting), (metrics::Slot::Lit, lit)]);
         metrics::sessions_active(self.table.len());

@@ -19,14 +19,15 @@ use std::collections::{BinaryHeap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt as _;
+use futures_util::stream::FuturesUnordered;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
-use tokio::time::{Instant, sleep_until};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::Shared;
-use super::session::Priority;
 use super::slots::Slots;
+use super::{Command, Shared};
 use crate::budget::{BudgetIndex, Class, Denied, PauseReason};
 use crate::ids::SessionKey;
 use crate::metrics::{self, EndReason, SkipReason};
@@ -45,46 +46,8 @@ const LAUNCH_CHUNK: usize = 32;
 /// millisecond apart; hooks sent one by one by chatters rarely come this close.
 const BURST_WINDOW: Duration = Duration::from_millis(2);
 
-/// A message to the scheduler.
-#[derive(Debug)]
-pub(crate) enum Command {
-    /// A session's deadline.
-    Due {
-        /// The chat.
-        key: SessionKey,
-        /// The session's generation.
-        generation: u64,
-        /// When it is due.
-        due: Instant,
-    },
-    /// A new session joins its budget's slots.
-    Joined {
-        /// The chat.
-        key: SessionKey,
-        /// The session's generation.
-        generation: u64,
-        /// Its budget.
-        budget: BudgetIndex,
-        /// Its priority at the start.
-        priority: Priority,
-        /// Its typing calls per budget period.
-        calls: f64,
-    },
-    /// A session ended: its slot is free.
-    Left {
-        /// Its budget.
-        budget: BudgetIndex,
-        /// The session's generation.
-        generation: u64,
-    },
-    /// A session's priority rose to `high`.
-    Promoted {
-        /// Its budget.
-        budget: BudgetIndex,
-        /// The session's generation.
-        generation: u64,
-    },
-}
+/// Second calls of a burst that share one offset (see [`Scheduler::spread_offset`]).
+const SPREAD_GROUP: u64 = 3;
 
 #[derive(Debug)]
 struct Entry {
@@ -244,7 +207,13 @@ pub struct Scheduler {
     /// Second calls spread so far (the position in the spreading sequence).
     spread_seq: u64,
     tasks: TaskTracker,
+    /// The typing calls launched in this pass: they leave together as one task (see
+    /// [`Scheduler::flush`]).
+    batch: Vec<Call>,
 }
+
+/// One typing call (see [`super::fire`]), holding its in-flight permit.
+type Call = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 impl std::fmt::Debug for Scheduler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -271,6 +240,7 @@ impl Scheduler {
             last_first: None,
             spread_seq: 0,
             tasks: TaskTracker::new(),
+            batch: Vec::new(),
         }
     }
 
@@ -279,15 +249,26 @@ impl Scheduler {
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut gauges = tokio::time::interval(GAUGE_PERIOD);
         gauges.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // One timer for the whole loop, moved only when the next wake-up moves: the loop goes
+        // round for every answer and every command, and a fresh timer each round would be
+        // registered in (and removed from) the timer wheel each time.
+        let timer = tokio::time::sleep_until(Instant::now() + GAUGE_PERIOD);
+        tokio::pin!(timer);
+        let mut armed: Option<Instant> = None;
         loop {
             // A full chunk means more may be due: yield once, then go on.
             let pass = Instant::now();
             self.balance(pass);
             let more = self.process(pass);
+            self.flush();
             // Refires due within a tick of this pass wait for the next one (see `engine.tick`); a
             // start wakes the loop at once through `rx` and takes whatever is due with it.
             let wake = self.next_wake().map(|w| w.max(pass + self.shared.cfg.engine.tick));
-            let sem = Arc::clone(&self.shared.in_flight);
+            if let Some(w) = wake.filter(|w| armed != Some(*w)) {
+                timer.as_mut().reset(w);
+                armed = Some(w);
+            }
+            let sem = self.shared.in_flight.semaphore();
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
@@ -306,7 +287,7 @@ impl Scheduler {
                     self.permit = permit.ok();
                 }
                 () = tokio::task::yield_now(), if more => {}
-                () = sleep_until(wake.unwrap_or_else(|| Instant::now() + GAUGE_PERIOD)), if wake.is_some() && !more => {}
+                () = &mut timer, if wake.is_some() && !more => armed = None,
                 _ = gauges.tick() => {
                     let now = Instant::now();
                     self.sweep_waiting(now);
@@ -636,7 +617,7 @@ impl Scheduler {
     }
 
     fn take_permit(&mut self) -> Option<OwnedSemaphorePermit> {
-        self.permit.take().or_else(|| Arc::clone(&self.shared.in_flight).try_acquire_owned().ok())
+        self.permit.take().or_else(|| self.shared.in_flight.try_acquire())
     }
 
     /// Moves a skipped entry's deadline one interval on (or to its expiry, if sooner).
@@ -704,17 +685,44 @@ impl Scheduler {
         self.push(entry.key, entry.generation, next_due);
         let shared = Arc::clone(&self.shared);
         let generation = entry.generation;
-        self.tasks.spawn(async move {
+        self.batch.push(Box::pin(async move {
             super::fire::fire(&shared, key, generation, api_key, budget, now).await;
             drop(permit);
-        });
+        }));
+    }
+
+    /// Sends the calls launched in this pass: one task for all of them, each call polled only
+    /// when its own answer moves. A task per call cost a spawn per call and, with two or more
+    /// spawned at once, a wake-up of another worker per pass for each.
+    fn flush(&mut self) {
+        match self.batch.len() {
+            0 => {}
+            1 => {
+                let call = self.batch.pop();
+                self.tasks.spawn(async move {
+                    if let Some(call) = call {
+                        call.await;
+                    }
+                });
+            }
+            _ => {
+                let calls: FuturesUnordered<Call> = self.batch.drain(..).collect();
+                self.tasks.spawn(async move {
+                    let mut calls = calls;
+                    while calls.next().await.is_some() {}
+                });
+            }
+        }
     }
 
     /// The next offset of a burst's second calls: spread over `[0, burst_spread(interval))` by a
     /// golden-ratio sequence, so any run of consecutive bursts covers the range evenly.
+    ///
+    /// Members of a burst share an offset by [`SPREAD_GROUP`]: a few calls leaving together cost
+    /// one wake-up of the process instead of one each, and are far too few to hold the cores.
     fn spread_offset(&self, interval: Duration) -> Duration {
         #[allow(clippy::cast_precision_loss, reason = "a sequence position; only its fraction matters")]
-        let u = (self.spread_seq as f64 * 0.618_033_988_749_895).fract();
+        let u = ((self.spread_seq / SPREAD_GROUP) as f64 * 0.618_033_988_749_895).fract();
         super::burst_spread(interval).mul_f64(u)
     }
 
@@ -727,7 +735,13 @@ impl Scheduler {
                 metrics::budget_state(&s);
             }
         }
-        metrics::in_flight(self.shared.cfg.engine.max_in_flight - self.shared.in_flight.available_permits());
-        metrics::sessions_active(self.shared.table.len());
+        // The in-flight limit follows what the live sessions need at the observed latency.
+        let sessions = self.shared.table.len();
+        #[allow(clippy::cast_precision_loss, reason = "session counts far below 2^52")]
+        let rate = sessions as f64 / interval.as_secs_f64();
+        let in_flight = &self.shared.in_flight;
+        in_flight.resize(in_flight.target(rate));
+        metrics::in_flight(in_flight.taken());
+        metrics::sessions_active(sessions);
     }
 }

@@ -39,6 +39,7 @@ pub use state::{Fault, MockConfig, MockState, Record, RecordQuery, key_id};
 #[derive(Debug)]
 pub struct MockUpstream {
     addr: SocketAddr,
+    https: bool,
     state: Arc<MockState>,
     token: CancellationToken,
     task: JoinHandle<()>,
@@ -50,12 +51,21 @@ impl MockUpstream {
     /// # Errors
     /// When the address cannot be bound.
     pub async fn start(listen: SocketAddr, config: MockConfig) -> std::io::Result<Self> {
+        Self::start_with(listen, config, None).await
+    }
+
+    /// [`MockUpstream::start`], serving HTTPS when `tls` is given (see [`Tls`]).
+    ///
+    /// # Errors
+    /// When the address cannot be bound.
+    pub async fn start_with(listen: SocketAddr, config: MockConfig, tls: Option<&Tls>) -> std::io::Result<Self> {
         let listener = TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
         let state = Arc::new(MockState::new(config));
         let token = CancellationToken::new();
-        let task = tokio::spawn(serve(listener, Arc::clone(&state), token.clone()));
-        Ok(Self { addr, state, token, task })
+        let acceptor = tls.map(|t| t.acceptor.clone());
+        let task = tokio::spawn(serve_with(listener, Arc::clone(&state), token.clone(), acceptor));
+        Ok(Self { addr, https: tls.is_some(), state, token, task })
     }
 
     /// The bound address.
@@ -63,9 +73,9 @@ impl MockUpstream {
         self.addr
     }
 
-    /// `http://127.0.0.1:PORT`
+    /// `http://127.0.0.1:PORT`, or `https://localhost:PORT` when serving TLS.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        if self.https { format!("https://localhost:{}", self.addr.port()) } else { format!("http://{}", self.addr) }
     }
 
     /// The shared state (records and configuration), for in-process callers.
@@ -83,6 +93,58 @@ impl MockUpstream {
 /// Serves the mock on `listener` until `token` is cancelled. Each connection is served by
 /// hyper directly so that the `reset` fault can drop it without an answer.
 pub async fn serve(listener: TcpListener, state: Arc<MockState>, token: CancellationToken) {
+    serve_with(listener, state, token, None).await;
+}
+
+/// A TLS identity for the mock: a self-signed certificate made at start for `localhost` and
+/// `127.0.0.1`. Clients trust it through its PEM ([`Tls::cert_pem`]): keeptyping and the
+/// benchmarks through `SSL_CERT_FILE`. With `http2`, the mock offers `h2` by ALPN (as an edge
+/// that speaks HTTP/2 would) besides `http/1.1`; without it, HTTP/1.1 only.
+#[derive(Clone)]
+pub struct Tls {
+    acceptor: tokio_rustls::TlsAcceptor,
+    cert_pem: String,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls").finish_non_exhaustive()
+    }
+}
+
+impl Tls {
+    /// Makes a fresh self-signed identity.
+    ///
+    /// # Errors
+    /// When the certificate cannot be generated or the TLS stack refuses it.
+    pub fn self_signed(http2: bool) -> anyhow::Result<Self> {
+        use tokio_rustls::rustls;
+        let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+        let rcgen::CertifiedKey { cert, signing_key } = rcgen::generate_simple_self_signed(names)?;
+        let der = rustls::pki_types::PrivateKeyDer::try_from(signing_key.serialize_der())
+            .map_err(|e| anyhow::anyhow!("private key: {e}"))?;
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.der().clone()], der)?;
+        config.alpn_protocols =
+            if http2 { vec![b"h2".to_vec(), b"http/1.1".to_vec()] } else { vec![b"http/1.1".to_vec()] };
+        Ok(Self { acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)), cert_pem: cert.pem() })
+    }
+
+    /// The certificate, PEM-encoded: what a client must trust.
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+}
+
+async fn serve_with(
+    listener: TcpListener,
+    state: Arc<MockState>,
+    token: CancellationToken,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     let router = router(Arc::clone(&state));
     loop {
         let (stream, _) = tokio::select! {
@@ -99,6 +161,7 @@ pub async fn serve(listener: TcpListener, state: Arc<MockState>, token: Cancella
         let router = router.clone();
         let state = Arc::clone(&state);
         let token = token.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let router = router.clone();
@@ -112,6 +175,16 @@ pub async fn serve(listener: TcpListener, state: Arc<MockState>, token: Cancella
                     Ok::<_, ResetConnection>(resp.unwrap_or_else(|e: Infallible| match e {}))
                 }
             });
+            if let Some(tls) = tls {
+                let Ok(stream) = tls.accept(stream).await else { return };
+                let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+                let conn = builder.serve_connection(TokioIo::new(stream), service);
+                tokio::select! {
+                    _ = conn => {}
+                    () = token.cancelled() => {}
+                }
+                return;
+            }
             let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
             tokio::select! {
                 _ = conn => {}
@@ -285,6 +358,13 @@ pub struct MockArgs {
     /// Share of requests answered 500.
     #[arg(long, default_value_t = 0.0)]
     pub error_rate: f64,
+    /// Serve HTTPS with a self-signed certificate made at start, written (PEM) to this file:
+    /// point a client's `SSL_CERT_FILE` at it to trust it.
+    #[arg(long)]
+    pub tls_cert_out: Option<std::path::PathBuf>,
+    /// With `--tls-cert-out`: offer HTTP/2 by ALPN as well as HTTP/1.1.
+    #[arg(long)]
+    pub http2: bool,
 }
 
 /// Runs the mock until SIGINT/SIGTERM.
@@ -298,7 +378,18 @@ pub async fn run(args: MockArgs) -> anyhow::Result<()> {
         error_rate: args.error_rate,
         ..MockConfig::default()
     };
-    let mock = MockUpstream::start(args.listen, config).await?;
+    let tls = match &args.tls_cert_out {
+        Some(path) => {
+            let tls = Tls::self_signed(args.http2)?;
+            // Written whole under another name, then renamed: a reader never sees half a file.
+            let partial = path.with_extension("partial");
+            std::fs::write(&partial, tls.cert_pem())?;
+            std::fs::rename(&partial, path)?;
+            Some(tls)
+        }
+        None => None,
+    };
+    let mock = MockUpstream::start_with(args.listen, config, tls.as_ref()).await?;
     println!("mock OnlyFansAPI listening on {}", mock.url());
     println!("  records: GET {0}/_mock/requests   config: GET/POST {0}/_mock/config", mock.url());
     crate::shutdown::signal().await;

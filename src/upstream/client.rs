@@ -3,12 +3,19 @@
 //! One client for the process (rustls, keep-alive pool, `TCP_NODELAY`), one attempt per typing
 //! call bounded by `upstream.timeout`. API keys are turned into sensitive header values once, at
 //! construction, and never formatted anywhere else.
+//!
+//! What a typing call costs is kept to the request itself: the base URL is parsed once and each
+//! call only sets its path on a copy; reqwest's retry layer is off (it would copy every request
+//! to be able to replay it, and a typing call is never retried), as is redirect following;
+//! a plain `http://` upstream is spoken to in HTTP/1.1 without trying HTTP/2, while an `https://`
+//! one gets HTTP/2 when its TLS handshake offers it (ALPN), one connection carrying many calls.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
-use reqwest::header::{AUTHORIZATION, HeaderValue};
+use reqwest::Url;
+use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH, HeaderValue};
 use secrecy::ExposeSecret;
 use tokio::time::Instant;
 
@@ -24,13 +31,22 @@ const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// The path of the typing endpoint for `key`, every segment percent-encoded.
 pub fn typing_path(key: &SessionKey) -> String {
+    let mut path = String::with_capacity(96);
+    write_typing_path(&mut path, key);
+    path
+}
+
+/// Appends the typing path of `key` to `out`.
+fn write_typing_path(out: &mut String, key: &SessionKey) {
+    use std::fmt::Write as _;
     let account = utf8_percent_encode(key.account.as_str(), SEGMENT);
     let chat = utf8_percent_encode(key.chat.as_str(), SEGMENT);
-    match key.platform {
-        Platform::Onlyfans => format!("/api/{account}/chats/{chat}/typing"),
-        Platform::Fansly => format!("/api/fansly/{account}/chats/{chat}/typing"),
-        Platform::Fanvue => format!("/api/fanvue/{account}/chats/{chat}/typing"),
-    }
+    let prefix = match key.platform {
+        Platform::Onlyfans => "/api/",
+        Platform::Fansly => "/api/fansly/",
+        Platform::Fanvue => "/api/fanvue/",
+    };
+    let _ = write!(out, "{prefix}{account}/chats/{chat}/typing");
 }
 
 /// The real OnlyFansAPI client.
@@ -42,6 +58,8 @@ pub struct OnlyFansClient {
 struct Inner {
     http: reqwest::Client,
     base_url: String,
+    /// `base_url` parsed once; each typing call sets its path on a copy.
+    base: Url,
     /// `Bearer <key>` per configured key, marked sensitive so hyper never logs it.
     auth: Vec<HeaderValue>,
 }
@@ -52,14 +70,34 @@ impl OnlyFansClient {
     /// # Errors
     /// When the TLS stack cannot be initialised or a key is not a valid header value.
     pub fn build(settings: &UpstreamSettings, keys: &[ApiKey]) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
+        Self::build_with_roots(settings, keys, &[])
+    }
+
+    /// [`OnlyFansClient::build`], trusting the PEM certificates of `extra_roots` besides the
+    /// system's (a private CA, or a test server's self-signed certificate).
+    ///
+    /// # Errors
+    /// When the TLS stack cannot be initialised, a certificate does not parse, the base URL is
+    /// not a URL or a key is not a valid header value.
+    pub fn build_with_roots(settings: &UpstreamSettings, keys: &[ApiKey], extra_roots: &[u8]) -> anyhow::Result<Self> {
+        let base_url = settings.base_url.trim_end_matches('/').to_owned();
+        let base = Url::parse(&base_url).map_err(|e| anyhow::anyhow!("upstream.base_url {base_url:?}: {e}"))?;
+        let mut builder = reqwest::Client::builder()
             .timeout(settings.timeout)
             .connect_timeout(settings.connect_timeout)
             .pool_max_idle_per_host(settings.pool_max_idle_per_host)
             .pool_idle_timeout(Duration::from_secs(90))
             .tcp_nodelay(true)
-            .user_agent(concat!("keeptyping/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+            .redirect(reqwest::redirect::Policy::none())
+            .retry(reqwest::retry::never().max_retries_per_request(0))
+            .user_agent(concat!("keeptyping/", env!("CARGO_PKG_VERSION")));
+        if base.scheme() == "http" {
+            builder = builder.http1_only();
+        }
+        if !extra_roots.is_empty() {
+            builder = builder.tls_certs_merge(reqwest::Certificate::from_pem_bundle(extra_roots)?);
+        }
+        let http = builder.build()?;
         let mut auth = Vec::with_capacity(keys.len());
         for k in keys {
             let mut v = HeaderValue::from_str(&format!("Bearer {}", k.secret.expose_secret()))
@@ -67,7 +105,7 @@ impl OnlyFansClient {
             v.set_sensitive(true);
             auth.push(v);
         }
-        Ok(Self { inner: Arc::new(Inner { http, base_url: settings.base_url.trim_end_matches('/').to_owned(), auth }) })
+        Ok(Self { inner: Arc::new(Inner { http, base_url, base, auth }) })
     }
 
     /// The shared reqwest client (for the account endpoints).
@@ -89,7 +127,11 @@ impl OnlyFansClient {
 impl Upstream for OnlyFansClient {
     fn typing(&self, key: &SessionKey, api_key: KeyIndex) -> BoxFuture<Outcome> {
         let inner = Arc::clone(&self.inner);
-        let url = format!("{}{}", inner.base_url, typing_path(key));
+        let mut path = String::with_capacity(inner.base.path().len() + 96);
+        path.push_str(inner.base.path().trim_end_matches('/'));
+        write_typing_path(&mut path, key);
+        let mut url = inner.base.clone();
+        url.set_path(&path);
         Box::pin(async move {
             let started = Instant::now();
             let Some(auth) = inner.auth.get(api_key).cloned() else {
@@ -99,7 +141,7 @@ impl Upstream for OnlyFansClient {
                     elapsed: Duration::ZERO,
                 };
             };
-            let sent = inner.http.post(url).header(AUTHORIZATION, auth).header("content-length", "0").send().await;
+            let sent = inner.http.post(url).header(AUTHORIZATION, auth).header(CONTENT_LENGTH, ZERO).send().await;
             let (result, rate_limits) = match sent {
                 Ok(resp) => read_answer(resp).await,
                 Err(e) => (Err(classify(&e)), None),
@@ -109,37 +151,41 @@ impl Upstream for OnlyFansClient {
     }
 }
 
+/// `content-length: 0`, a static header value.
+const ZERO: HeaderValue = HeaderValue::from_static("0");
+
 /// Reads status, headers and (bounded) body of an answer.
 pub(crate) async fn read_answer(mut resp: reqwest::Response) -> (Result<(), UpstreamError>, Option<super::RateLimits>) {
     let status = resp.status();
-    let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let retry_after =
-        parse_retry_after(header("retry-after").as_deref(), header("retry-after-ms").as_deref(), SystemTime::now());
-    let mut body = Vec::new();
-    let mut read_error = None;
-    loop {
-        match resp.chunk().await {
-            Ok(Some(chunk)) => {
+    let result = if status.is_success() {
+        // A 2xx whose body was cut off still reached the upstream: the indicator was lit.
+        Ok(())
+    } else {
+        let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok());
+        let retry_after = parse_retry_after(header("retry-after"), header("retry-after-ms"), SystemTime::now());
+        Err(UpstreamError::Status { status: status.as_u16(), retry_after })
+    };
+    // The body nearly always comes in one chunk: it is read in place, and copied only when more
+    // chunks follow. A read error ends the body where it is.
+    let first = match resp.chunk().await {
+        Ok(Some(chunk)) => chunk,
+        Ok(None) | Err(_) => return (result, None),
+    };
+    let rate_limits = match resp.chunk().await {
+        Ok(Some(next)) => {
+            let mut body = Vec::with_capacity(first.len() + next.len());
+            body.extend_from_slice(&first);
+            body.extend_from_slice(&next);
+            while let Ok(Some(chunk)) = resp.chunk().await {
                 if body.len() + chunk.len() > MAX_BODY_BYTES {
                     break;
                 }
                 body.extend_from_slice(&chunk);
             }
-            Ok(None) => break,
-            Err(e) => {
-                read_error = Some(classify(&e));
-                break;
-            }
+            parse_rate_limits(&body)
         }
-    }
-    let rate_limits = parse_rate_limits(&body);
-    let result = if status.is_success() {
-        // A 2xx whose body was cut off still reached the upstream: the indicator was lit.
-        Ok(())
-    } else {
-        Err(UpstreamError::Status { status: status.as_u16(), retry_after })
+        Ok(None) | Err(_) => parse_rate_limits(&first),
     };
-    let _ = read_error;
     (result, rate_limits)
 }
 
