@@ -18,7 +18,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use keeptyping::api::typing::StartRequest;
 use keeptyping::api::{self, ApiState, Tokens};
 use keeptyping::budget::{BudgetState, Budgets, Class};
-use keeptyping::config::{self, AccountScope, ApiKey, BudgetSettings, Settings};
+use keeptyping::config::{self, AccountScope, ApiKey, BudgetSettings, Count, Settings};
 use keeptyping::engine::{Engine, EngineConfig, KeyRing, Priority, Scheduler, StartCommand};
 use keeptyping::ids::{AccountId, ChatId, Platform, SessionKey};
 use keeptyping::upstream::{BoxFuture, KeyIndex, Outcome, Upstream};
@@ -51,7 +51,7 @@ fn start_cmd(chat: u64) -> StartCommand {
 }
 
 fn unlimited() -> BudgetSettings {
-    BudgetSettings { limit_per_minute: 100_000_000, burst: 100_000, ..BudgetSettings::default() }
+    BudgetSettings { limit_per_minute: Count::of(100_000_000), burst: Count::of(100_000), ..BudgetSettings::default() }
 }
 
 fn engine(settings: &Settings) -> (Engine, Scheduler) {
@@ -93,7 +93,8 @@ fn budget(c: &mut Criterion) {
             black_box(granted.try_acquire(Class::Spare, t0 + Duration::from_micros(i * 10)))
         });
     });
-    let mut empty = BudgetState::new("default", 60, &BudgetSettings { burst: 1, ..BudgetSettings::default() }, t0);
+    let mut empty =
+        BudgetState::new("default", 60, &BudgetSettings { burst: Count::of(1), ..BudgetSettings::default() }, t0);
     let _ = empty.try_acquire(Class::Slot, t0);
     g.bench_function("try_acquire_refused", |b| b.iter(|| black_box(empty.try_acquire(Class::Spare, t0))));
     g.finish();

@@ -132,11 +132,11 @@ impl App {
             accounts,
             hook_limits: Limits {
                 header_read_timeout: settings.server.header_read_timeout,
-                max_connections: settings.server.max_connections,
+                max_connections: settings.server.max_connections.as_usize(),
             },
             admin_limits: Limits {
                 header_read_timeout: settings.admin.header_read_timeout,
-                max_connections: settings.admin.max_connections,
+                max_connections: settings.admin.max_connections.as_usize(),
             },
         })
     }

@@ -206,7 +206,7 @@ pub struct BudgetState {
 impl BudgetState {
     /// A budget named `name` with `limit` requests per minute assumed until reported.
     pub fn new(name: &str, limit: u32, settings: &BudgetSettings, now: Instant) -> Self {
-        let share = settings.typing_share;
+        let share = settings.typing_share.get();
         let period = settings.window;
         let rate = share * f64::from(limit) / period.as_secs_f64();
         Self {
@@ -215,9 +215,9 @@ impl BudgetState {
             reported_limit: None,
             remaining: None,
             share,
-            reserve: settings.reserve,
-            burst: f64::from(settings.burst),
-            bucket: TokenBucket::starting_at_floor(depth(f64::from(settings.burst), rate), rate, now),
+            reserve: settings.reserve.get(),
+            burst: f64::from(settings.burst.get()),
+            bucket: TokenBucket::starting_at_floor(depth(f64::from(settings.burst.get()), rate), rate, now),
             period,
             window: VecDeque::new(),
             firsts: VecDeque::new(),
@@ -551,7 +551,7 @@ impl Budgets {
             if by_name.contains_key(name) {
                 continue;
             }
-            let limit = settings.limits.get(name).copied().unwrap_or(settings.limit_per_minute);
+            let limit = settings.limits.get(name).copied().unwrap_or(settings.limit_per_minute).get();
             by_name.insert(name.clone(), states.len());
             states.push(Mutex::new(BudgetState::new(name, limit, settings, now)));
         }
@@ -585,9 +585,10 @@ impl Budgets {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Count;
 
     fn settings(limit: u32) -> BudgetSettings {
-        BudgetSettings { limit_per_minute: limit, ..BudgetSettings::default() }
+        BudgetSettings { limit_per_minute: Count::of(limit), ..BudgetSettings::default() }
     }
 
     fn secs(s: f64) -> Duration {
@@ -879,7 +880,7 @@ mod tests {
     #[test]
     fn budgets_share_one_state_per_name() {
         let names = vec!["team".to_owned(), "team".to_owned(), "other".to_owned()];
-        let s = BudgetSettings { limits: [("other".to_owned(), 5000)].into(), ..BudgetSettings::default() };
+        let s = BudgetSettings { limits: [("other".to_owned(), Count::of(5000))].into(), ..BudgetSettings::default() };
         let b = Budgets::new(&names, &s, Instant::now());
         assert_eq!(b.len(), 2);
         let other = b.index("other").unwrap();

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use keeptyping::budget::Budgets;
-use keeptyping::config::{AccountScope, ApiKey, BudgetSettings, EngineSettings, PlatformsSettings};
+use keeptyping::config::{AccountScope, ApiKey, BudgetSettings, Count, EngineSettings, PlatformsSettings};
 use keeptyping::engine::{Engine, EngineConfig, KeyRing, Priority, StartCommand, StopOutcome, burst_spread};
 use keeptyping::ids::{AccountId, ChatId, Platform, SessionKey};
 use keeptyping::upstream::{BoxFuture, KeyIndex, Outcome, Upstream, UpstreamError};
@@ -170,7 +170,8 @@ impl Run {
 
 fn build() -> (Engine, keeptyping::engine::Scheduler, Arc<Fake>) {
     let fake = Arc::new(Fake::default());
-    let budget = BudgetSettings { limit_per_minute: 1_000_000, burst: 1000, ..BudgetSettings::default() };
+    let budget =
+        BudgetSettings { limit_per_minute: Count::of(1_000_000), burst: Count::of(1000), ..BudgetSettings::default() };
     let keys = vec![ApiKey {
         name: "default".into(),
         budget: "default".into(),
@@ -182,7 +183,7 @@ fn build() -> (Engine, keeptyping::engine::Scheduler, Arc<Fake>) {
     let engine = EngineSettings {
         idle_timeout: IDLE,
         max_lifetime: MAX_LIFETIME,
-        max_in_flight: 4,
+        max_in_flight: Count::of(4),
         ..EngineSettings::default()
     };
     let cfg = EngineConfig {

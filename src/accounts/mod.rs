@@ -151,7 +151,7 @@ impl Accounts {
         let attempt_key: AttemptKey = (tenant, id);
         let now = Instant::now();
         if let Some(existing) =
-            self.inner.attempts.insert(&attempt_key, key, s.max_attempts, s.attempt_retention, now)?
+            self.inner.attempts.insert(&attempt_key, key, s.max_attempts.as_usize(), s.attempt_retention, now)?
         {
             return Ok((existing, false));
         }

@@ -115,7 +115,7 @@ impl ApiState {
             metrics,
             idle_timeout: settings.engine.idle_timeout,
             max_lifetime: settings.engine.max_lifetime,
-            max_batch_events: settings.hooks.max_batch_events,
+            max_batch_events: settings.hooks.max_batch_events.as_usize(),
             platforms: settings.platforms.clone(),
             accounts,
             unavailable_pause: settings.accounts.unavailable_pause,

@@ -34,10 +34,14 @@ pub fn load(file: Option<&Path>, env: &HashMap<String, String>) -> Result<Config
             .try_parsing(true)
             .source(Some(overrides)),
     );
-    let settings: Settings = builder
-        .build()
-        .and_then(::config::Config::try_deserialize)
-        .map_err(|e| ConfigError::Load(e.to_string().replace('\n', " ")))?;
+    let settings: Settings = builder.build().and_then(::config::Config::try_deserialize).map_err(|e| {
+        let message = e.to_string().replace('\n', " ");
+        // A value its type refused (see `values`): the same line as any other refusal.
+        match super::values::key_and_problem(&message) {
+            Some((key, problem)) => ConfigError::Invalid { key, problem },
+            None => ConfigError::Load(message),
+        }
+    })?;
     settings.validate()?;
     let secrets = settings.resolve_secrets(env)?;
     Ok(Config { settings, secrets })
@@ -93,7 +97,7 @@ mod tests {
         let cfg = load(Some(&default_toml()), &e).unwrap();
         assert_eq!(cfg.settings.engine.idle_timeout, Duration::from_secs(45));
         assert_eq!(cfg.settings.platforms.onlyfans.refire_interval, Duration::from_secs(3));
-        assert_eq!(cfg.settings.engine.max_sessions, 7);
+        assert_eq!(cfg.settings.engine.max_sessions.get(), 7);
         assert!(cfg.settings.hooks.allow_unauthenticated);
     }
 

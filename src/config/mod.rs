@@ -20,6 +20,7 @@ mod load;
 mod secrets;
 mod settings;
 mod validate;
+mod values;
 
 pub use load::load;
 pub use secrets::{AccountScope, ApiKey, HookToken, Secrets, token_digest};
@@ -29,6 +30,7 @@ pub use settings::{
     DEFAULT_MAX_HOOK_CONNECTIONS, EngineSettings, HookSettings, HookTokenSettings, PlatformSettings, PlatformsSettings,
     ServerSettings, Settings, ShutdownSettings, UpstreamSettings,
 };
+pub use values::{Count, Reserve, Share};
 
 /// Environment variable holding the default OnlyFansAPI key (the one the official SDKs read).
 pub const ENV_API_KEY: &str = "ONLYFANSAPI_API_KEY";

@@ -2,6 +2,7 @@
 //! (`impl Default`, `DEFAULT_*` consts). Plain data: checked by `validate.rs`, loaded by
 //! `load.rs`.
 
+use super::values::{Count, Reserve, Share};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -51,15 +52,15 @@ pub struct ServerSettings {
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
     /// Open connections beyond which new ones are closed at once (and counted).
-    pub max_connections: usize,
+    pub max_connections: Count,
 }
 
 /// Default of `server.header_read_timeout` and `admin.header_read_timeout`.
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default of `server.max_connections`.
-pub const DEFAULT_MAX_HOOK_CONNECTIONS: usize = 1024;
+pub const DEFAULT_MAX_HOOK_CONNECTIONS: Count = Count::of(1024);
 /// Default of `admin.max_connections`: Prometheus, probes and a few status pages.
-pub const DEFAULT_MAX_ADMIN_CONNECTIONS: usize = 64;
+pub const DEFAULT_MAX_ADMIN_CONNECTIONS: Count = Count::of(64);
 
 impl Default for ServerSettings {
     fn default() -> Self {
@@ -83,7 +84,7 @@ pub struct AdminSettings {
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
     /// As `server.max_connections`, for the admin listener.
-    pub max_connections: usize,
+    pub max_connections: Count,
     /// Environment variable holding the admin token (default: `KEEPTYPING_ADMIN_TOKEN`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_env: Option<String>,
@@ -111,7 +112,7 @@ pub struct HookSettings {
     /// Accept hooks without a bearer token (development only).
     pub allow_unauthenticated: bool,
     /// Most events one `/v1/typing/batch` request may carry.
-    pub max_batch_events: usize,
+    pub max_batch_events: Count,
     /// Hook requests per second allowed per token (0: no limit).
     pub rate_limit_per_second: u32,
     /// Requests a token may send at once above its steady rate.
@@ -126,7 +127,7 @@ impl Default for HookSettings {
     fn default() -> Self {
         Self {
             allow_unauthenticated: false,
-            max_batch_events: 500,
+            max_batch_events: Count::of(500),
             rate_limit_per_second: 200,
             rate_limit_burst: 400,
             cors_allowed_origins: Vec::new(),
@@ -164,9 +165,9 @@ pub struct EngineSettings {
     #[serde(with = "humantime_serde")]
     pub max_lifetime: Duration,
     /// Live sessions beyond which start answers 503.
-    pub max_sessions: usize,
+    pub max_sessions: Count,
     /// Typing calls in flight at once, across all sessions.
-    pub max_in_flight: usize,
+    pub max_in_flight: Count,
     /// Refires due within one tick of each other leave together: the scheduler wakes at most
     /// once per tick for refires (first calls still leave at once). Up to one tick of lateness
     /// buys fewer wake-ups per call.
@@ -182,8 +183,8 @@ impl Default for EngineSettings {
         Self {
             idle_timeout: Duration::from_secs(30),
             max_lifetime: Duration::from_secs(600),
-            max_sessions: 100_000,
-            max_in_flight: 1024,
+            max_sessions: Count::of(100_000),
+            max_in_flight: Count::of(1024),
             tick: Duration::from_millis(5),
         }
     }
@@ -242,28 +243,28 @@ impl Default for PlatformsSettings {
 #[serde(default, deny_unknown_fields)]
 pub struct BudgetSettings {
     /// Requests per minute assumed until the upstream reports `limit_minute`.
-    pub limit_per_minute: u32,
+    pub limit_per_minute: Count,
     /// Share of the per-minute limit typing may use.
-    pub typing_share: f64,
+    pub typing_share: Share,
     /// Typing pauses while upstream `remaining_minute` <= reserve x limit.
-    pub reserve: f64,
+    pub reserve: Reserve,
     /// Tokens a bucket holds at least (a small burst); a large key's bucket holds one second of
     /// refill when that is more.
-    pub burst: u32,
+    pub burst: Count,
     /// The period the upstream counts its limit over (60 s; tests shorten it to scale time).
     #[serde(with = "humantime_serde")]
     pub window: Duration,
     /// Per-budget overrides of `limit_per_minute` (budget name -> limit).
-    pub limits: BTreeMap<String, u32>,
+    pub limits: BTreeMap<String, Count>,
 }
 
 impl Default for BudgetSettings {
     fn default() -> Self {
         Self {
-            limit_per_minute: 1000,
-            typing_share: 0.5,
-            reserve: 0.1,
-            burst: 10,
+            limit_per_minute: Count::of(1000),
+            typing_share: Share::of(0.5),
+            reserve: Reserve::of(0.1),
+            burst: Count::of(10),
             window: Duration::from_secs(60),
             limits: BTreeMap::new(),
         }
@@ -333,7 +334,7 @@ pub struct AccountsSettings {
     #[serde(with = "humantime_serde")]
     pub attempt_deadline: Duration,
     /// Most attempts remembered at once; beyond it, watching another answers 503.
-    pub max_attempts: usize,
+    pub max_attempts: Count,
     /// How long a finished attempt stays readable before it is forgotten.
     #[serde(with = "humantime_serde")]
     pub attempt_retention: Duration,
@@ -347,7 +348,7 @@ pub const DEFAULT_ATTEMPT_DEADLINE: Duration = Duration::from_secs(10 * 60);
 /// Default of `accounts.attempt_retention`.
 pub const DEFAULT_ATTEMPT_RETENTION: Duration = Duration::from_secs(60 * 60);
 /// Default of `accounts.max_attempts`.
-pub const DEFAULT_MAX_ATTEMPTS: usize = 1000;
+pub const DEFAULT_MAX_ATTEMPTS: Count = Count::of(1000);
 
 impl Default for AccountsSettings {
     fn default() -> Self {

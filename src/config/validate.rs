@@ -52,31 +52,8 @@ impl Settings {
         if self.engine.max_lifetime < self.engine.idle_timeout {
             return Err(invalid("engine.max_lifetime", "must be at least engine.idle_timeout"));
         }
-        if self.engine.max_sessions == 0 {
-            return Err(invalid("engine.max_sessions", "must be at least 1"));
-        }
-        if self.engine.max_in_flight == 0 {
-            return Err(invalid("engine.max_in_flight", "must be at least 1"));
-        }
         if self.engine.tick > MAX_TICK {
             return Err(invalid("engine.tick", "must be at most 100ms"));
-        }
-        if self.budget.limit_per_minute == 0 {
-            return Err(invalid("budget.limit_per_minute", "must be at least 1"));
-        }
-        if !(self.budget.typing_share > 0.0 && self.budget.typing_share <= 1.0) {
-            return Err(invalid("budget.typing_share", "must be in (0, 1]"));
-        }
-        if !(self.budget.reserve >= 0.0 && self.budget.reserve < 1.0) {
-            return Err(invalid("budget.reserve", "must be in [0, 1)"));
-        }
-        if self.budget.burst == 0 {
-            return Err(invalid("budget.burst", "must be at least 1"));
-        }
-        for (name, limit) in &self.budget.limits {
-            if *limit == 0 {
-                return Err(invalid(format!("budget.limits.{name}"), "must be at least 1"));
-            }
         }
         if self.budget.window < Duration::from_secs(1) {
             return Err(invalid("budget.window", "must be at least 1s"));
@@ -93,9 +70,6 @@ impl Settings {
         if self.accounts.attempt_deadline < self.accounts.poll_interval {
             return Err(invalid("accounts.attempt_deadline", "must be at least accounts.poll_interval"));
         }
-        if self.accounts.max_attempts == 0 {
-            return Err(invalid("accounts.max_attempts", "must be at least 1"));
-        }
         if self.accounts.attempt_retention.is_zero() {
             return Err(invalid("accounts.attempt_retention", "must be greater than zero"));
         }
@@ -105,15 +79,11 @@ impl Settings {
                 _ => return Err(invalid("accounts.callback_url", "must be an http(s) URL or empty")),
             }
         }
-        for (listener, timeout, max) in [
-            ("server", self.server.header_read_timeout, self.server.max_connections),
-            ("admin", self.admin.header_read_timeout, self.admin.max_connections),
-        ] {
+        for (listener, timeout) in
+            [("server", self.server.header_read_timeout), ("admin", self.admin.header_read_timeout)]
+        {
             if timeout.is_zero() {
                 return Err(invalid(format!("{listener}.header_read_timeout"), "must be greater than zero"));
-            }
-            if max == 0 {
-                return Err(invalid(format!("{listener}.max_connections"), "must be at least 1"));
             }
         }
         if self.admin.token_env.is_some() && self.admin.token_file.is_some() {
@@ -121,9 +91,6 @@ impl Settings {
         }
         if self.server.max_body_bytes < 256 {
             return Err(invalid("server.max_body_bytes", "must be at least 256"));
-        }
-        if self.hooks.max_batch_events == 0 {
-            return Err(invalid("hooks.max_batch_events", "must be at least 1"));
         }
         self.validate_lists()
     }
@@ -187,11 +154,27 @@ mod tests {
             ("KEEPTYPING__ADMIN__HEADER_READ_TIMEOUT", "0s", "admin.header_read_timeout"),
             ("KEEPTYPING__ADMIN__MAX_CONNECTIONS", "0", "admin.max_connections"),
             ("KEEPTYPING__ADMIN__TOKEN_ENV", "NOT_SET_ANYWHERE", "admin.token"),
+            ("KEEPTYPING__BUDGET__BURST", "0", "budget.burst"),
+            ("KEEPTYPING__BUDGET__RESERVE", "1", "budget.reserve"),
+            ("KEEPTYPING__HOOKS__MAX_BATCH_EVENTS", "0", "hooks.max_batch_events"),
         ];
         for (var, value, key) in cases {
             let err = load(None, &env(&[(var, value)])).unwrap_err().to_string();
             assert!(err.contains(key), "{var}={value}: {err}");
             assert!(!err.contains('\n'), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_value_refused_by_its_type_reads_like_any_other_refusal() {
+        for (var, value, line) in [
+            ("KEEPTYPING__BUDGET__BURST", "0", "config: budget.burst: must be at least 1"),
+            ("KEEPTYPING__BUDGET__TYPING_SHARE", "0", "config: budget.typing_share: must be in (0, 1]"),
+            ("KEEPTYPING__BUDGET__RESERVE", "1.0", "config: budget.reserve: must be in [0, 1)"),
+            ("KEEPTYPING__ENGINE__MAX_SESSIONS", "0", "config: engine.max_sessions: must be at least 1"),
+            ("KEEPTYPING__BUDGET__LIMITS__TEAM", "0", "config: budget.limits.team: must be at least 1"),
+        ] {
+            assert_eq!(load(None, &env(&[(var, value)])).unwrap_err().to_string(), line, "{var}={value}");
         }
     }
 }

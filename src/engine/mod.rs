@@ -218,7 +218,7 @@ impl Engine {
     /// Builds the engine and its scheduler; run the scheduler with [`Scheduler::run`].
     pub fn new(cfg: EngineConfig, upstream: Arc<dyn Upstream>, budgets: Budgets, keys: KeyRing) -> (Self, Scheduler) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let in_flight = inflight::InFlight::new(cfg.engine.max_in_flight);
+        let in_flight = inflight::InFlight::new(cfg.engine.max_in_flight.as_usize());
         let slot_counts = (0..budgets.len()).map(|_| SlotCounts::default()).collect();
         let rebalance = (0..budgets.len()).map(|_| AtomicBool::new(false)).collect();
         let shared = Arc::new(Shared {
@@ -261,9 +261,17 @@ impl Engine {
         let holder = Holder { id: cmd.holder, lease_until: now + ttl };
         let generation = &s.generation;
         let max_lifetime = s.cfg.engine.max_lifetime;
-        let upsert = s.table.upsert(cmd.key.clone(), holder, cmd.priority, s.cfg.engine.max_sessions, || {
-            Session::new(generation.fetch_add(1, Ordering::Relaxed), api_key, budget, cmd.priority, now, max_lifetime)
-        });
+        let upsert =
+            s.table.upsert(cmd.key.clone(), holder, cmd.priority, s.cfg.engine.max_sessions.as_usize(), || {
+                Session::new(
+                    generation.fetch_add(1, Ordering::Relaxed),
+                    api_key,
+                    budget,
+                    cmd.priority,
+                    now,
+                    max_lifetime,
+                )
+            });
         let outcome = match upsert {
             Upsert::Full => return Err(StartError::AtCapacity),
             Upsert::Capped => {

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::*;
 use crate::budget::Budgets;
-use crate::config::{AccountScope, ApiKey, BudgetSettings, EngineSettings, PlatformsSettings};
+use crate::config::{AccountScope, ApiKey, BudgetSettings, Count, EngineSettings, PlatformsSettings};
 use crate::ids::{AccountId, ChatId, Platform, SessionKey};
 use crate::upstream::{BoxFuture, KeyIndex, Outcome, Upstream, UpstreamError};
 
@@ -106,7 +106,8 @@ fn harness_with(engine: EngineSettings, budget: BudgetSettings) -> Harness {
 }
 
 fn harness() -> Harness {
-    let budget = BudgetSettings { limit_per_minute: 1_000_000, burst: 1000, ..BudgetSettings::default() };
+    let budget =
+        BudgetSettings { limit_per_minute: Count::of(1_000_000), burst: Count::of(1000), ..BudgetSettings::default() };
     harness_with(EngineSettings::default(), budget)
 }
 
@@ -176,7 +177,8 @@ async fn the_idle_lease_ends_a_session_without_stop() {
 #[tokio::test(start_paused = true)]
 async fn max_lifetime_caps_a_session_that_keeps_being_refreshed() {
     let engine = EngineSettings { max_lifetime: Duration::from_secs(20), ..EngineSettings::default() };
-    let budget = BudgetSettings { limit_per_minute: 1_000_000, burst: 1000, ..BudgetSettings::default() };
+    let budget =
+        BudgetSettings { limit_per_minute: Count::of(1_000_000), burst: Count::of(1000), ..BudgetSettings::default() };
     let h = harness_with(engine, budget);
     h.engine.start(start_cmd("1")).unwrap();
     let mut ended_at = None;
@@ -261,8 +263,9 @@ async fn a_404_ends_that_session_and_a_503_pauses_the_account() {
 
 #[tokio::test(start_paused = true)]
 async fn the_session_cap_refuses_new_chats_but_refreshes_live_ones() {
-    let engine = EngineSettings { max_sessions: 2, ..EngineSettings::default() };
-    let budget = BudgetSettings { limit_per_minute: 1_000_000, burst: 1000, ..BudgetSettings::default() };
+    let engine = EngineSettings { max_sessions: Count::of(2), ..EngineSettings::default() };
+    let budget =
+        BudgetSettings { limit_per_minute: Count::of(1_000_000), burst: Count::of(1000), ..BudgetSettings::default() };
     let h = harness_with(engine, budget);
     h.engine.start(start_cmd("1")).unwrap();
     h.engine.start(start_cmd("2")).unwrap();
@@ -272,8 +275,9 @@ async fn the_session_cap_refuses_new_chats_but_refreshes_live_ones() {
 
 #[tokio::test(start_paused = true)]
 async fn in_flight_calls_never_exceed_the_cap() {
-    let engine = EngineSettings { max_in_flight: 3, ..EngineSettings::default() };
-    let budget = BudgetSettings { limit_per_minute: 1_000_000, burst: 1000, ..BudgetSettings::default() };
+    let engine = EngineSettings { max_in_flight: Count::of(3), ..EngineSettings::default() };
+    let budget =
+        BudgetSettings { limit_per_minute: Count::of(1_000_000), burst: Count::of(1000), ..BudgetSettings::default() };
     let h = harness_with(engine, budget);
     *h.fake.latency.lock().unwrap() = Duration::from_millis(1000);
     for i in 0..9 {
@@ -311,8 +315,9 @@ async fn a_stop_cancels_a_call_that_has_not_left_yet() {
 async fn after_a_429_pause_every_session_types_again_even_beyond_the_in_flight_cap() {
     // More sessions than in-flight permits: draining the budget's queue after the pause runs
     // out of permits half-way, and must carry on once they free.
-    let engine = EngineSettings { max_in_flight: 2, ..EngineSettings::default() };
-    let budget = BudgetSettings { limit_per_minute: 1_000_000, burst: 1000, ..BudgetSettings::default() };
+    let engine = EngineSettings { max_in_flight: Count::of(2), ..EngineSettings::default() };
+    let budget =
+        BudgetSettings { limit_per_minute: Count::of(1_000_000), burst: Count::of(1000), ..BudgetSettings::default() };
     let h = harness_with(engine, budget);
     *h.fake.latency.lock().unwrap() = Duration::from_millis(50);
     for chat in 1..=6 {
@@ -333,7 +338,8 @@ async fn after_a_429_pause_every_session_types_again_even_beyond_the_in_flight_c
 #[tokio::test(start_paused = true)]
 async fn a_refresh_after_a_call_near_the_lease_end_does_not_bring_the_next_call_forward() {
     let engine = EngineSettings { idle_timeout: Duration::from_secs(8), ..EngineSettings::default() };
-    let budget = BudgetSettings { limit_per_minute: 1_000_000, burst: 1000, ..BudgetSettings::default() };
+    let budget =
+        BudgetSettings { limit_per_minute: Count::of(1_000_000), burst: Count::of(1000), ..BudgetSettings::default() };
     let h = harness_with(engine, budget);
     h.engine.start(start_cmd("1")).unwrap();
     // The call at 7 s is launched while the lease still ends at 8 s; the refresh comes after.
@@ -377,7 +383,11 @@ async fn a_burst_of_starts_spreads_its_second_calls_once() {
 #[tokio::test(start_paused = true)]
 async fn refires_due_within_one_tick_leave_together() {
     for (tick, expected) in [(Duration::from_millis(5), 3505), (Duration::ZERO, 3503)] {
-        let budget = BudgetSettings { limit_per_minute: 1_000_000, burst: 1000, ..BudgetSettings::default() };
+        let budget = BudgetSettings {
+            limit_per_minute: Count::of(1_000_000),
+            burst: Count::of(1000),
+            ..BudgetSettings::default()
+        };
         let h = harness_with(EngineSettings { tick, ..EngineSettings::default() }, budget);
         h.engine.start(start_cmd("1")).unwrap();
         // Far enough apart not to count as one burst of starts.
@@ -391,7 +401,7 @@ async fn refires_due_within_one_tick_leave_together() {
 
 fn short_budget(limit: u32) -> Harness {
     // Typing gets `limit / 2` per minute, bucket 10: far below the fans these tests start.
-    let budget = BudgetSettings { limit_per_minute: limit, ..BudgetSettings::default() };
+    let budget = BudgetSettings { limit_per_minute: Count::of(limit), ..BudgetSettings::default() };
     harness_with(EngineSettings { idle_timeout: Duration::from_secs(600), ..EngineSettings::default() }, budget)
 }
 
@@ -562,7 +572,8 @@ async fn a_chat_past_its_max_lifetime_is_capped_until_a_stop_or_a_pause_in_start
         idle_timeout: Duration::from_secs(10),
         ..EngineSettings::default()
     };
-    let budget = BudgetSettings { limit_per_minute: 1_000_000, burst: 1000, ..BudgetSettings::default() };
+    let budget =
+        BudgetSettings { limit_per_minute: Count::of(1_000_000), burst: Count::of(1000), ..BudgetSettings::default() };
     let h = harness_with(engine, budget);
     let mut outcomes = Vec::new();
     for _ in 0..60 {
@@ -583,7 +594,7 @@ async fn a_chat_past_its_max_lifetime_is_capped_until_a_stop_or_a_pause_in_start
             idle_timeout: Duration::from_secs(10),
             ..EngineSettings::default()
         },
-        BudgetSettings { limit_per_minute: 1_000_000, burst: 1000, ..BudgetSettings::default() },
+        BudgetSettings { limit_per_minute: Count::of(1_000_000), burst: Count::of(1000), ..BudgetSettings::default() },
     );
     for _ in 0..45 {
         h.engine.start(start_cmd("2")).unwrap();
@@ -646,7 +657,7 @@ async fn no_call_leaves_once_the_drain_has_begun_whatever_the_interleaving() {
     // the drain begins must be dropped. The drain lands while thousands of first calls are being
     // launched on the other worker, in every phase of `fire`.
     for round in 0..10u32 {
-        let budget = BudgetSettings { limit_per_minute: 100_000_000, ..BudgetSettings::default() };
+        let budget = BudgetSettings { limit_per_minute: Count::of(100_000_000), ..BudgetSettings::default() };
         let h = harness_with(EngineSettings::default(), budget);
         *h.fake.connect_delay.lock().unwrap() = Duration::from_millis(500);
         for chat in 0..3000u32 {
