@@ -5,9 +5,9 @@
 //! upstream answers in 1 ms and 571 when it answers in 200 ms. A fixed limit is either too low
 //! for a slow upstream (it caps the rate at limit / latency whatever the CPU) or lets an
 //! overloaded process open a connection per waiting call. So the limit follows demand and
-//! observed latency: twice the calls the live sessions need in flight, plus [`HEADROOM`] for
-//! bursts (a batch of starts launches its first calls at once), never above
-//! `engine.max_in_flight`, the socket budget. Over HTTP/1.1 every call in flight holds one
+//! observed latency: four times the calls the live sessions need in flight (counting at least
+//! [`LATENCY_FLOOR`] per call), plus [`HEADROOM`] for bursts (a batch of starts launches its
+//! first calls at once), never above `engine.max_in_flight`, the socket budget. Over HTTP/1.1 every call in flight holds one
 //! connection, so the connections to the upstream stay below that limit plus the idle pool
 //! (`upstream.pool_max_idle_per_host`); over HTTP/2 one connection carries them all.
 //!
@@ -22,6 +22,14 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Permits kept above what the live sessions need, for bursts of first calls.
 pub(crate) const HEADROOM: usize = 64;
+
+/// Times the calls the live sessions need in flight: the limit bounds a collapse, it must not
+/// pace a process that keeps up (at 90,000 sessions a factor of 2 did).
+const FACTOR: f64 = 4.0;
+
+/// Latency below which the estimate is not taken at its word: on loopback an answer takes
+/// 0.1 ms, and a limit sized for that would bind as soon as the machine is busy.
+const LATENCY_FLOOR: Duration = Duration::from_millis(5);
 
 /// Weight of a new latency sample in the moving average, as a shift: 1/16.
 const EWMA_SHIFT: u32 = 4;
@@ -86,7 +94,7 @@ impl InFlight {
 
     /// The limit for `rate` calls per second at the observed latency.
     pub(crate) fn target(&self, rate: f64) -> usize {
-        let needed = (rate * self.latency().as_secs_f64() * 2.0).ceil();
+        let needed = (rate * self.latency().max(LATENCY_FLOOR).as_secs_f64() * FACTOR).ceil();
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "finite, non-negative, capped")]
         let needed = needed.min(1e9) as usize;
         needed.saturating_add(HEADROOM).min(self.max).max(1)
@@ -120,9 +128,9 @@ mod tests {
         for _ in 0..200 {
             f.observe(Duration::from_millis(200));
         }
-        // 30,000 sessions at 3.5 s: 8,571 calls/s; 200 ms: 1,714 in flight, twice that.
+        // 30,000 sessions at 3.5 s: 8,571 calls/s; 200 ms: 1,714 in flight, four times that.
         let t = f.target(30_000.0 / 3.5);
-        assert_eq!(t, 3_429 + HEADROOM, "{t}");
+        assert_eq!(t, 6_858 + HEADROOM, "{t}");
         f.resize(t);
         assert_eq!(f.limit(), t);
         // Never above the budget.

@@ -617,7 +617,10 @@ impl Scheduler {
     }
 
     fn take_permit(&mut self) -> Option<OwnedSemaphorePermit> {
-        self.permit.take().or_else(|| self.shared.in_flight.try_acquire())
+        self.permit.take().or_else(|| self.shared.in_flight.try_acquire()).or_else(|| {
+            self.resize_in_flight();
+            self.shared.in_flight.try_acquire()
+        })
     }
 
     /// Moves a skipped entry's deadline one interval on (or to its expiry, if sooner).
@@ -735,13 +738,18 @@ impl Scheduler {
                 metrics::budget_state(&s);
             }
         }
-        // The in-flight limit follows what the live sessions need at the observed latency.
-        let sessions = self.shared.table.len();
+        self.resize_in_flight();
+        metrics::in_flight(self.shared.in_flight.taken());
+        metrics::sessions_active(self.shared.table.len());
+    }
+
+    /// Moves the in-flight limit to what the live sessions need at the observed latency: once
+    /// a second, and whenever every permit is taken (a slow upstream is then seen at once).
+    fn resize_in_flight(&self) {
+        let interval = self.shared.cfg.platforms.onlyfans.refire_interval;
         #[allow(clippy::cast_precision_loss, reason = "session counts far below 2^52")]
-        let rate = sessions as f64 / interval.as_secs_f64();
+        let rate = self.shared.table.len() as f64 / interval.as_secs_f64();
         let in_flight = &self.shared.in_flight;
         in_flight.resize(in_flight.target(rate));
-        metrics::in_flight(in_flight.taken());
-        metrics::sessions_active(sessions);
     }
 }
