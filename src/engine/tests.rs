@@ -83,6 +83,11 @@ impl Drop for Harness {
 }
 
 fn harness_with(engine: EngineSettings, budget: BudgetSettings) -> Harness {
+    harness_on(engine, budget, &["default".to_owned()])
+}
+
+/// A harness whose one key spends from budget `default`, with the budgets `names` configured.
+fn harness_on(engine: EngineSettings, budget: BudgetSettings, names: &[String]) -> Harness {
     let fake = Arc::new(FakeUpstream::default());
     let keys = vec![ApiKey {
         name: "default".into(),
@@ -90,7 +95,7 @@ fn harness_with(engine: EngineSettings, budget: BudgetSettings) -> Harness {
         accounts: AccountScope::All,
         secret: SecretString::from("k".to_owned()),
     }];
-    let budgets = Budgets::new(&["default".to_owned()], &budget, Instant::now());
+    let budgets = Budgets::new(names, &budget, Instant::now());
     let ring = KeyRing::new(&keys, &budgets);
     let cfg = EngineConfig {
         engine,
@@ -625,30 +630,11 @@ async fn an_account_pause_ends_at_its_probe_time_and_is_forgotten() {
 
 #[tokio::test(start_paused = true)]
 async fn a_session_on_a_missing_budget_sends_nothing() {
-    let fake = Arc::new(FakeUpstream::default());
-    let keys = vec![ApiKey {
-        name: "default".into(),
-        budget: "default".into(),
-        accounts: AccountScope::All,
-        secret: SecretString::from("k".to_owned()),
-    }];
     // No budget at all: the key's budget index points nowhere.
-    let budgets = Budgets::new(&[], &BudgetSettings::default(), Instant::now());
-    let ring = KeyRing::new(&keys, &budgets);
-    let cfg = EngineConfig {
-        engine: EngineSettings::default(),
-        platforms: PlatformsSettings::default(),
-        budget: BudgetSettings::default(),
-        unavailable_pause: Duration::from_secs(30),
-    };
-    let upstream: Arc<dyn Upstream> = fake.clone();
-    let (engine, scheduler) = Engine::new(cfg, upstream, budgets, ring);
-    let stop = CancellationToken::new();
-    tokio::spawn(scheduler.run(stop.clone()));
-    engine.start(start_cmd("1")).unwrap();
+    let h = harness_on(EngineSettings::default(), BudgetSettings::default(), &[]);
+    h.engine.start(start_cmd("1")).unwrap();
     sleep(Duration::from_secs(10)).await;
-    stop.cancel();
-    assert!(fake.calls_for("1").is_empty(), "a call left without a budget to pay for it");
+    assert!(h.fake.calls_for("1").is_empty(), "a call left without a budget to pay for it");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
