@@ -292,11 +292,6 @@ impl BudgetState {
         (per_period - firsts - self.priority_floor()).max(0.0)
     }
 
-    /// The period the limit is counted over.
-    pub fn period(&self) -> Duration {
-        self.period
-    }
-
     /// Asks for one token for a call of `class`.
     ///
     /// # Errors
@@ -436,11 +431,6 @@ impl BudgetState {
         if later {
             self.paused_until = Some((until, reason));
         }
-    }
-
-    /// Whether typing is paused at `now`.
-    pub fn is_paused(&self, now: Instant) -> bool {
-        self.paused_until.is_some_and(|(u, _)| u > now)
     }
 
     /// A snapshot for `/v1/budget` and the gauges; `slots` are the lit and waiting counts.

@@ -362,11 +362,6 @@ impl SessionTable {
         }
     }
 
-    /// Number of capped chats.
-    pub fn capped_len(&self) -> usize {
-        self.capped.len()
-    }
-
     /// Removes a session whatever its holders.
     pub fn remove(&self, key: &SessionKey) -> Option<Session> {
         let (_, s) = self.map.remove(key)?;
