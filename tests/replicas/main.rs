@@ -27,4 +27,6 @@ mod checker;
 mod fleet;
 mod servers;
 
+mod failover;
+mod routing;
 mod smoke;
