@@ -27,6 +27,10 @@ mod checker;
 mod fleet;
 mod servers;
 
+mod budget;
+mod cost;
 mod failover;
+mod rolling;
 mod routing;
 mod smoke;
+mod unavailable;

@@ -1,0 +1,73 @@
+//! A rolling restart: each replica in turn gets SIGTERM, hands its chats to the others, exits
+//! 0, and a new one (a new id, as a new pod) takes its place; the next goes once it is ready.
+//! The fans see no gap longer than one interval, and coverage stays at 99% or more.
+
+use std::time::Duration;
+
+use crate::checker::{Rules, Spell, check};
+use crate::fleet::{Fleet, Params, TempDir, chats, serial};
+use crate::servers::Redis;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_of_every_replica_keeps_coverage_and_no_gap_exceeds_one_interval() {
+    let _serial = serial().await;
+    let label = "rolling restart";
+    let dir = TempDir::new("rolling");
+    let redis = Redis::single(&dir.0).await;
+    let params = Params::default();
+    let (interval, lifetime) = (params.interval_ms as f64, params.lifetime_ms as f64);
+    let mut fleet = Fleet::start(&redis, &dir.0, 3, params.clone()).await;
+    fleet.wait_shards_settled(&[0, 1, 2], 3, Duration::from_secs(6)).await;
+    let chats = chats(7_100_000, 60);
+    let t0 = fleet.clock.now();
+    fleet.hooks().start_all(&chats).await;
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+
+    // Act: SIGTERM r0, r1, r2 in turn; each exits, a new replica starts, is ready and owns its
+    // share before the next goes.
+    let mut marks = Vec::new();
+    for i in 0..3 {
+        let old = fleet.replicas[i].id.clone();
+        let at = fleet.clock.now();
+        let (status, took) = fleet.sigterm(i, Duration::from_secs(8)).await;
+        assert!(status.success(), "{label}: {old} exited with {status} after SIGTERM");
+        let new = format!("{old}-2");
+        fleet.respawn(i, &new);
+        fleet.wait_ready(i).await;
+        let ready = fleet.clock.now();
+        fleet.wait_shards_settled(&[0, 1, 2], 3, Duration::from_secs(8)).await;
+        marks.push(format!("{old} exited in {} ms, {new} ready {:.0} ms after SIGTERM", took.as_millis(), ready - at));
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+    }
+    let end = fleet.clock.now();
+
+    let calls = fleet.calls(t0).await;
+    let spells: Vec<Spell> = chats.iter().map(|c| Spell { chat: c.clone(), start: t0, stop: None }).collect();
+    let f = check(&calls, &spells, &Rules::new(interval, lifetime, end));
+    let (gap_chat, gap) = f.max_gap();
+    eprintln!("{label}: {}", marks.join("; "));
+    eprintln!(
+        "{label}: coverage {:.3}% over {:.1} s, longest gap {gap:.0} ms (chat {gap_chat}); {}",
+        f.coverage() * 100.0,
+        (end - t0) / 1000.0,
+        f.summary()
+    );
+    f.assert_clean(label);
+    assert!(f.coverage() >= 0.99, "{label}: coverage {:.3}%", f.coverage() * 100.0);
+    // "No gap longer than one interval", with the tick and scheduling on a busy machine.
+    assert!(gap <= interval + 200.0, "{label}: chat {gap_chat} went {gap:.0} ms without a call");
+
+    // Every session survived the restarts: each is stopped, and nothing fires after.
+    let hooks = fleet.hooks();
+    let mut spells = Vec::new();
+    let before = fleet.clock.now();
+    for (i, c) in chats.iter().enumerate() {
+        let stop = hooks.stop(i % 3, c).await;
+        assert_eq!((stop.status, stop.outcome()), (200, "stopped"), "{label}: chat {c}: {}", stop.body);
+        spells.push(Spell { chat: c.clone(), start: before, stop: Some(stop.at) });
+    }
+    tokio::time::sleep(Duration::from_millis(params.interval_ms + 500)).await;
+    let f = check(&fleet.calls(before).await, &spells, &Rules::new(interval, lifetime, fleet.clock.now()));
+    f.assert_clean(label);
+    fleet.assert_no_panics();
+}

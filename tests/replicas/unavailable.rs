@@ -1,0 +1,203 @@
+//! Redis unavailable: hooks answer 503 `state_unavailable` with `Retry-After` within 1 s,
+//! `/readyz` stays 200, owners stop refiring once their leases lapse, and when Redis is back
+//! the sessions it still holds resume within one interval and new starts work. Two ways: Redis
+//! frozen (`DEBUG SLEEP`, no data lost) and Redis killed and restarted empty.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::checker::{Rules, Spell, by_chat, check};
+use crate::child::Kill;
+use crate::fleet::{ACCOUNT, Answer, Fleet, Hooks, Params, TempDir, chats, serial};
+use crate::servers::Redis;
+
+/// A start for a new chat and a stop for a live one on every replica, each with a 3 s client
+/// timeout: every answer must be a 503 `state_unavailable` with `Retry-After`, within 1 s.
+async fn probe(hooks: &Hooks, new_chat: u64, live: &[String], label: &str, phase: &str) -> Vec<Answer> {
+    let mut answers = Vec::new();
+    for (r, live_chat) in live.iter().enumerate().take(hooks.urls.len()) {
+        let body = json!({"account_id": ACCOUNT, "chat_id": (new_chat + r as u64).to_string()});
+        answers.push(hooks.post_timeout(r, "/v1/typing/start", &body, Duration::from_secs(3)).await);
+        let body = json!({"account_id": ACCOUNT, "chat_id": live_chat});
+        answers.push(hooks.post_timeout(r, "/v1/typing/stop", &body, Duration::from_secs(3)).await);
+    }
+    let took: Vec<String> = answers.iter().map(|a| format!("{} {:.0}ms", a.status, a.took_ms())).collect();
+    eprintln!("{label}: hooks {phase}: {took:?}");
+    for a in &answers {
+        assert_eq!(a.status, 503, "{label} ({phase}): answered {} {}", a.status, a.body);
+        assert_eq!(a.error_code().as_deref(), Some("state_unavailable"), "{label} ({phase}): {}", a.body);
+        assert!(a.retry_after.is_some(), "{label} ({phase}): no Retry-After on {}", a.body);
+        assert!(a.took_ms() <= 1000.0, "{label} ({phase}): answered after {:.0} ms", a.took_ms());
+    }
+    answers
+}
+
+async fn assert_ready(fleet: &Fleet, label: &str) {
+    for i in 0..fleet.replicas.len() {
+        let (status, _) = fleet.admin_get(i, "/readyz").await;
+        assert_eq!(status, 200, "{label}: /readyz of {} answered {status}", fleet.replicas[i].id);
+    }
+}
+
+/// Starts `chat` on each replica in turn until one answers `started`; gives the answer and
+/// which replica gave it.
+async fn start_until_works(hooks: &Hooks, chat: &str, within: Duration, label: &str) -> (Answer, usize) {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut r = 0;
+    loop {
+        let replica = r % hooks.urls.len();
+        let a = hooks
+            .post_timeout(replica, "/v1/typing/start", &crate::fleet::chat_body(chat), Duration::from_secs(2))
+            .await;
+        if a.status == 200 {
+            assert_eq!(a.outcome(), "started", "{label}: {}", a.body);
+            return (a, replica);
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{label}: starts still failing: {} {}", a.status, a.body);
+        r += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_redis_is_frozen_hooks_answer_503_owners_stop_and_everything_resumes() {
+    let _serial = serial().await;
+    let label = "Redis frozen";
+    let dir = TempDir::new("redis-frozen");
+    let redis = Redis::single(&dir.0).await;
+    let params = Params::default();
+    let (interval, lifetime, lease) = (params.interval_ms as f64, params.lifetime_ms as f64, params.lease_ms as f64);
+    let mut fleet = Fleet::start(&redis, &dir.0, 3, params.clone()).await;
+    fleet.wait_shards_settled(&[0, 1, 2], 3, Duration::from_secs(6)).await;
+    let hooks = fleet.hooks();
+    let chats = chats(8_100_000, 30);
+    hooks.start_all(&chats).await;
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+
+    // Act: Redis sleeps 3 s (it answers nothing, its data stays).
+    let port = redis.nodes()[0].port;
+    let frozen = fleet.clock.now();
+    let sleeper = Kill(
+        Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "DEBUG", "SLEEP", "3"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    probe(&hooks, 8_190_000, &chats, label, "at once").await;
+    assert_ready(&fleet, label).await;
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    probe(&hooks, 8_190_010, &chats, label, "after the lease").await;
+    assert_ready(&fleet, label).await;
+    let mut sleeper = sleeper;
+    tokio::task::block_in_place(|| sleeper.0.wait().unwrap());
+    let back = fleet.clock.now();
+    tokio::time::sleep(Duration::from_millis((2.0 * interval) as u64 + 500)).await;
+
+    let calls = fleet.calls(frozen - interval).await;
+    let per_chat = by_chat(&calls);
+    // Owners fence themselves: nothing from lease (+ tick and wire) after the freeze began
+    // until Redis was back.
+    let fenced_from = frozen + lease + 200.0;
+    let during: Vec<f64> = calls.iter().filter(|c| c.t > fenced_from && c.t < back).map(|c| c.t - frozen).collect();
+    let last_before = calls.iter().filter(|c| c.t < back).map(|c| c.t - frozen).fold(f64::MIN, f64::max);
+    // Every session resumes within one interval of Redis answering again.
+    let resumed: Vec<f64> = chats
+        .iter()
+        .map(|c| per_chat.get(c).and_then(|ts| ts.iter().find(|t| **t > back)).map_or(f64::MAX, |t| t - back))
+        .collect();
+    let slowest = resumed.iter().copied().fold(0.0, f64::max);
+    eprintln!(
+        "{label}: Redis frozen for {:.0} ms; last typing call {last_before:.0} ms after the freeze began \
+         (calls later than lease + 200 ms: {}); every chat typing again within {slowest:.0} ms of Redis answering",
+        back - frozen,
+        during.len()
+    );
+    assert!(during.is_empty(), "{label}: typing calls without a valid lease, at +{during:?} ms");
+    assert!(slowest <= interval + 300.0, "{label}: a chat resumed {slowest:.0} ms after Redis was back");
+
+    // New starts work again, and stops: nothing fires after them.
+    let (fresh, _) = start_until_works(&hooks, "8199999", Duration::from_secs(3), label).await;
+    eprintln!("{label}: a new start answered {:.1} ms after Redis was back", fresh.at - back);
+    let mut spells = Vec::new();
+    let before = fleet.clock.now();
+    for (i, c) in chats.iter().chain(std::iter::once(&"8199999".to_owned())).enumerate() {
+        let stop = hooks.stop(i % 3, c).await;
+        assert_eq!((stop.status, stop.outcome()), (200, "stopped"), "{label}: chat {c}: {}", stop.body);
+        spells.push(Spell { chat: c.clone(), start: before, stop: Some(stop.at) });
+    }
+    tokio::time::sleep(Duration::from_millis(params.interval_ms + 500)).await;
+    let f = check(&fleet.calls(before).await, &spells, &Rules::new(interval, lifetime, fleet.clock.now()));
+    f.assert_clean(label);
+    fleet.assert_no_panics();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_redis_is_killed_hooks_answer_503_and_after_a_restart_new_starts_work() {
+    let _serial = serial().await;
+    let label = "Redis killed";
+    let dir = TempDir::new("redis-killed");
+    let mut redis = Redis::single(&dir.0).await;
+    let params = Params::default();
+    let (interval, lifetime, lease) = (params.interval_ms as f64, params.lifetime_ms as f64, params.lease_ms as f64);
+    let mut fleet = Fleet::start(&redis, &dir.0, 3, params.clone()).await;
+    fleet.wait_shards_settled(&[0, 1, 2], 3, Duration::from_secs(6)).await;
+    let hooks = fleet.hooks();
+    let chats = chats(8_200_000, 30);
+    hooks.start_all(&chats).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    // Act: SIGKILL Redis; hooks fail fast, readiness holds, owners stop once their leases lapse.
+    let killed = fleet.clock.now();
+    redis.single_mut().kill();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    probe(&hooks, 8_290_000, &chats, label, "at once").await;
+    assert_ready(&fleet, label).await;
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    probe(&hooks, 8_290_010, &chats, label, "after the lease").await;
+    assert_ready(&fleet, label).await;
+    let restarting = fleet.clock.now();
+    redis.single_mut().restart().await;
+    let back = fleet.clock.now();
+
+    // New starts work again once the replicas reconnect.
+    let (fresh, fresh_on) = start_until_works(&hooks, "8299999", Duration::from_secs(10), label).await;
+    tokio::time::sleep(Duration::from_millis((2.0 * interval) as u64 + 500)).await;
+    let calls = fleet.calls(killed - interval).await;
+    let fenced_from = killed + lease + 200.0;
+    let during: Vec<f64> =
+        calls.iter().filter(|c| c.t > fenced_from && c.t < restarting).map(|c| c.t - killed).collect();
+    let old_after: usize = calls.iter().filter(|c| c.t > back && chats.contains(&c.chat)).count();
+    let fresh_calls = calls.iter().filter(|c| c.chat == "8299999").count();
+    eprintln!(
+        "{label}: first successful start {:.0} ms after Redis was up again; calls later than lease + 200 ms \
+         while it was down: {}; the new chat's calls: {fresh_calls}; calls for the sessions lost with Redis's \
+         data after the restart: {old_after}",
+        fresh.at - back,
+        during.len()
+    );
+    assert!(during.is_empty(), "{label}: typing calls without a valid lease, at +{during:?} ms");
+    assert!(fresh_calls >= 2, "{label}: the chat started after the restart is not typing ({fresh_calls} calls)");
+
+    // Every replica serves hooks again; the new chat stops through another replica.
+    for r in 0..3 {
+        let a = hooks.start(r, &format!("82999{r}0")).await;
+        assert_eq!((a.status, a.outcome()), (200, "started"), "{label}: start on {}: {}", fleet.replicas[r].id, a.body);
+    }
+    let stop = hooks.stop((fresh_on + 1) % 3, "8299999").await;
+    assert_eq!((stop.status, stop.outcome()), (200, "stopped"), "{label}: {}", stop.body);
+    let mut spells = vec![Spell { chat: "8299999".into(), start: fresh.sent, stop: Some(stop.at) }];
+    for r in 0..3 {
+        let chat = format!("82999{r}0");
+        let stop = hooks.stop((r + 2) % 3, &chat).await;
+        assert_eq!((stop.status, stop.outcome()), (200, "stopped"), "{label}: {}", stop.body);
+        spells.push(Spell { chat, start: fresh.sent, stop: Some(stop.at) });
+    }
+    tokio::time::sleep(Duration::from_millis(params.interval_ms + 500)).await;
+    let f = check(&fleet.calls(fresh.sent).await, &spells, &Rules::new(interval, lifetime, fleet.clock.now()));
+    f.assert_clean(label);
+    fleet.assert_no_panics();
+}
