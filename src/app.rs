@@ -11,17 +11,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
 use crate::accounts::Accounts;
 use crate::api::{self, ApiState, Tokens};
 use crate::budget::Budgets;
-use crate::config::{Config, DEFAULT_NAME};
+use crate::config::{Backend, Config, DEFAULT_NAME};
 use crate::engine::{Engine, EngineConfig, KeyRing, Scheduler};
 use crate::ids::AccountId;
 use crate::server::{self, Limits};
 use crate::shutdown::Shutdown;
+use crate::state::{Replica, ReplicaConfig, State};
 use crate::upstream::{OnlyFansClient, Upstream};
 
 /// How often the Prometheus handle's upkeep runs (histogram maintenance).
@@ -109,7 +111,32 @@ impl App {
         )
         .await
         .context("starting the authentication-attempt scheduler")?;
+        let shutdown = Shutdown::new(settings.shutdown.grace.saturating_sub(settings.shutdown.drain_delay));
+        let backend = match settings.state.backend {
+            Backend::Memory => State::Memory(engine.clone()),
+            Backend::Redis => {
+                let url = secrets.redis_url.as_ref().context("state.backend is redis but no Redis URL is set")?;
+                let urls = crate::state::redis_urls(url.expose_secret(), settings.state.cluster)
+                    .map_err(|reason| anyhow::anyhow!("config: state.redis_url: {reason}"))?;
+                let config = ReplicaConfig {
+                    id: replica_id(),
+                    urls,
+                    cluster: settings.state.cluster,
+                    lease: settings.state.lease,
+                };
+                let replica = Replica::start(
+                    config,
+                    engine.clone(),
+                    budget_names.clone(),
+                    &shutdown.tracker,
+                    shutdown.token.child_token(),
+                )
+                .await?;
+                State::Redis(replica)
+            }
+        };
         let mut state = ApiState::new(&settings, engine, tokens, metrics, accounts.clone());
+        state.backend = backend;
         state.admin_token = secrets.admin_token;
         let hook_router = api::router(state.clone(), &settings);
         let admin_router = api::admin_router(state.clone());
@@ -126,7 +153,7 @@ impl App {
             admin_router,
             state,
             scheduler,
-            shutdown: Shutdown::new(settings.shutdown.grace.saturating_sub(settings.shutdown.drain_delay)),
+            shutdown,
             drain_delay: settings.shutdown.drain_delay,
             client,
             accounts,
@@ -213,8 +240,10 @@ impl App {
         api::set_ready(&state.ready, true);
         tracing::info!("keeptyping is ready");
         signal.await;
-        // (1) readiness and hooks answer 503, and no new typing call leaves.
+        // (1) readiness answers 503; with replicas, this one's chats move to the others first
+        // (each keeps its cadence), then hooks answer 503 and no new typing call leaves.
         api::set_ready(&state.ready, false);
+        state.backend.leave().await;
         state.engine.drain();
         tracing::info!(sessions = state.engine.active_count(), "draining");
         if !drain_delay.is_zero() {
@@ -226,4 +255,19 @@ impl App {
         tracing::info!(clean, "stopped");
         Ok(())
     }
+}
+
+/// This replica's id: `KEEPTYPING_REPLICA_ID` (the chart sets the pod name), else the host name
+/// and the process id.
+fn replica_id() -> String {
+    if let Some(id) = std::env::var("KEEPTYPING_REPLICA_ID").ok().filter(|v| !v.trim().is_empty()) {
+        return id.trim().to_owned();
+    }
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "keeptyping".to_owned());
+    format!("{host}-{}", std::process::id())
 }

@@ -199,7 +199,22 @@ pub struct BudgetState {
     others: Option<(f64, Instant, f64)>,
     /// `limit_day` and `remaining_day` as last reported, when both were numbers.
     daily: Option<(u32, u32)>,
+    /// With replicas sharing the budget (Redis backend): what the shared window granted this
+    /// replica; `None` in one process.
+    shared: Option<SharedGrant>,
 }
+
+/// Calls the replicas' shared window granted this replica until `until`, and this replica's
+/// share of the budget's sessions (its share of the lit slots).
+#[derive(Debug, Clone, Copy)]
+struct SharedGrant {
+    tokens: f64,
+    until: Instant,
+    fraction: f64,
+}
+
+/// How soon a call denied for want of a shared grant asks again.
+const SHARED_RETRY: Duration = Duration::from_millis(50);
 
 // === impl BudgetState ===
 
@@ -227,7 +242,32 @@ impl BudgetState {
             headroom_rate: None,
             others: None,
             daily: None,
+            shared: None,
         }
+    }
+
+    /// Replicas share this budget: from now on a call also needs one of the `tokens` the shared
+    /// window granted this replica until `until`; `fraction` is this replica's share of the
+    /// budget's sessions, and so of its lit slots. Returns what is left of the previous grant,
+    /// for the window to take back.
+    pub fn set_shared_grant(&mut self, tokens: u32, until: Instant, fraction: f64, now: Instant) -> u32 {
+        let left = self.shared.filter(|g| g.until > now).map_or(0.0, |g| g.tokens.max(0.0));
+        self.shared = Some(SharedGrant { tokens: f64::from(tokens), until, fraction: fraction.clamp(0.0, 1.0) });
+        // Truncation is the point: a fraction of a call is not given back.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "a small count")]
+        let left = left.floor() as u32;
+        left
+    }
+
+    /// Typing calls this budget may make per period across all replicas: the share of the limit,
+    /// less what the upstream's figures say the tool needs (the window every replica's grant
+    /// comes from).
+    pub fn period_allowance(&mut self, now: Instant) -> u32 {
+        self.sync_rate(now);
+        // Truncation is the point: never more than the share.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "a small positive count")]
+        let per_period = (self.effective_rate(now) * self.period.as_secs_f64()).floor().max(0.0) as u32;
+        if self.paused_until.is_some_and(|(u, _)| u > now) { 0 } else { per_period }
     }
 
     /// The per-minute limit in force: reported, else configured.
@@ -288,7 +328,9 @@ impl BudgetState {
         self.sync_rate(now);
         #[allow(clippy::cast_precision_loss, reason = "counts within one window, far below 2^52")]
         let firsts = self.firsts.len() as f64;
-        let per_period = self.effective_rate(now) * self.period.as_secs_f64();
+        // With replicas, this one lights its share of the slots: its share of the sessions.
+        let fraction = self.shared.map_or(1.0, |g| g.fraction);
+        let per_period = self.effective_rate(now) * self.period.as_secs_f64() * fraction;
         (per_period - firsts - self.priority_floor()).max(0.0)
     }
 
@@ -304,8 +346,14 @@ impl BudgetState {
             self.paused_until = None;
             self.probe_due = matches!(reason, PauseReason::Reserve | PauseReason::DailyReserve);
         }
+        if let Some(g) = &self.shared {
+            if g.tokens < 1.0 || now >= g.until {
+                return Err(Denied::Empty { retry_at: now + SHARED_RETRY });
+            }
+        }
         self.forget_old(now);
         if self.probe_due && self.bucket.try_take(0.0, now).is_ok() {
+            self.take_shared();
             self.probe_due = false;
             self.window.push_back(now);
             if class == Class::First {
@@ -328,11 +376,18 @@ impl BudgetState {
             return Err(Denied::Empty { retry_at: frees + self.period });
         }
         self.bucket.try_take(floor, now).map_err(|retry_at| Denied::Empty { retry_at })?;
+        self.take_shared();
         self.window.push_back(now);
         if class == Class::First {
             self.firsts.push_back(now);
         }
         Ok(())
+    }
+
+    fn take_shared(&mut self) {
+        if let Some(g) = &mut self.shared {
+            g.tokens -= 1.0;
+        }
     }
 
     /// Updates the estimate of the tool's own traffic in the upstream's window (`others`) and

@@ -30,5 +30,6 @@ pub mod metrics;
 pub mod mock;
 pub mod server;
 pub mod shutdown;
+pub mod state;
 pub mod telemetry;
 pub mod upstream;

@@ -58,6 +58,20 @@ pub const GAPS: &str = "keeptyping_indicator_gaps_total";
 pub const HOOK_REQUESTS: &str = "keeptyping_hook_requests_total";
 /// Hook request duration, by route.
 pub const HOOK_DURATION: &str = "keeptyping_hook_request_duration_seconds";
+/// Live replicas seen in Redis (`state.backend = "redis"`).
+pub const STATE_REPLICAS: &str = "keeptyping_state_replicas";
+/// Virtual shards this replica owns.
+pub const STATE_SHARDS_OWNED: &str = "keeptyping_state_shards_owned";
+/// Shards this replica took over from another replica.
+pub const STATE_ADOPTIONS: &str = "keeptyping_state_adoptions_total";
+/// Lease renewals that failed (Redis unreachable or slow).
+pub const STATE_RENEWALS_FAILED: &str = "keeptyping_state_lease_renewals_failed_total";
+/// Duration of Redis operations, by operation.
+pub const STATE_REDIS_DURATION: &str = "keeptyping_state_redis_seconds";
+/// Redis operations that failed, by operation.
+pub const STATE_REDIS_ERRORS: &str = "keeptyping_state_redis_errors_total";
+/// A hook forwarded to the owner of its chat, until the owner's answer.
+pub const STATE_FORWARD_DURATION: &str = "keeptyping_state_forward_seconds";
 /// Accounts whose typing is paused.
 pub const ACCOUNTS_PAUSED: &str = "keeptyping_accounts_paused";
 /// OnlyFansAPI webhooks received, by event and outcome.
@@ -105,6 +119,8 @@ pub fn install() -> PrometheusHandle {
                 .set_buckets_for_metric(Matcher::Full(REFIRE_LATENESS.into()), LATENCY_BUCKETS)
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Full(UPSTREAM_DURATION.into()), LATENCY_BUCKETS))
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Full(HOOK_DURATION.into()), LATENCY_BUCKETS))
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(STATE_REDIS_DURATION.into()), LATENCY_BUCKETS))
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(STATE_FORWARD_DURATION.into()), LATENCY_BUCKETS))
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Full(COVERAGE.into()), COVERAGE_BUCKETS))
                 .and_then(|b| {
                     b.set_buckets_for_metric(Matcher::Full(FIRST_INDICATOR_DELAY.into()), FIRST_INDICATOR_BUCKETS)
@@ -164,13 +180,24 @@ fn describe() {
     describe_counter!(AUTH_CALLBACKS, "Authentication-attempt callbacks sent, by outcome.");
     describe_counter!(CONNECTIONS_REFUSED, "Connections closed at once because the listener was full, by listener.");
     describe_counter!(WEBHOOK_REPLAYS, "Webhooks dropped as replays of a body seen within the replay window.");
+    describe_gauge!(STATE_REPLICAS, "Live replicas seen in Redis (0 with the memory backend).");
+    describe_gauge!(STATE_SHARDS_OWNED, "Virtual shards of chats this replica owns (0 with the memory backend).");
+    describe_counter!(STATE_ADOPTIONS, "Shards this replica took over, with their sessions.");
+    describe_counter!(STATE_RENEWALS_FAILED, "Shard lease renewals that failed (Redis unreachable or too slow).");
+    describe_histogram!(STATE_REDIS_DURATION, Unit::Seconds, "Duration of Redis operations, by operation.");
+    describe_counter!(STATE_REDIS_ERRORS, "Redis operations that failed, by operation.");
+    describe_histogram!(
+        STATE_FORWARD_DURATION,
+        Unit::Seconds,
+        "Hooks forwarded to the replica owning the chat, until its answer came back."
+    );
 }
 
 /// Series that exist from start-up at zero, so that a rate over them, an alert or a dashboard
 /// panel has data before the first event (a missing series reads as "no data", not 0): every
 /// counter without labels, every end and skip reason, both listeners, and the plain gauges.
 fn init_series() {
-    for name in [SESSIONS_STARTED, STARTS_CAPPED, GAPS, WEBHOOK_REPLAYS] {
+    for name in [SESSIONS_STARTED, STARTS_CAPPED, GAPS, WEBHOOK_REPLAYS, STATE_ADOPTIONS, STATE_RENEWALS_FAILED] {
         counter!(name).absolute(0);
     }
     for reason in EndReason::ALL {
@@ -182,7 +209,19 @@ fn init_series() {
     for listener in ["hooks", "admin"] {
         counter!(CONNECTIONS_REFUSED, "listener" => listener).absolute(0);
     }
-    for name in [SESSIONS_ACTIVE, UPSTREAM_IN_FLIGHT, ACCOUNTS_PAUSED, AUTH_ATTEMPTS_WATCHED] {
+    for op in StateOp::ALL {
+        counter!(STATE_REDIS_ERRORS, "op" => op.as_str()).absolute(0);
+        let _registered = histogram!(STATE_REDIS_DURATION, "op" => op.as_str());
+    }
+    let _registered = histogram!(STATE_FORWARD_DURATION);
+    for name in [
+        SESSIONS_ACTIVE,
+        UPSTREAM_IN_FLIGHT,
+        ACCOUNTS_PAUSED,
+        AUTH_ATTEMPTS_WATCHED,
+        STATE_REPLICAS,
+        STATE_SHARDS_OWNED,
+    ] {
         gauge!(name).set(0.0);
     }
 }
@@ -268,11 +307,14 @@ pub enum SkipReason {
     NoBudget,
     /// The day's remainder (`remaining_day`) reached the reserve.
     DailyLimit,
+    /// This replica's lease on the chat's shard is not valid (Redis backend): it never sends
+    /// without one.
+    NotOwner,
 }
 
 impl SkipReason {
     /// Every reason.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::Budget,
         Self::BudgetPaused,
         Self::AccountPaused,
@@ -280,6 +322,7 @@ impl SkipReason {
         Self::PreviousInFlight,
         Self::NoBudget,
         Self::DailyLimit,
+        Self::NotOwner,
     ];
 
     /// The label value.
@@ -292,6 +335,7 @@ impl SkipReason {
             Self::PreviousInFlight => "previous_in_flight",
             Self::NoBudget => "no_budget",
             Self::DailyLimit => "daily_limit",
+            Self::NotOwner => "not_owner",
         }
     }
 }
@@ -527,4 +571,65 @@ mod tests {
         assert!(after.total() >= before.total() + 3);
         assert!(after.skipped > before.skipped);
     }
+}
+
+/// A kind of Redis operation (the `op` label of the state metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateOp {
+    /// Lease renewal, membership and shard acquisition.
+    Control,
+    /// Writing session records.
+    Commit,
+    /// Reserving typing calls from a shared budget window.
+    Budget,
+    /// Publishing a hook to the owner of its chat, or an answer back.
+    Forward,
+    /// Reading a shard's sessions on adoption.
+    Adopt,
+}
+
+impl StateOp {
+    /// Every operation.
+    pub const ALL: [Self; 5] = [Self::Control, Self::Commit, Self::Budget, Self::Forward, Self::Adopt];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Control => "control",
+            Self::Commit => "commit",
+            Self::Budget => "budget",
+            Self::Forward => "forward",
+            Self::Adopt => "adopt",
+        }
+    }
+}
+
+/// A Redis operation took `elapsed`, and failed if `failed`.
+pub fn state_redis(op: StateOp, elapsed: Duration, failed: bool) {
+    histogram!(STATE_REDIS_DURATION, "op" => op.as_str()).record(elapsed.as_secs_f64());
+    if failed {
+        counter!(STATE_REDIS_ERRORS, "op" => op.as_str()).increment(1);
+    }
+}
+
+/// Replicas seen and shards owned, after a lease renewal.
+#[allow(clippy::cast_precision_loss, reason = "small counts")]
+pub fn state_membership(replicas: usize, shards_owned: usize) {
+    gauge!(STATE_REPLICAS).set(replicas as f64);
+    gauge!(STATE_SHARDS_OWNED).set(shards_owned as f64);
+}
+
+/// This replica took over `shards` shards.
+pub fn state_adopted(shards: u64) {
+    counter!(STATE_ADOPTIONS).increment(shards);
+}
+
+/// A lease renewal failed.
+pub fn state_renewal_failed() {
+    counter!(STATE_RENEWALS_FAILED).increment(1);
+}
+
+/// A hook forwarded to its chat's owner was answered after `elapsed`.
+pub fn state_forwarded(elapsed: Duration) {
+    histogram!(STATE_FORWARD_DURATION).record(elapsed.as_secs_f64());
 }

@@ -77,6 +77,9 @@ pub enum ApiError {
     /// 503: the request took longer than `server.request_timeout`.
     #[error("the request timed out")]
     Timeout,
+    /// 503: the shared state (Redis, or the replica owning the chat) did not answer in time.
+    #[error("the shared state is unavailable; retry shortly")]
+    StateUnavailable,
     /// 503: a bounded table is full.
     #[error("{0}")]
     Full(String),
@@ -129,6 +132,7 @@ impl ApiError {
             Self::AtCapacity => (StatusCode::SERVICE_UNAVAILABLE, "at_capacity"),
             Self::Timeout => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
             Self::Full(_) => (StatusCode::SERVICE_UNAVAILABLE, "full"),
+            Self::StateUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "state_unavailable"),
             Self::NoApiKey => (StatusCode::FORBIDDEN, "no_api_key"),
             Self::WebhookSecretMissing => (StatusCode::SERVICE_UNAVAILABLE, "webhook_secret_not_configured"),
         }
@@ -143,7 +147,7 @@ impl IntoResponse for ApiError {
         let retry_after = match &self {
             Self::RateLimited { retry_after_secs } => Some(*retry_after_secs),
             Self::ShuttingDown | Self::Timeout => Some(5),
-            Self::AtCapacity | Self::Full(_) => Some(1),
+            Self::AtCapacity | Self::Full(_) | Self::StateUnavailable => Some(1),
             _ => None,
         };
         if let Some(secs) = retry_after {

@@ -62,6 +62,8 @@ use crate::ids::Platform;
 pub struct ApiState {
     /// The engine.
     pub engine: Engine,
+    /// Where sessions live: this process, or Redis shared by replicas (hooks go through it).
+    pub backend: crate::state::State,
     /// Hook tokens.
     pub tokens: Arc<Tokens>,
     /// Per-token rate limit.
@@ -108,6 +110,7 @@ impl ApiState {
             settings.hooks.rate_limit_burst,
         );
         Self {
+            backend: crate::state::State::Memory(engine.clone()),
             engine,
             tokens: Arc::new(tokens),
             hook_limit: Arc::new(hook_limit),

@@ -68,6 +68,16 @@ impl ReplayGuard {
         true
     }
 
+    /// Forgets `body`: it was not applied (the shared state was unavailable), so the sender's
+    /// retry must not be dropped as a replay.
+    pub fn forget(&self, body: &[u8]) {
+        let digest: [u8; 32] = Sha256::digest(body).into();
+        let mut seen = self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if seen.digests.remove(&digest) {
+            seen.order.retain(|(_, d)| *d != digest);
+        }
+    }
+
     /// How many bodies are remembered.
     pub fn len(&self) -> usize {
         self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner).order.len()

@@ -67,8 +67,11 @@ pub(super) struct StatusResponse {
     pub(super) ready: bool,
     /// Whether the drain has started.
     pub(super) draining: bool,
-    /// Live typing sessions.
+    /// Live typing sessions (on this replica).
     pub(super) sessions_active: usize,
+    /// The state backend: `memory`, or `redis` with this replica's id, the replicas seen and
+    /// the shards this one owns.
+    pub(super) state: crate::state::StateView,
     /// Typing calls on the wire.
     pub(super) in_flight: usize,
     /// Typing calls since start (`keeptyping_refires_total` summed over every label).
@@ -136,6 +139,7 @@ pub(super) async fn status(State(state): State<ApiState>, headers: HeaderMap) ->
         ready: state.ready.load(Ordering::Acquire) && !engine.is_draining(),
         draining: engine.is_draining(),
         sessions_active: engine.active_count(),
+        state: state.backend.view(),
         in_flight: engine.in_flight(),
         refires_total,
         refires_per_second: rates.map(|r| r.0),

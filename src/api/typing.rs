@@ -316,8 +316,9 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-fn apply_start(state: &ApiState, v: &ValidStart) -> Result<TypingResponse, ApiError> {
-    let outcome = state.engine.start(v.cmd.clone()).map_err(|e| match e {
+async fn apply_start(state: &ApiState, v: &ValidStart) -> Result<TypingResponse, ApiError> {
+    let outcome = state.backend.start(&state.engine, v.cmd.clone()).await.map_err(|_| ApiError::StateUnavailable)?;
+    let outcome = outcome.map_err(|e| match e {
         StartError::ShuttingDown => ApiError::ShuttingDown,
         StartError::AtCapacity => ApiError::AtCapacity,
         StartError::NoApiKey => ApiError::AccountNotConfigured(v.cmd.key.account.to_string()),
@@ -340,13 +341,14 @@ fn apply_start(state: &ApiState, v: &ValidStart) -> Result<TypingResponse, ApiEr
     })
 }
 
-fn apply_stop(state: &ApiState, key: &SessionKey, holder: &str) -> TypingResponse {
-    let (outcome, holders) = match state.engine.stop(key, Some(holder)) {
+async fn apply_stop(state: &ApiState, key: &SessionKey, holder: &str) -> Result<TypingResponse, ApiError> {
+    let stopped = state.backend.stop(key, Some(holder)).await.map_err(|_| ApiError::StateUnavailable)?;
+    let (outcome, holders) = match stopped {
         StopOutcome::Stopped => ("stopped", None),
         StopOutcome::Released { holders } => ("released", Some(holders)),
         StopOutcome::NotFound => ("not_found", None),
     };
-    TypingResponse {
+    Ok(TypingResponse {
         outcome,
         session: Some(session_ref(key)),
         reason: None,
@@ -354,7 +356,7 @@ fn apply_stop(state: &ApiState, key: &SessionKey, holder: &str) -> TypingRespons
         lease_ms: None,
         holders,
         error: None,
-    }
+    })
 }
 
 /// `POST /v1/typing/start`
@@ -378,7 +380,7 @@ pub async fn start(
     AppJson(req): AppJson<StartRequest>,
 ) -> Result<Json<TypingResponse>, ApiError> {
     let v = validate_start(&state, &caller, &req)?;
-    apply_start(&state, &v).map(Json)
+    apply_start(&state, &v).await.map(Json)
 }
 
 /// `POST /v1/typing/stop`
@@ -402,7 +404,7 @@ pub async fn stop(
     AppJson(req): AppJson<StopRequest>,
 ) -> Result<Json<TypingResponse>, ApiError> {
     let (key, holder) = validate_stop(&caller, &req)?;
-    Ok(Json(apply_stop(&state, &key, &holder)))
+    apply_stop(&state, &key, &holder).await.map(Json)
 }
 
 enum ValidEvent {
@@ -441,14 +443,37 @@ pub async fn batch(
         };
         valid.push(v.map_err(|e| prefix_index(i, e))?);
     }
-    let results = valid
-        .into_iter()
-        .map(|v| match v {
-            ValidEvent::Start(s) => apply_start(&state, &s).unwrap_or_else(|e| error_result(&e)),
-            ValidEvent::Stop(k, h) => apply_stop(&state, &k, &h),
-        })
-        .collect();
-    Ok(Json(BatchResponse { results }))
+    // Events for one chat apply in order; different chats at once (with replicas, each may be
+    // answered by another replica).
+    let mut chats: Vec<(SessionKey, Vec<(usize, ValidEvent)>)> = Vec::new();
+    for (i, v) in valid.into_iter().enumerate() {
+        let key = match &v {
+            ValidEvent::Start(s) => s.cmd.key.clone(),
+            ValidEvent::Stop(k, _) => k.clone(),
+        };
+        match chats.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, events)) => events.push((i, v)),
+            None => chats.push((key, vec![(i, v)])),
+        }
+    }
+    let per_chat = chats.into_iter().map(|(_, events)| {
+        let state = &state;
+        async move {
+            let mut out = Vec::with_capacity(events.len());
+            for (i, v) in events {
+                let r = match v {
+                    ValidEvent::Start(s) => apply_start(state, &s).await,
+                    ValidEvent::Stop(k, h) => apply_stop(state, &k, &h).await,
+                };
+                out.push((i, r.unwrap_or_else(|e| error_result(&e))));
+            }
+            out
+        }
+    });
+    let mut results: Vec<(usize, TypingResponse)> =
+        futures_util::future::join_all(per_chat).await.into_iter().flatten().collect();
+    results.sort_by_key(|(i, _)| *i);
+    Ok(Json(BatchResponse { results: results.into_iter().map(|(_, r)| r).collect() }))
 }
 
 fn prefix_index(i: usize, e: ApiError) -> ApiError {

@@ -35,7 +35,7 @@ use crate::accounts::WebhookAuthError;
 use crate::accounts::signing::SIGNATURE_HEADER;
 use crate::engine::PauseCause;
 use crate::ids::{AccountId, ChatId, Platform, SessionKey};
-use crate::metrics::{self, EndReason};
+use crate::metrics;
 
 /// The webhook envelope.
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
@@ -170,7 +170,13 @@ pub async fn onlyfansapi(
         ApiError::BadJson(e.to_string().chars().take(200).collect())
     })?;
     let (event, fansly) = Event::parse(&envelope.event);
-    let answer = apply(&state, event, fansly, &envelope);
+    let answer = match apply(&state, event, fansly, &envelope).await {
+        Ok(answer) => answer,
+        Err(e) => {
+            state.webhook_replays.forget(&body);
+            return Err(e);
+        }
+    };
     let outcome = if answer.outcome == "ignored" {
         if answer.reason == Some("malformed") { "malformed" } else { "ignored" }
     } else {
@@ -190,26 +196,31 @@ fn applied(outcome: &'static str) -> WebhookResponse {
 }
 
 /// Acts on a verified event.
-fn apply(state: &ApiState, event: Event, fansly: bool, envelope: &WebhookRequest) -> WebhookResponse {
+async fn apply(
+    state: &ApiState,
+    event: Event,
+    fansly: bool,
+    envelope: &WebhookRequest,
+) -> Result<WebhookResponse, ApiError> {
     let pause = match event {
         Event::SessionExpired => Some(PauseCause::SessionExpired),
         Event::AuthenticationFailed => Some(PauseCause::AuthenticationFailed),
         Event::Connected | Event::Reconnected | Event::MessageSent => None,
         Event::OtpCodeRequired | Event::MessageReceived | Event::UserTyping | Event::Other => {
-            return ignored("event_not_handled");
+            return Ok(ignored("event_not_handled"));
         }
     };
     let Some(account) = envelope.account_id.as_deref().and_then(|a| AccountId::parse_any(a).ok()) else {
-        return ignored("malformed");
+        return Ok(ignored("malformed"));
     };
     if let Some(cause) = pause {
         tracing::info!(account = %account, cause = cause.as_str(), "webhook pauses the account");
-        state.engine.pause_account(&account, cause, state.unavailable_pause);
-        return applied("paused");
+        state.backend.pause_account(&account, cause, state.unavailable_pause).await;
+        return Ok(applied("paused"));
     }
     if event != Event::MessageSent {
-        state.engine.resume_account(&account);
-        return applied("resumed");
+        state.backend.resume_account(&account).await;
+        return Ok(applied("resumed"));
     }
     let platform = if fansly || account.as_str().starts_with("fansly_acct_") {
         Platform::Fansly
@@ -219,10 +230,14 @@ fn apply(state: &ApiState, event: Event, fansly: bool, envelope: &WebhookRequest
         Platform::Fanvue
     };
     let Some(chat) = chat_of(&envelope.payload).and_then(|c| ChatId::parse(platform, &c).ok()) else {
-        return ignored("malformed");
+        return Ok(ignored("malformed"));
     };
     let key = SessionKey { platform, account, chat };
-    if state.engine.end_chat(&key, EndReason::MessageSent) { applied("stopped") } else { applied("not_found") }
+    match state.backend.end_chat(&key).await {
+        Ok(true) => Ok(applied("stopped")),
+        Ok(false) => Ok(applied("not_found")),
+        Err(_) => Err(ApiError::StateUnavailable),
+    }
 }
 
 /// The fan's chat of an outbound-message payload. The shape is undocumented first-party, so the

@@ -21,6 +21,11 @@ impl Settings {
         out.push_str(&format!("# callback signing secret: {callback}\n"));
         let admin = if secrets.admin_token.is_some() { "set" } else { "not set" };
         out.push_str(&format!("# admin token: {admin}\n"));
+        if let Some(url) = &secrets.redis_url {
+            use secrecy::ExposeSecret;
+            let nodes = url.expose_secret().split(',').filter(|u| !u.trim().is_empty()).count();
+            out.push_str(&format!("# redis url: set ({nodes} node(s))\n"));
+        }
         out
     }
 }

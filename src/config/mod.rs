@@ -25,10 +25,10 @@ mod values;
 pub use load::load;
 pub use secrets::{AccountScope, ApiKey, HookToken, Secrets, token_digest};
 pub use settings::{
-    AccountsSettings, AdminSettings, ApiKeySettings, BudgetSettings, DEFAULT_ATTEMPT_DEADLINE,
+    AccountsSettings, AdminSettings, ApiKeySettings, Backend, BudgetSettings, DEFAULT_ATTEMPT_DEADLINE,
     DEFAULT_ATTEMPT_RETENTION, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_MAX_ADMIN_CONNECTIONS, DEFAULT_MAX_ATTEMPTS,
-    DEFAULT_MAX_HOOK_CONNECTIONS, EngineSettings, HookSettings, HookTokenSettings, PlatformSettings, PlatformsSettings,
-    ServerSettings, Settings, ShutdownSettings, UpstreamSettings,
+    DEFAULT_MAX_HOOK_CONNECTIONS, DEFAULT_STATE_LEASE, EngineSettings, HookSettings, HookTokenSettings,
+    PlatformSettings, PlatformsSettings, ServerSettings, Settings, ShutdownSettings, StateSettings, UpstreamSettings,
 };
 pub use values::{Count, Reserve, Share};
 
@@ -45,6 +45,9 @@ pub const ENV_CALLBACK_SECRET: &str = "KEEPTYPING_CALLBACK_SECRET";
 /// Environment variable holding the admin token: with it, the status page and `/status.json`
 /// show account ids to requests that present it.
 pub const ENV_ADMIN_TOKEN: &str = "KEEPTYPING_ADMIN_TOKEN";
+/// Environment variable holding the Redis URL (`state.backend = "redis"`); it may hold a
+/// password, so it is a secret like the others.
+pub const ENV_REDIS_URL: &str = "KEEPTYPING_REDIS_URL";
 /// Prefix of layered overrides: `KEEPTYPING__ENGINE__IDLE_TIMEOUT=45s`.
 pub const ENV_PREFIX: &str = "KEEPTYPING";
 /// Name given to the key, token and budget created by the single-tenant shortcuts.

@@ -11,8 +11,8 @@ use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
 use super::{
-    ConfigError, DEFAULT_NAME, ENV_ADMIN_TOKEN, ENV_API_KEY, ENV_CALLBACK_SECRET, ENV_HOOK_TOKEN, ENV_WEBHOOK_SECRET,
-    Settings, invalid,
+    ConfigError, DEFAULT_NAME, ENV_ADMIN_TOKEN, ENV_API_KEY, ENV_CALLBACK_SECRET, ENV_HOOK_TOKEN, ENV_REDIS_URL,
+    ENV_WEBHOOK_SECRET, Settings, invalid,
 };
 use crate::ids::AccountId;
 
@@ -117,6 +117,9 @@ pub struct Secrets {
     /// SHA-256 of the admin token (`admin.token_env`, `admin.token_file` or
     /// `KEEPTYPING_ADMIN_TOKEN`); with it, the status page shows account ids to its holders.
     pub admin_token: Option<[u8; 32]>,
+    /// The Redis URL(s) (`state.redis_url_env`, `state.redis_url_file` or `KEEPTYPING_REDIS_URL`),
+    /// with `state.backend = "redis"`; it may hold a password.
+    pub redis_url: Option<SecretString>,
 }
 
 // === impl Settings ===
@@ -205,6 +208,25 @@ impl Settings {
                 Some(token_digest(s.expose_secret()))
             }
         };
+        if self.state.backend == crate::config::Backend::Redis {
+            let url = match (&self.state.redis_url_env, &self.state.redis_url_file) {
+                (None, None) => env
+                    .get(ENV_REDIS_URL)
+                    .map(|v| v.trim())
+                    .filter(|v| !v.is_empty())
+                    .map(|v| SecretString::from(v.to_owned()))
+                    .ok_or_else(|| {
+                        invalid(
+                            "state.redis_url",
+                            format!("state.backend is redis, so {ENV_REDIS_URL} (or state.redis_url_env / state.redis_url_file) must be set"),
+                        )
+                    })?,
+                (var, file) => read_secret("state.redis_url", var.as_deref(), file.as_deref(), env)?,
+            };
+            crate::state::redis_urls(url.expose_secret(), self.state.cluster)
+                .map_err(|reason| invalid("state.redis_url", reason))?;
+            secrets.redis_url = Some(url);
+        }
         if !self.accounts.callback_url.is_empty() && secrets.callback_secret.is_none() {
             return Err(invalid("accounts.callback_url", format!("is set, so {ENV_CALLBACK_SECRET} must be set too")));
         }
@@ -354,5 +376,32 @@ accounts = ["acct_c1", "fansly_acct_c2"]
         assert_eq!(digests, vec![token_digest("from-env"), token_digest("from-file"), token_digest("digested")]);
         let missing = load(Some(&path), &HashMap::new()).unwrap_err().to_string();
         assert!(missing.contains("hooks.tokens[0]") && missing.contains("A_TOKEN"), "{missing}");
+    }
+
+    #[test]
+    fn the_redis_backend_needs_a_well_formed_url_and_never_shows_it() {
+        let backend = ("KEEPTYPING__STATE__BACKEND", "redis");
+        let missing = load(None, &env(&[backend])).unwrap_err().to_string();
+        assert!(missing.contains("state.redis_url") && missing.contains(ENV_REDIS_URL), "{missing}");
+
+        let bad = load(None, &env(&[backend, (ENV_REDIS_URL, "http://user:hunter2@cache:6379")])).unwrap_err();
+        let bad = bad.to_string();
+        assert!(bad.contains("state.redis_url") && !bad.contains("hunter2"), "{bad}");
+
+        let two = "redis://:hunter2@a:6379,redis://:hunter2@b:6379";
+        let several = load(None, &env(&[backend, (ENV_REDIS_URL, two)])).unwrap_err().to_string();
+        assert!(several.contains("state.cluster") && !several.contains("hunter2"), "{several}");
+        let cluster = load(None, &env(&[backend, ("KEEPTYPING__STATE__CLUSTER", "true"), (ENV_REDIS_URL, two)]));
+        assert!(cluster.is_ok());
+
+        let ok = load(None, &env(&[backend, (ENV_REDIS_URL, "redis://:hunter2@cache:6379/0")])).unwrap();
+        let shown = ok.settings.describe(&ok.secrets);
+        assert!(shown.contains("# redis url: set (1 node(s))") && !shown.contains("hunter2"), "{shown}");
+        assert!(!format!("{:?}", ok.secrets).contains("hunter2"));
+
+        // The memory backend (the default) needs no URL and ignores one.
+        assert!(load(None, &env(&[])).unwrap().secrets.redis_url.is_none());
+        let lease = load(None, &env(&[("KEEPTYPING__STATE__LEASE", "100ms")])).unwrap_err().to_string();
+        assert!(lease.contains("state.lease"), "{lease}");
     }
 }

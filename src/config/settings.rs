@@ -34,6 +34,8 @@ pub struct Settings {
     pub accounts: AccountsSettings,
     /// Graceful shutdown.
     pub shutdown: ShutdownSettings,
+    /// Where sessions and budgets live: this process, or Redis shared by replicas.
+    pub state: StateSettings,
 }
 
 /// `[server]`
@@ -379,5 +381,48 @@ pub struct ShutdownSettings {
 impl Default for ShutdownSettings {
     fn default() -> Self {
         Self { grace: Duration::from_secs(10), drain_delay: Duration::ZERO }
+    }
+}
+
+/// Which state backend holds sessions and budgets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// In this process: one replica, nothing else to run.
+    #[default]
+    Memory,
+    /// In Redis, shared by N replicas.
+    Redis,
+}
+
+/// `[state]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StateSettings {
+    /// `memory` (default) or `redis`.
+    pub backend: Backend,
+    /// With `redis`: how long a replica may go unheard before others take over its chats.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    /// With `redis`: the URL names Redis Cluster nodes (comma-separated).
+    pub cluster: bool,
+    /// Environment variable holding the Redis URL (or `KEEPTYPING_REDIS_URL`).
+    pub redis_url_env: Option<String>,
+    /// File holding the Redis URL.
+    pub redis_url_file: Option<PathBuf>,
+}
+
+/// Default `state.lease`.
+pub const DEFAULT_STATE_LEASE: Duration = Duration::from_secs(2);
+
+impl Default for StateSettings {
+    fn default() -> Self {
+        Self {
+            backend: Backend::Memory,
+            lease: DEFAULT_STATE_LEASE,
+            cluster: false,
+            redis_url_env: None,
+            redis_url_file: None,
+        }
     }
 }

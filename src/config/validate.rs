@@ -55,6 +55,9 @@ impl Settings {
         if self.engine.tick > MAX_TICK {
             return Err(invalid("engine.tick", "must be at most 100ms"));
         }
+        if !(Duration::from_millis(500)..=Duration::from_secs(60)).contains(&self.state.lease) {
+            return Err(invalid("state.lease", "must be between 500ms and 60s"));
+        }
         if self.budget.window < Duration::from_secs(1) {
             return Err(invalid("budget.window", "must be at least 1s"));
         }

@@ -45,6 +45,16 @@ pub(crate) async fn fire(
     if shared.draining.load(Ordering::Acquire) {
         return;
     }
+    // With replicas, only the owner of the chat's shard sends, and only while its lease holds by
+    // this process's own clock: a replica that lost its lease (frozen, cut off from Redis) stays
+    // silent whatever its sessions say.
+    if let Some(ownership) = shared.ownership.get() {
+        if !ownership.may_send(&key, sent) {
+            shared.table.with_generation(&key, generation, |s| s.in_flight = false);
+            metrics::refire_skipped(metrics::SkipReason::NotOwner);
+            return;
+        }
+    }
     if let Some(due) = moved {
         // The scheduler's entry for the old instant is stale now; a send error means the
         // scheduler has stopped, and nothing is due any more.
@@ -116,7 +126,7 @@ pub(crate) async fn fire(
                     tracing::error!(api_key = name, "upstream refused the api key (401); ending its sessions");
                     for (k, g) in shared.table.keys_where(|_, s| s.api_key == api_key) {
                         if let Some(s) = shared.table.remove_if_generation(&k, g) {
-                            shared.ended(s, EndReason::Unauthorized, now);
+                            shared.ended(&k, s, EndReason::Unauthorized, now);
                         }
                     }
                     return;
@@ -124,7 +134,7 @@ pub(crate) async fn fire(
                 ErrorKind::Rejected => {
                     tracing::info!(account = %key.account, chat = %key.chat, error = %e, "upstream rejected the chat; ending its session");
                     if let Some(s) = shared.table.remove_if_generation(&key, generation) {
-                        shared.ended(s, EndReason::Rejected, now);
+                        shared.ended(&key, s, EndReason::Rejected, now);
                     }
                     return;
                 }

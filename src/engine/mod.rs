@@ -17,8 +17,8 @@ mod scheduler;
 mod session;
 mod slots;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -198,6 +198,52 @@ pub(crate) struct Shared {
     pub(crate) no_budget_logged: AtomicBool,
     /// Per budget: an upstream answer changed what it may spend since the slots were balanced.
     pub(crate) rebalance: Vec<AtomicBool>,
+    /// Who may send for which chat (replicas on Redis); unset in one process: it owns every chat.
+    pub(crate) ownership: OnceLock<Arc<dyn Ownership>>,
+    /// Told of every session that ends other than by shutdown (replicas on Redis delete its record).
+    pub(crate) ends: OnceLock<mpsc::UnboundedSender<SessionKey>>,
+}
+
+/// Whether this process may send typing calls for a chat right now. In one process it always
+/// may; replicas sharing Redis may only while they hold a valid lease on the chat's shard.
+pub trait Ownership: Send + Sync + 'static {
+    /// Whether a typing call for `key` may leave at `now`.
+    fn may_send(&self, key: &SessionKey, now: Instant) -> bool;
+}
+
+/// A session as another replica recorded it, to be taken over here. Times are relative to the
+/// moment it is adopted (clocks of different machines are not compared as instants).
+#[derive(Debug, Clone)]
+pub struct Adopted {
+    /// Holders, each with the time left on its lease.
+    pub holders: Vec<(Option<Arc<str>>, Duration)>,
+    /// Priority.
+    pub priority: Priority,
+    /// How long ago it started.
+    pub age: Duration,
+    /// Time left until `engine.max_lifetime` ends it.
+    pub lifetime_left: Duration,
+    /// When its next typing call is due (zero: at once).
+    pub due_in: Duration,
+    /// The API key its tenant prefers.
+    pub preferred_key: Option<KeyIndex>,
+}
+
+/// A live session as it is recorded for other replicas (see [`Adopted`]).
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// Holders, each with the time left on its lease.
+    pub holders: Vec<(Option<Arc<str>>, Duration)>,
+    /// Priority.
+    pub priority: Priority,
+    /// How long ago it started.
+    pub age: Duration,
+    /// Time left until `engine.max_lifetime` ends it.
+    pub lifetime_left: Duration,
+    /// Time until its next typing call is due.
+    pub due_in: Duration,
+    /// The API key its calls use.
+    pub api_key: KeyIndex,
 }
 
 /// The cloneable engine handle.
@@ -236,6 +282,8 @@ impl Engine {
             rebalance,
             slot_counts,
             no_budget_logged: AtomicBool::new(false),
+            ownership: OnceLock::new(),
+            ends: OnceLock::new(),
         });
         let scheduler = Scheduler::new(Arc::clone(&shared), rx);
         (Self { shared }, scheduler)
@@ -312,7 +360,7 @@ impl Engine {
             None if uncapped => StopOutcome::Stopped,
             None => StopOutcome::NotFound,
             Some(Ok(session)) => {
-                self.shared.ended(session, EndReason::Stopped, Instant::now());
+                self.shared.ended(key, session, EndReason::Stopped, Instant::now());
                 StopOutcome::Stopped
             }
             Some(Err(holders)) => StopOutcome::Released { holders },
@@ -323,7 +371,7 @@ impl Engine {
     pub fn end_chat(&self, key: &SessionKey, reason: EndReason) -> bool {
         match self.shared.table.remove(key) {
             Some(session) => {
-                self.shared.ended(session, reason, Instant::now());
+                self.shared.ended(key, session, reason, Instant::now());
                 true
             }
             None => false,
@@ -412,6 +460,124 @@ impl Engine {
     pub fn is_draining(&self) -> bool {
         self.shared.draining.load(Ordering::Acquire)
     }
+
+    /// Makes every typing call ask `ownership` first (replicas on Redis). Set once, before the
+    /// scheduler runs; later calls change nothing.
+    pub fn set_ownership(&self, ownership: Arc<dyn Ownership>) {
+        let _ = self.shared.ownership.set(ownership);
+    }
+
+    /// Sends the key of every session that ends (other than by shutdown) to `ends`. Set once.
+    pub fn set_end_listener(&self, ends: mpsc::UnboundedSender<SessionKey>) {
+        let _ = self.shared.ends.set(ends);
+    }
+
+    /// The session of `key` as other replicas need it to take it over, if it is live.
+    pub fn record(&self, key: &SessionKey) -> Option<Recorded> {
+        let now = Instant::now();
+        self.shared.table.collect_one(key, |s| Recorded {
+            holders: s.holders.iter().map(|h| (h.id.clone(), h.lease_until.saturating_duration_since(now))).collect(),
+            priority: s.priority,
+            age: now.saturating_duration_since(s.started_at),
+            lifetime_left: s.max_until.saturating_duration_since(now),
+            due_in: s.next_due.saturating_duration_since(now),
+            api_key: s.api_key,
+        })
+    }
+
+    /// Takes over a session another replica recorded: it joins its budget's slots and refires
+    /// when `adopted.due_in` says (at once after a crash, on its cadence after a hand-over).
+    /// Returns whether it was added (not when the chat is live here already, the table is full,
+    /// no key covers the account, or nothing is left of its leases or lifetime).
+    pub fn adopt(&self, key: SessionKey, adopted: &Adopted) -> bool {
+        let s = &self.shared;
+        let now = Instant::now();
+        let live = adopted.holders.iter().map(|(_, left)| *left).max().unwrap_or_default();
+        if live.is_zero() || adopted.lifetime_left.is_zero() || s.table.contains(&key) {
+            return false;
+        }
+        let Some(api_key) = s.keys.resolve(&key.account, adopted.preferred_key) else { return false };
+        let budget = s.keys.get(api_key).map_or(0, |k| k.budget);
+        let generation = &s.generation;
+        let mut inserted = None;
+        for (id, left) in &adopted.holders {
+            let holder = Holder { id: id.clone(), lease_until: now + *left };
+            let upsert =
+                s.table.upsert(key.clone(), holder, adopted.priority, s.cfg.engine.max_sessions.as_usize(), || {
+                    let mut session = Session::new(
+                        generation.fetch_add(1, Ordering::Relaxed),
+                        api_key,
+                        budget,
+                        adopted.priority,
+                        now,
+                        adopted.lifetime_left,
+                    );
+                    session.started_at = now.checked_sub(adopted.age).unwrap_or(now);
+                    session.segment_since = now;
+                    // Its first indicator was given by the replica it comes from.
+                    session.first_sent = true;
+                    session.first_lit = true;
+                    session
+                });
+            match upsert {
+                Upsert::Inserted { generation } => inserted = Some(generation),
+                Upsert::Full if inserted.is_none() => return false,
+                _ => {}
+            }
+        }
+        let Some(generation) = inserted else { return false };
+        metrics::sessions_active(s.table.len());
+        let interval = s.platform(key.platform).refire_interval;
+        let calls = s.cfg.budget.window.as_secs_f64() / interval.as_secs_f64();
+        let due = now + adopted.due_in.min(interval);
+        s.table.with_generation(&key, generation, |session| session.next_due = due);
+        let joined = Command::Joined { key: key.clone(), generation, budget, priority: adopted.priority, calls };
+        let _ = s.commands.send(joined);
+        let _ = s.commands.send(Command::Due { key, generation, due });
+        true
+    }
+
+    /// Hands the sessions `which` selects to another replica: they leave this process without
+    /// ending (no end is counted or reported) and no call for them leaves after this returns.
+    /// Returns each with its record, for the replica taking it over.
+    pub fn evict(&self, which: impl Fn(&SessionKey) -> bool) -> Vec<(SessionKey, Recorded)> {
+        let mut out = Vec::new();
+        for (key, generation) in self.shared.table.keys_where(|k, _| which(k)) {
+            let Some(record) = self.record(&key) else { continue };
+            if let Some(session) = self.shared.table.remove_if_generation(&key, generation) {
+                if let Some(token) = &session.cancel_in_flight {
+                    token.cancel();
+                }
+                let _ = self.shared.commands.send(Command::Left { budget: session.budget, generation });
+                out.push((key, record));
+            }
+        }
+        metrics::sessions_active(self.shared.table.len());
+        out
+    }
+
+    /// Live sessions per budget on this process (lit and waiting).
+    pub fn budget_sessions(&self, budget: BudgetIndex) -> usize {
+        self.shared.slot_counts.get(budget).map_or(0, |c| {
+            let (lit, waiting) = c.get();
+            lit + waiting
+        })
+    }
+
+    /// The budgets (to share them between replicas).
+    pub fn budget_states(&self) -> &Budgets {
+        &self.shared.budgets
+    }
+
+    /// `budget.window`: the period budgets count calls over.
+    pub fn budget_window(&self) -> Duration {
+        self.shared.cfg.budget.window
+    }
+
+    /// The refire interval of OnlyFans (the cadence replicas plan with).
+    pub fn refire_interval(&self) -> Duration {
+        self.shared.cfg.platforms.onlyfans.refire_interval
+    }
 }
 
 /// How much sooner than one interval the second call of a session may come when its first call
@@ -433,9 +599,14 @@ fn millis(d: Duration) -> u64 {
 
 impl Shared {
     /// Records the end of `session` (already removed from the table) and frees its slot.
-    pub(crate) fn ended(&self, mut session: Session, reason: EndReason, now: Instant) {
+    pub(crate) fn ended(&self, key: &SessionKey, mut session: Session, reason: EndReason, now: Instant) {
         if let Some(token) = &session.cancel_in_flight {
             token.cancel();
+        }
+        if reason != EndReason::Shutdown {
+            if let Some(ends) = self.ends.get() {
+                let _ = ends.send(key.clone());
+            }
         }
         let _ = self.commands.send(Command::Left { budget: session.budget, generation: session.generation });
         let [waiting, lit] = session.coverage_by_slot(now);

@@ -308,7 +308,7 @@ impl Scheduler {
         let now = Instant::now();
         for (key, generation) in self.shared.table.keys_where(|_, _| true) {
             if let Some(session) = self.shared.table.remove_if_generation(&key, generation) {
-                self.shared.ended(session, EndReason::Shutdown, now);
+                self.shared.ended(&key, session, EndReason::Shutdown, now);
             }
         }
     }
@@ -655,7 +655,7 @@ impl Scheduler {
             }
         }
         if let Some(session) = self.shared.table.remove_if_generation(&entry.key, entry.generation) {
-            self.shared.ended(session, reason, now);
+            self.shared.ended(&entry.key, session, reason, now);
         }
     }
 

@@ -362,6 +362,16 @@ impl SessionTable {
         }
     }
 
+    /// Whether `key` has a live session.
+    pub fn contains(&self, key: &SessionKey) -> bool {
+        self.map.contains_key(key)
+    }
+
+    /// `f` of the session of `key`, if live.
+    pub fn collect_one<T>(&self, key: &SessionKey, f: impl FnOnce(&Session) -> T) -> Option<T> {
+        self.map.get(key).map(|s| f(&s))
+    }
+
     /// Removes a session whatever its holders.
     pub fn remove(&self, key: &SessionKey) -> Option<Session> {
         let (_, s) = self.map.remove(key)?;

@@ -1,0 +1,804 @@
+//! The Redis backend: N replicas share sessions and budgets through Redis.
+//!
+//! Chats hash to [`wire::SHARDS`] virtual shards. Each shard has one owner replica, which alone
+//! applies the hooks of its chats (through its own [`Engine`], exactly as one process would)
+//! and alone sends their typing calls, and only while its lease on the shard is valid by its
+//! own monotonic clock ([`Ownership`]). A hook reaching another replica is forwarded to the
+//! owner over pub/sub and answered with the owner's answer. Every change to a session is
+//! written to its shard's record in Redis before the hook is answered (batched with the other
+//! changes of the moment), so a replica that takes a shard over rebuilds its sessions from it.
+//!
+//! The control step ([`scripts::CONTROL`], every quarter of `state.lease`) renews this
+//! replica's membership, hands over the shards another live replica should own (rendezvous
+//! hashing), and takes the shards that have no live owner. Budgets are shared through a window
+//! per budget in Redis ([`scripts::BUDGET`]), from which each replica reserves a second of calls
+//! at a time.
+
+mod conn;
+mod scripts;
+mod shards;
+pub mod wire;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use futures_util::StreamExt;
+use tokio::sync::{Notify, RwLock, mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub(crate) use conn::Target;
+use conn::{Conn, RedisFault};
+use shards::Shards;
+use wire::{Answer, Message, Record, Request, SHARDS, shard_of};
+
+use crate::engine::{Engine, Ownership, PauseCause, StartCommand, StartError, StartOutcome, StopOutcome};
+use crate::ids::{AccountId, SessionKey};
+use crate::metrics::{self, EndReason, StateOp};
+
+/// How long a forwarded hook waits for the owner's answer before it looks again at who owns the
+/// chat (the owner may have died or handed the shard over meanwhile).
+const FORWARD_WAIT: Duration = Duration::from_secs(1);
+/// How long a grant from a shared budget window may be spent.
+const GRANT_FOR: Duration = Duration::from_millis(1500);
+/// How often each replica reserves calls from the shared budget windows.
+const BUDGET_EVERY: Duration = Duration::from_secs(1);
+
+/// A hook could not be applied: Redis (or the chat's owner) did not answer in time.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the shared state is unavailable")]
+pub struct Unavailable;
+
+/// What a replica is told at start.
+#[derive(Debug, Clone)]
+pub struct ReplicaConfig {
+    /// Its id, unique among the replicas (`KEEPTYPING_REPLICA_ID`, the pod name).
+    pub id: String,
+    /// The Redis URL(s) (see [`redis_urls`]).
+    pub urls: Vec<String>,
+    /// Whether they name Redis Cluster nodes.
+    pub cluster: bool,
+    /// `state.lease`.
+    pub lease: Duration,
+}
+
+/// A replica of a Redis-backed deployment.
+#[derive(Clone)]
+pub struct Replica {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Replica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica").field("id", &self.inner.id).finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    id: String,
+    engine: Engine,
+    conn: Conn,
+    target: Target,
+    lease: Duration,
+    shards: Shards,
+    /// Hooks applied here hold a read guard of their shard; a hand-over takes the write guard,
+    /// so that no hook lands between the hand-over's snapshot and the release.
+    locks: Vec<RwLock<()>>,
+    pending: DashMap<u64, oneshot::Sender<Answer>>,
+    next_id: AtomicU64,
+    commits: mpsc::UnboundedSender<Commit>,
+    /// Runs the control step now (a shard was released somewhere).
+    kick: Notify,
+    /// Whether the last control step reached Redis.
+    redis_ok: AtomicBool,
+    /// Set when this replica drains: it takes no shard any more.
+    leaving: AtomicBool,
+    budget_names: Vec<String>,
+    /// When each shard was first seen without a live owner (any replica may take it after a
+    /// while, whoever rendezvous hashing prefers).
+    orphaned: std::sync::Mutex<HashMap<usize, Instant>>,
+}
+
+/// One change to a session record, written with the others of the moment.
+struct Commit {
+    shard: usize,
+    field: String,
+    /// The record, or `None` to delete it.
+    value: Option<String>,
+    done: Option<oneshot::Sender<bool>>,
+}
+
+impl Ownership for Inner {
+    fn may_send(&self, key: &SessionKey, now: Instant) -> bool {
+        self.shards.valid(shard_of(key), now)
+    }
+}
+
+/// Parses the Redis URL secret: one URL, or (for a cluster) several separated by commas.
+///
+/// # Errors
+/// A line saying what is wrong, never the URL itself (it may hold a password).
+pub fn redis_urls(raw: &str, cluster: bool) -> Result<Vec<String>, String> {
+    let urls: Vec<String> = raw.split(',').map(str::trim).filter(|u| !u.is_empty()).map(str::to_owned).collect();
+    if urls.is_empty() {
+        return Err("is empty".to_owned());
+    }
+    if urls.len() > 1 && !cluster {
+        return Err("names several servers; set state.cluster = true for a Redis Cluster".to_owned());
+    }
+    for (i, u) in urls.iter().enumerate() {
+        match reqwest::Url::parse(u) {
+            Ok(p) if (p.scheme() == "redis" || p.scheme() == "rediss") && p.host_str().is_some() => {}
+            Ok(_) => return Err(format!("URL {} must be redis://host:port (or rediss://)", i + 1)),
+            Err(e) => return Err(format!("URL {} is not a URL ({e})", i + 1)),
+        }
+        if u.starts_with("rediss://") {
+            return Err(format!("URL {}: rediss:// (TLS) is not supported by this build", i + 1));
+        }
+    }
+    Ok(urls)
+}
+
+impl Replica {
+    /// Connects to Redis, joins the replicas and starts the background work (control step,
+    /// record writer, pub/sub listener, budget reservations), all stopped by `stop`.
+    ///
+    /// # Errors
+    /// Redis cannot be reached: one line naming `host:port`, never the password.
+    pub async fn start(
+        config: ReplicaConfig,
+        engine: Engine,
+        budget_names: Vec<String>,
+        tasks: &TaskTracker,
+        stop: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let ReplicaConfig { id, urls, cluster, lease } = config;
+        let target = Target { urls, cluster };
+        let conn = conn::connect(&target)
+            .await
+            .map_err(|e| anyhow::anyhow!("state: cannot reach Redis at {}: {e}", target.shown()))?;
+        let (commits, commit_rx) = mpsc::unbounded_channel();
+        let inner = Arc::new(Inner {
+            id,
+            engine: engine.clone(),
+            conn,
+            target,
+            lease,
+            shards: Shards::new(),
+            locks: (0..SHARDS).map(|_| RwLock::new(())).collect(),
+            pending: DashMap::new(),
+            next_id: AtomicU64::new(1),
+            commits,
+            kick: Notify::new(),
+            redis_ok: AtomicBool::new(true),
+            leaving: AtomicBool::new(false),
+            budget_names,
+            orphaned: std::sync::Mutex::new(HashMap::new()),
+        });
+        engine.set_ownership(Arc::clone(&inner) as Arc<dyn Ownership>);
+        let (ends, ends_rx) = mpsc::unbounded_channel();
+        engine.set_end_listener(ends);
+        // Until the first reservation comes back, typing spends nothing: fail closed.
+        let now = Instant::now();
+        for i in 0..inner.budget_names.len() {
+            engine.budget_states().with(i, |b| b.set_shared_grant(0, now, 1.0, now));
+        }
+        let subscribed = Arc::new(Notify::new());
+        tasks.spawn(listen(Arc::clone(&inner), stop.clone(), Arc::clone(&subscribed)));
+        // Forwarded hooks must find this replica listening before it takes any shard.
+        let _ = tokio::time::timeout(conn::OP_TIMEOUT * 3, subscribed.notified()).await;
+        tasks.spawn(write_records(inner.conn.clone(), commit_rx));
+        tasks.spawn(forget_ended(Arc::clone(&inner), ends_rx));
+        tasks.spawn(control_loop(Arc::clone(&inner), stop.clone()));
+        tasks.spawn(budget_loop(Arc::clone(&inner), stop));
+        tracing::info!(replica = %inner.id, redis = %inner.target.shown(), cluster = inner.target.cluster, "joined the replicas on Redis");
+        Ok(Self { inner })
+    }
+
+    /// This replica's id.
+    pub fn id(&self) -> &str {
+        &self.inner.id
+    }
+
+    /// Live replicas seen at the last control step, and the shards this one owns now.
+    pub fn membership(&self) -> (usize, usize) {
+        (self.inner.shards.members().len(), self.inner.shards.owned_count(Instant::now()))
+    }
+
+    /// A start, applied by the owner of the chat.
+    ///
+    /// # Errors
+    /// [`Unavailable`] when Redis or the owner did not answer in time.
+    pub async fn start_session(&self, cmd: &StartCommand) -> Result<Result<StartOutcome, StartError>, Unavailable> {
+        let preferred = cmd.preferred_key.and_then(|i| self.inner.engine.keys().get(i)).map(|k| k.name.clone());
+        match self.inner.route(Request::start(cmd, preferred)).await? {
+            Answer::Started(s) => Ok(Ok(match s {
+                wire::WireStart::Started => StartOutcome::Started,
+                wire::WireStart::Refreshed => StartOutcome::Refreshed,
+                wire::WireStart::Capped => StartOutcome::Capped,
+                wire::WireStart::Paused(cause) => StartOutcome::Paused(pause_cause(&cause)),
+            })),
+            Answer::Refused(e) => Ok(Err(match e {
+                wire::WireStartError::ShuttingDown => StartError::ShuttingDown,
+                wire::WireStartError::AtCapacity => StartError::AtCapacity,
+                wire::WireStartError::NoApiKey => StartError::NoApiKey,
+                wire::WireStartError::KeyRefused => StartError::KeyRefused,
+            })),
+            _ => Err(Unavailable),
+        }
+    }
+
+    /// A stop, applied by the owner of the chat: once this returns `Ok`, no typing call for
+    /// the chat leaves any replica.
+    ///
+    /// # Errors
+    /// [`Unavailable`] when Redis or the owner did not answer in time.
+    pub async fn stop_session(&self, key: &SessionKey, holder: Option<&str>) -> Result<StopOutcome, Unavailable> {
+        let req = Request::Stop { key: wire::WireKey::of(key), holder: holder.map(str::to_owned) };
+        match self.inner.route(req).await? {
+            Answer::Stopped(wire::WireStop::Stopped) => Ok(StopOutcome::Stopped),
+            Answer::Stopped(wire::WireStop::Released(holders)) => Ok(StopOutcome::Released { holders }),
+            Answer::Stopped(wire::WireStop::NotFound) => Ok(StopOutcome::NotFound),
+            _ => Err(Unavailable),
+        }
+    }
+
+    /// Ends the chat whoever holds it (an outbound message), on its owner.
+    ///
+    /// # Errors
+    /// [`Unavailable`] when Redis or the owner did not answer in time.
+    pub async fn end_chat(&self, key: &SessionKey) -> Result<bool, Unavailable> {
+        match self.inner.route(Request::End { key: wire::WireKey::of(key) }).await? {
+            Answer::Ended(ended) => Ok(ended),
+            _ => Err(Unavailable),
+        }
+    }
+
+    /// Pauses `account` on every replica (a webhook said so).
+    pub async fn pause_account(&self, account: &AccountId, cause: PauseCause, probe_after: Duration) {
+        self.inner.engine.pause_account(account, cause, probe_after);
+        let msg = Message::Pause {
+            account: account.as_str().to_owned(),
+            cause: cause.as_str().to_owned(),
+            probe_after_ms: u64::try_from(probe_after.as_millis()).unwrap_or(u64::MAX),
+        };
+        self.inner.broadcast(&msg).await;
+    }
+
+    /// Resumes `account` on every replica.
+    pub async fn resume_account(&self, account: &AccountId) -> bool {
+        let was = self.inner.engine.resume_account(account);
+        self.inner.broadcast(&Message::Resume { account: account.as_str().to_owned() }).await;
+        was
+    }
+
+    /// Hands every shard of this replica to the others (drain): each shard's sessions leave
+    /// this process with their next deadlines recorded, its lease is released, and the others
+    /// are told to take it at once.
+    pub async fn leave(&self) {
+        let inner = &self.inner;
+        inner.leaving.store(true, Ordering::Release);
+        let owned = inner.shards.owned();
+        for s in &owned {
+            inner.hand_over(*s).await;
+        }
+        inner.control_step(&owned, true).await;
+        tracing::info!(shards = owned.len(), "handed every shard over to the other replicas");
+    }
+}
+
+fn pause_cause(name: &str) -> PauseCause {
+    [PauseCause::Reauthenticating, PauseCause::SessionExpired, PauseCause::AuthenticationFailed]
+        .into_iter()
+        .find(|c| c.as_str() == name)
+        .unwrap_or(PauseCause::Reauthenticating)
+}
+
+impl Inner {
+    /// Applies `req` here if this replica serves the chat's shard, else forwards it to the
+    /// owner; looks again at who owns the shard until one answers or the time is up.
+    async fn route(&self, req: Request) -> Result<Answer, Unavailable> {
+        let Some(key) = req.wire_key().key() else { return Err(Unavailable) };
+        let shard = shard_of(&key);
+        // A dead or frozen owner is replaced within its lease and one control step.
+        let deadline = Instant::now() + self.lease + self.lease / 2 + FORWARD_WAIT;
+        loop {
+            if !self.redis_ok.load(Ordering::Acquire) {
+                return Err(Unavailable);
+            }
+            let now = Instant::now();
+            if self.shards.serving(shard, now) {
+                match self.apply(req.clone()).await {
+                    Answer::NotOwner => {}
+                    Answer::Unavailable => return Err(Unavailable),
+                    answer => return Ok(answer),
+                }
+            } else if let Some(owner) = self.shards.owner(shard).filter(|o| *o != self.id) {
+                match self.forward(&owner, req.clone()).await {
+                    Ok(Answer::NotOwner) => {}
+                    Ok(Answer::Unavailable) | Err(_) => return Err(Unavailable),
+                    Ok(answer) => return Ok(answer),
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(Unavailable);
+            }
+            self.kick.notify_one();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Sends `req` to `owner` and waits for its answer (`NotOwner` when none comes in time).
+    async fn forward(&self, owner: &str, request: Request) -> Result<Answer, RedisFault> {
+        let started = Instant::now();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.pending.insert(id, tx);
+        let msg = Message::Request { id, from: self.id.clone(), request };
+        let body = serde_json::to_string(&msg).unwrap_or_default();
+        let mut conn = self.conn.clone();
+        let receivers: Result<i64, RedisFault> =
+            conn::query(&mut conn, redis::cmd("PUBLISH").arg(wire::channel(owner)).arg(body), StateOp::Forward).await;
+        let answer = match receivers {
+            Err(e) => {
+                self.pending.remove(&id);
+                return Err(e);
+            }
+            // Nobody listens on the owner's channel: it is gone.
+            Ok(0) => Answer::NotOwner,
+            Ok(_) => match tokio::time::timeout(FORWARD_WAIT, rx).await {
+                Ok(Ok(answer)) => answer,
+                _ => Answer::NotOwner,
+            },
+        };
+        self.pending.remove(&id);
+        metrics::state_forwarded(started.elapsed());
+        Ok(answer)
+    }
+
+    /// Applies `req` to this replica's engine, if it serves the chat's shard, and records the
+    /// change in Redis before answering.
+    async fn apply(&self, req: Request) -> Answer {
+        let Some(key) = req.wire_key().key() else { return Answer::Unavailable };
+        let shard = shard_of(&key);
+        let Some(lock) = self.locks.get(shard) else { return Answer::NotOwner };
+        let _serving = lock.read().await;
+        if !self.shards.serving(shard, Instant::now()) {
+            return Answer::NotOwner;
+        }
+        match req {
+            Request::Start { holder, priority, ttl_ms, preferred_key, .. } => {
+                let cmd = StartCommand {
+                    key: key.clone(),
+                    holder: holder.map(Arc::from),
+                    priority,
+                    ttl: ttl_ms.map(Duration::from_millis),
+                    preferred_key: preferred_key.and_then(|n| self.engine.keys().by_name(&n)),
+                };
+                let outcome = self.engine.start(cmd);
+                let recorded = match outcome {
+                    Ok(StartOutcome::Started | StartOutcome::Refreshed | StartOutcome::Paused(_)) => {
+                        self.save(&key, shard).await
+                    }
+                    _ => true,
+                };
+                if recorded { Answer::from(outcome) } else { Answer::Unavailable }
+            }
+            Request::Stop { holder, .. } => {
+                let outcome = self.engine.stop(&key, holder.as_deref());
+                let recorded = match outcome {
+                    StopOutcome::Stopped => self.commit(shard, wire::field(&key), None).await,
+                    StopOutcome::Released { .. } => self.save(&key, shard).await,
+                    StopOutcome::NotFound => true,
+                };
+                if recorded { Answer::from(outcome) } else { Answer::Unavailable }
+            }
+            Request::End { .. } => {
+                let ended = self.engine.end_chat(&key, EndReason::MessageSent);
+                if ended && !self.commit(shard, wire::field(&key), None).await {
+                    return Answer::Unavailable;
+                }
+                Answer::Ended(ended)
+            }
+        }
+    }
+
+    /// Writes the record of the live session of `key` (deletes it if it is gone).
+    async fn save(&self, key: &SessionKey, shard: usize) -> bool {
+        let value = self.engine.record(key).map(|r| {
+            let name = self.engine.keys().get(r.api_key).map_or("", |k| k.name.as_str());
+            serde_json::to_string(&Record::from_live(&r, name, wire::wall_ms())).unwrap_or_default()
+        });
+        self.commit(shard, wire::field(key), value).await
+    }
+
+    /// Queues one record change and waits until Redis has it.
+    async fn commit(&self, shard: usize, field: String, value: Option<String>) -> bool {
+        let (tx, rx) = oneshot::channel();
+        if self.commits.send(Commit { shard, field, value, done: Some(tx) }).is_err() {
+            return false;
+        }
+        rx.await.unwrap_or(false)
+    }
+
+    async fn broadcast(&self, msg: &Message) {
+        let body = serde_json::to_string(msg).unwrap_or_default();
+        let mut conn = self.conn.clone();
+        let sent: Result<i64, _> =
+            conn::query(&mut conn, redis::cmd("PUBLISH").arg(wire::ALL).arg(body), StateOp::Forward).await;
+        if let Err(e) = sent {
+            tracing::warn!(error = %e, "could not tell the other replicas");
+        }
+    }
+
+    /// Stops serving `shard`, takes its sessions out of the engine and records each with its
+    /// next deadline, so that the replica taking it over keeps their cadence.
+    async fn hand_over(&self, shard: usize) {
+        self.shards.set_serving(shard, false);
+        let Some(lock) = self.locks.get(shard) else { return };
+        let _exclusive = lock.write().await;
+        let evicted = self.engine.evict(|k| shard_of(k) == shard);
+        let now = wire::wall_ms();
+        let mut waits = Vec::with_capacity(evicted.len());
+        for (key, r) in &evicted {
+            let name = self.engine.keys().get(r.api_key).map_or("", |k| k.name.as_str());
+            let value = serde_json::to_string(&Record::from_live(r, name, now)).unwrap_or_default();
+            let (tx, rx) = oneshot::channel();
+            let _ = self.commits.send(Commit { shard, field: wire::field(key), value: Some(value), done: Some(tx) });
+            waits.push(rx);
+        }
+        for w in waits {
+            let _ = w.await;
+        }
+        self.shards.drop_lease(shard);
+    }
+
+    /// Reads the records of `shard` and takes its sessions over.
+    async fn adopt(&self, shard: usize) -> usize {
+        let mut conn = self.conn.clone();
+        let flat: Result<Vec<(String, String)>, _> =
+            conn::query(&mut conn, redis::cmd("HGETALL").arg(wire::sessions_key(shard)), StateOp::Adopt).await;
+        let Ok(flat) = flat else { return 0 };
+        let now = wire::wall_ms();
+        let mut adopted = 0;
+        let mut over = Vec::new();
+        for (field, value) in flat {
+            let (Some(key), Ok(record)) = (wire::parse_field(&field), serde_json::from_str::<Record>(&value)) else {
+                over.push(field);
+                continue;
+            };
+            if record.is_over(now) {
+                over.push(field);
+                continue;
+            }
+            let preferred = self.engine.keys().by_name(&record.k);
+            if self.engine.adopt(key, &record.adopted(now, false, preferred)) {
+                adopted += 1;
+            }
+        }
+        for field in over {
+            let _ = self.commits.send(Commit { shard, field, value: None, done: None });
+        }
+        adopted
+    }
+
+    /// One control step: hands over the shards another live replica should own, renews this
+    /// replica's leases, takes the shards it should own that have no live owner, and adopts
+    /// their sessions.
+    async fn control_step(&self, releasing: &[usize], leave: bool) {
+        let me = self.id.as_str();
+        let mut members = self.shards.members();
+        if !leave && !members.iter().any(|m| m == me) {
+            members.push(me.to_owned());
+        }
+        let owned = self.shards.owned();
+        let now = Instant::now();
+        let mut release: Vec<usize> = releasing.to_vec();
+        let mut want = Vec::new();
+        if !leave && !self.leaving.load(Ordering::Acquire) {
+            let mut orphaned = self.orphaned.lock().map(|o| o.clone()).unwrap_or_default();
+            for s in 0..SHARDS {
+                let preferred = shards::preferred(s, &members);
+                let mine = owned.contains(&s);
+                let owner = self.shards.owner(s);
+                let owner_live = owner.as_ref().is_some_and(|o| members.contains(o));
+                if owner_live {
+                    orphaned.remove(&s);
+                } else {
+                    orphaned.entry(s).or_insert(now);
+                }
+                let waited = orphaned.get(&s).is_some_and(|t| now.saturating_duration_since(*t) > self.lease);
+                if mine && preferred != Some(me) && preferred.is_some_and(|p| members.iter().any(|m| m == p)) {
+                    release.push(s);
+                } else if !mine && (preferred == Some(me) || waited) {
+                    want.push(s);
+                }
+            }
+            if let Ok(mut o) = self.orphaned.lock() {
+                *o = orphaned;
+            }
+            for s in &release {
+                self.hand_over(*s).await;
+            }
+        }
+        let list = |v: &[usize]| v.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
+        let sent = Instant::now();
+        let mut conn = self.conn.clone();
+        let args = [
+            me.to_owned(),
+            self.lease.as_millis().to_string(),
+            list(&release),
+            list(&want),
+            if leave { "1" } else { "0" }.to_owned(),
+        ];
+        type View = (Vec<String>, Vec<String>);
+        let result: Result<View, _> =
+            conn::script(&mut conn, &scripts::CONTROL, &[wire::MEMBERS, wire::OWNERS], &args, StateOp::Control).await;
+        let (members, flat) = match result {
+            Ok(v) => v,
+            Err(e) => {
+                metrics::state_renewal_failed();
+                if self.redis_ok.swap(false, Ordering::AcqRel) {
+                    tracing::warn!(error = %e, "cannot renew the shard leases; typing stops when they lapse");
+                }
+                self.shards.lapse_all_before(Instant::now());
+                return;
+            }
+        };
+        if !self.redis_ok.swap(true, Ordering::AcqRel) {
+            tracing::info!("Redis answers again");
+        }
+        let mut owners = vec![None; SHARDS];
+        for pair in flat.chunks(2) {
+            if let [s, o] = pair {
+                if let Some(slot) = s.parse::<usize>().ok().and_then(|s| owners.get_mut(s)) {
+                    *slot = Some(o.clone());
+                }
+            }
+        }
+        let until = sent + self.lease - shards::safety_margin(self.lease);
+        let mut adopted_shards = 0;
+        for (s, owner) in owners.iter().enumerate() {
+            let was_mine = owned.contains(&s);
+            if owner.as_deref() == Some(me) && !leave {
+                self.shards.renew(s, until);
+                if !was_mine {
+                    let n = self.adopt(s).await;
+                    adopted_shards += 1;
+                    tracing::info!(shard = s, sessions = n, "took the shard over");
+                }
+                self.shards.set_serving(s, true);
+            } else if was_mine {
+                // Another replica owns it now (this one was presumed gone): its sessions leave
+                // without a word; they are the new owner's.
+                self.shards.drop_lease(s);
+                let lost = self.engine.evict(|k| shard_of(k) == s).len();
+                if !release.contains(&s) {
+                    tracing::warn!(shard = s, sessions = lost, "lost the shard to another replica");
+                }
+            }
+        }
+        if adopted_shards > 0 {
+            metrics::state_adopted(adopted_shards);
+        }
+        self.shards.set_view(owners, members.clone());
+        metrics::state_membership(members.len(), self.shards.owned_count(Instant::now()));
+        if !release.is_empty() {
+            self.broadcast(&Message::Rebalance).await;
+        }
+    }
+}
+
+/// Runs the control step every quarter lease, and at once when kicked.
+async fn control_loop(inner: Arc<Inner>, stop: CancellationToken) {
+    let every = inner.lease / 4;
+    loop {
+        if inner.leaving.load(Ordering::Acquire) {
+            return;
+        }
+        inner.control_step(&[], false).await;
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+            () = inner.kick.notified() => {}
+        }
+    }
+}
+
+/// The records of one shard to set (field, value) and to delete (field).
+type ShardWrites = (Vec<(String, String)>, Vec<String>);
+
+/// Writes record changes in batches: whatever queued while the previous batch was on the wire
+/// leaves together, one `HSET` and one `HDEL` per shard.
+async fn write_records(conn: Conn, mut rx: mpsc::UnboundedReceiver<Commit>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < 4096 {
+            match rx.try_recv() {
+                Ok(c) => batch.push(c),
+                Err(_) => break,
+            }
+        }
+        // The last change of each record wins.
+        let mut latest: HashMap<(usize, String), Option<String>> = HashMap::new();
+        let mut done = Vec::new();
+        for c in batch {
+            latest.insert((c.shard, c.field), c.value);
+            if let Some(d) = c.done {
+                done.push(d);
+            }
+        }
+        let mut per_shard: HashMap<usize, ShardWrites> = HashMap::new();
+        for ((shard, field), value) in latest {
+            let entry = per_shard.entry(shard).or_default();
+            match value {
+                Some(v) => entry.0.push((field, v)),
+                None => entry.1.push(field),
+            }
+        }
+        // One pipeline per shard: each touches one slot, as Redis Cluster requires.
+        let writes = per_shard.into_iter().map(|(shard, (sets, dels))| {
+            let mut conn = conn.clone();
+            async move {
+                let key = wire::sessions_key(shard);
+                let mut p = redis::pipe();
+                if !sets.is_empty() {
+                    p.cmd("HSET").arg(&key).arg(sets).ignore();
+                }
+                if !dels.is_empty() {
+                    p.cmd("HDEL").arg(&key).arg(dels).ignore();
+                }
+                conn::pipe::<()>(&mut conn, &p, StateOp::Commit).await.is_ok()
+            }
+        });
+        let ok = futures_util::future::join_all(writes).await.into_iter().all(|ok| ok);
+        for d in done {
+            let _ = d.send(ok);
+        }
+    }
+}
+
+/// Deletes the records of sessions that ended here by themselves (leases, lifetime, upstream).
+async fn forget_ended(inner: Arc<Inner>, mut ends: mpsc::UnboundedReceiver<SessionKey>) {
+    while let Some(key) = ends.recv().await {
+        let _ = inner.commits.send(Commit { shard: shard_of(&key), field: wire::field(&key), value: None, done: None });
+    }
+}
+
+/// Listens on this replica's channel and on the channel of all replicas; reconnects when the
+/// connection breaks.
+async fn listen(inner: Arc<Inner>, stop: CancellationToken, subscribed: Arc<Notify>) {
+    let Some(url) = inner.target.urls.first().cloned() else { return };
+    let mine = wire::channel(&inner.id);
+    loop {
+        let connected = async {
+            let client = redis::Client::open(url.as_str())?;
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&mine).await?;
+            pubsub.subscribe(wire::ALL).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        match tokio::time::timeout(conn::OP_TIMEOUT * 2, connected).await {
+            Ok(Ok(mut pubsub)) => {
+                subscribed.notify_one();
+                let mut messages = pubsub.on_message();
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        msg = messages.next() => match msg {
+                            Some(msg) => handle(&inner, msg.get_payload_bytes()),
+                            None => break,
+                        }
+                    }
+                }
+                tracing::warn!("the pub/sub connection to Redis broke; reconnecting");
+            }
+            Ok(Err(e)) => tracing::debug!(error = %e, "cannot subscribe to Redis yet"),
+            Err(_) => tracing::debug!("subscribing to Redis timed out"),
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+    }
+}
+
+fn handle(inner: &Arc<Inner>, payload: &[u8]) {
+    let Ok(msg) = serde_json::from_slice::<Message>(payload) else { return };
+    match msg {
+        Message::Request { id, from, request } => {
+            let inner = Arc::clone(inner);
+            tokio::spawn(async move {
+                let answer = inner.apply(request).await;
+                let body = serde_json::to_string(&Message::Reply { id, answer }).unwrap_or_default();
+                let mut conn = inner.conn.clone();
+                let _: Result<i64, _> =
+                    conn::query(&mut conn, redis::cmd("PUBLISH").arg(wire::channel(&from)).arg(body), StateOp::Forward)
+                        .await;
+            });
+        }
+        Message::Reply { id, answer } => {
+            if let Some((_, tx)) = inner.pending.remove(&id) {
+                let _ = tx.send(answer);
+            }
+        }
+        Message::Rebalance => inner.kick.notify_one(),
+        Message::Pause { account, cause, probe_after_ms } => {
+            if let Ok(account) = AccountId::parse_any(&account) {
+                inner.engine.pause_account(&account, pause_cause(&cause), Duration::from_millis(probe_after_ms));
+            }
+        }
+        Message::Resume { account } => {
+            if let Ok(account) = AccountId::parse_any(&account) {
+                inner.engine.resume_account(&account);
+            }
+        }
+    }
+}
+
+/// Reserves, once a second and per budget, the calls this replica expects to make in the next
+/// second from the budget's shared window, giving back what it did not spend of the last grant.
+async fn budget_loop(inner: Arc<Inner>, stop: CancellationToken) {
+    let n = inner.budget_names.len();
+    // Per budget: calls to give back (left of an earlier grant) and the second that grant was
+    // made in; and the second of the grant held now.
+    let mut give_back: Vec<(u32, i64)> = vec![(0, 0); n];
+    let mut held: Vec<i64> = vec![0; n];
+    let window = inner.engine.budget_window();
+    let interval = inner.engine.refire_interval().as_secs_f64();
+    loop {
+        for (i, name) in inner.budget_names.iter().enumerate() {
+            let now = Instant::now();
+            let sessions = inner.engine.budget_sessions(i);
+            #[allow(
+                clippy::cast_precision_loss,
+                clippy::cast_possible_truncation,
+                clippy::cast_sign_loss,
+                reason = "small counts"
+            )]
+            let want = ((sessions as f64 / interval) * 1.25 + 4.0).ceil() as u64;
+            let cap = inner.engine.budget_states().with(i, |b| b.period_allowance(now)).unwrap_or(0);
+            let (back, back_second) = give_back.get(i).copied().unwrap_or((0, 0));
+            let keys = wire::budget_keys(name);
+            let args = [
+                // Grants are spent up to GRANT_FOR after the second they were made in: the
+                // window counts them for that much longer, so that any 60 s of calls fits.
+                (window.as_secs() + GRANT_FOR.as_secs() + 1).to_string(),
+                cap.to_string(),
+                want.to_string(),
+                back.to_string(),
+                back_second.to_string(),
+                inner.id.clone(),
+                sessions.to_string(),
+                (BUDGET_EVERY * 3).as_millis().to_string(),
+            ];
+            let mut conn = inner.conn.clone();
+            let reply: Result<(u32, i64, u64), _> =
+                conn::script(&mut conn, &scripts::BUDGET, &[&keys[0], &keys[1]], &args, StateOp::Budget).await;
+            if let Ok((granted, second, total)) = reply {
+                #[allow(clippy::cast_precision_loss, reason = "small counts")]
+                let fraction = if total == 0 { 1.0 } else { sessions as f64 / total as f64 };
+                let now = Instant::now();
+                let left = inner
+                    .engine
+                    .budget_states()
+                    .with(i, |b| b.set_shared_grant(granted, now + GRANT_FOR, fraction, now))
+                    .unwrap_or(0);
+                // What is left of the grant held until now goes back, at the next reservation,
+                // to the second it was made in.
+                if let (Some(g), Some(h)) = (give_back.get_mut(i), held.get_mut(i)) {
+                    *g = (left, *h);
+                    *h = second;
+                }
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(BUDGET_EVERY) => {}
+        }
+    }
+}

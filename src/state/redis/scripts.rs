@@ -1,0 +1,111 @@
+//! The Lua scripts replicas run in Redis. Each touches the keys of one hash tag only, so each
+//! runs on a single Redis and on Redis Cluster alike.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// The control step, run by every replica every quarter lease: it renews this replica's
+/// membership (`ZADD members <now + lease> me`), forgets members whose lease lapsed, gives up
+/// the shards this replica hands over, takes the shards it wants that have no live owner, and
+/// returns the live members and every shard's owner.
+///
+/// KEYS: members, owners. ARGV: me, lease ms, shards released (comma list), shards wanted
+/// (comma list), `leave` ("1": remove me from the members, for a drain).
+pub(crate) static CONTROL: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local me = ARGV[1]
+if ARGV[5] == '1' then
+  redis.call('ZREM', KEYS[1], me)
+else
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), me)
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local members = redis.call('ZRANGE', KEYS[1], 0, -1)
+local alive = {}
+for _, m in ipairs(members) do alive[m] = true end
+local flat = redis.call('HGETALL', KEYS[2])
+local owner = {}
+for i = 1, #flat, 2 do owner[flat[i]] = flat[i + 1] end
+for s in string.gmatch(ARGV[3], '[^,]+') do
+  if owner[s] == me then
+    redis.call('HDEL', KEYS[2], s)
+    owner[s] = nil
+  end
+end
+local taken = {}
+for s in string.gmatch(ARGV[4], '[^,]+') do
+  if owner[s] == nil or not alive[owner[s]] then
+    owner[s] = me
+    table.insert(taken, s)
+    table.insert(taken, me)
+  end
+end
+if #taken > 0 then redis.call('HSET', KEYS[2], unpack(taken)) end
+local out = {}
+for s, o in pairs(owner) do
+  table.insert(out, s)
+  table.insert(out, o)
+end
+return {members, out}
+",
+    )
+});
+
+/// Reserves typing calls from a budget's shared window: gives back what this replica did not
+/// spend of its previous grant, drops seconds older than the window, and grants up to the
+/// calls asked for, within what the window has left under its cap. Also records this
+/// replica's session count and returns the total over live replicas (their share of the slots).
+///
+/// KEYS: window (hash second -> calls), load (hash replica -> "sessions:expiry ms").
+/// ARGV: window seconds, cap per window, calls wanted, calls given back, the second they were
+/// granted in, me, my sessions, load ttl ms.
+/// Returns {granted, second, total sessions}.
+pub(crate) static BUDGET: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local t = redis.call('TIME')
+local now = tonumber(t[1])
+local nowms = now * 1000 + math.floor(tonumber(t[2]) / 1000)
+local win = tonumber(ARGV[1])
+local back = tonumber(ARGV[4])
+if back > 0 then
+  local had = tonumber(redis.call('HGET', KEYS[1], ARGV[5]) or '0')
+  if had > 0 then redis.call('HSET', KEYS[1], ARGV[5], math.max(0, had - back)) end
+end
+local flat = redis.call('HGETALL', KEYS[1])
+local used = 0
+local old = {}
+for i = 1, #flat, 2 do
+  if tonumber(flat[i]) <= now - win then
+    table.insert(old, flat[i])
+  else
+    used = used + tonumber(flat[i + 1])
+  end
+end
+if #old > 0 then redis.call('HDEL', KEYS[1], unpack(old)) end
+local grant = math.max(0, math.min(tonumber(ARGV[3]), tonumber(ARGV[2]) - used))
+if grant > 0 then
+  redis.call('HINCRBY', KEYS[1], now, grant)
+  redis.call('PEXPIRE', KEYS[1], win * 1000 + 5000)
+end
+redis.call('HSET', KEYS[2], ARGV[6], ARGV[7] .. ':' .. (nowms + tonumber(ARGV[8])))
+local loads = redis.call('HGETALL', KEYS[2])
+local total = 0
+local gone = {}
+for i = 1, #loads, 2 do
+  local n, exp = string.match(loads[i + 1], '(%d+):(%d+)')
+  if tonumber(exp) < nowms then
+    table.insert(gone, loads[i])
+  else
+    total = total + tonumber(n)
+  end
+end
+if #gone > 0 then redis.call('HDEL', KEYS[2], unpack(gone)) end
+return {grant, now, total}
+",
+    )
+});
