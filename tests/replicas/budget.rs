@@ -97,6 +97,10 @@ async fn typing_from_all_replicas_stays_within_the_share_of_one_budget_and_nobod
         firsts[26],
         firsts[29]
     );
+    eprintln!(
+        "{label}: refires skipped by reason {:?}",
+        fleet.metric_by("keeptyping_refires_skipped_total", "reason").await
+    );
     assert_eq!(limited, 0, "{label}: the mock answered 429 to typing");
     assert_eq!(tool_limited, 0, "{label}: the tool's own requests got 429s");
     assert!(busiest <= SHARE, "{label}: {busiest} typing calls in one window from all replicas; the share is {SHARE}");

@@ -61,6 +61,8 @@ pub struct Findings {
     pub duplicates: Vec<String>,
     /// Longest gap per chat within its spell (ms).
     pub longest_gap: BTreeMap<String, f64>,
+    /// Where each chat's longest gap began (mock ms).
+    pub gap_from: BTreeMap<String, f64>,
     /// From the start sent to the first call (ms), per chat; `None` if none came.
     pub first_call: BTreeMap<String, Option<f64>>,
     /// Lit and composing time, summed over spells (ms).
@@ -80,6 +82,13 @@ impl Findings {
     /// The longest gap over every chat, with its chat.
     pub fn max_gap(&self) -> (String, f64) {
         self.longest_gap.iter().max_by(|a, b| a.1.total_cmp(b.1)).map_or((String::new(), 0.0), |(c, g)| (c.clone(), *g))
+    }
+
+    /// The gaps longer than `ms`, longest first: `chat: gap ms from t` (t relative to `t0`).
+    pub fn gaps_over(&self, ms: f64, t0: f64) -> Vec<String> {
+        let mut v: Vec<(&String, &f64)> = self.longest_gap.iter().filter(|(_, g)| **g > ms).collect();
+        v.sort_by(|a, b| b.1.total_cmp(a.1));
+        v.iter().map(|(c, g)| format!("{c}: {g:.0} ms from +{:.0} ms", self.gap_from[*c] - t0)).take(10).collect()
     }
 
     /// Asserts no call after a stop and no duplicate refire.
@@ -172,15 +181,20 @@ pub fn check(calls: &[Call], spells: &[Spell], rules: &Rules) -> Findings {
         // Gaps while composing, from the first call to the end of the spell.
         let inside: Vec<f64> = ts.iter().copied().filter(|t| *t >= spell.start && *t <= end).collect();
         f.first_call.insert(spell.chat.clone(), inside.first().map(|t| t - spell.start));
-        let mut longest = inside.first().map_or(end - spell.start, |t| t - spell.start).max(0.0);
+        let mut longest = (inside.first().map_or(end - spell.start, |t| t - spell.start).max(0.0), spell.start);
         for w in inside.windows(2) {
-            longest = longest.max(w[1] - w[0]);
+            if w[1] - w[0] > longest.0 {
+                longest = (w[1] - w[0], w[0]);
+            }
         }
         if let Some(last) = inside.last() {
-            // Dark until the end: the time after the last call, less what is still due.
-            longest = longest.max(end - last);
+            // Dark until the end.
+            if end - last > longest.0 {
+                longest = (end - last, *last);
+            }
         }
-        f.longest_gap.insert(spell.chat.clone(), longest);
+        f.longest_gap.insert(spell.chat.clone(), longest.0);
+        f.gap_from.insert(spell.chat.clone(), longest.1);
         // Coverage from the first call (the start's own latency is measured apart).
         let from = inside.first().copied().unwrap_or(spell.start);
         if end > from {

@@ -57,6 +57,11 @@ async fn redis_commands_per_refire_stay_at_or_below_five_hundredths() {
         commands as f64 / secs,
         &top[..top.len().min(12)]
     );
+    eprintln!(
+        "{label}: refires skipped by reason {:?}; typing calls by outcome {:?}",
+        fleet.metric_by("keeptyping_refires_skipped_total", "reason").await,
+        fleet.metric_by("keeptyping_refires_total", "outcome").await
+    );
     let expected = SESSIONS as f64 * secs * 1000.0 / params.interval_ms as f64;
     assert!(refires as f64 >= 0.9 * expected, "{label}: {refires} typing calls, expected about {expected:.0}");
     assert!(per_refire <= 0.05, "{label}: {per_refire:.4} Redis commands per refire (at most 0.05)");

@@ -68,6 +68,7 @@ pub async fn kill9(redis: Redis, dir: &Path, label: &str) {
         lease + interval
     );
     eprintln!("{label}: {}", f.summary());
+    eprintln!("{label}: gaps over lease + interval (from the kill): {:?}", f.gaps_over(lease + interval, killed));
     f.assert_clean(label);
     assert!(
         slowest.1 <= lease + interval + SLACK_MS,

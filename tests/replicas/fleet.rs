@@ -299,7 +299,8 @@ impl Fleet {
             .env("KEEPTYPING__UPSTREAM__TIMEOUT", format!("{}ms", p.upstream_timeout_ms))
             .env("KEEPTYPING__ENGINE__IDLE_TIMEOUT", "60s")
             .env("KEEPTYPING__SHUTDOWN__GRACE", "5s")
-            .env("RUST_LOG", std::env::var("KT_REPLICA_LOG").unwrap_or_else(|_| "info".to_owned()));
+            .env("RUST_LOG", std::env::var("KT_REPLICA_LOG").unwrap_or_else(|_| "info".to_owned()))
+            .env("NO_COLOR", "1");
         if self.cluster {
             cmd.env("KEEPTYPING__STATE__CLUSTER", "true");
         }
@@ -429,8 +430,8 @@ impl Fleet {
         serde_json::from_str(&text).unwrap()
     }
 
-    /// Waits up to `within` until the live replicas together own every shard, each sees
-    /// `expect` replicas; gives the last `state` objects.
+    /// Waits up to `within` until the live replicas together own every shard, each owns some
+    /// and sees `expect` replicas; gives the last `state` objects.
     pub async fn wait_shards_settled(&self, live: &[usize], expect: usize, within: Duration) -> Vec<Value> {
         let deadline = Instant::now() + within;
         loop {
@@ -440,7 +441,10 @@ impl Fleet {
             }
             let owned: u64 = states.iter().filter_map(|s| s["shards_owned"].as_u64()).sum();
             let seen = states.iter().all(|s| s["replicas"].as_u64() == Some(expect as u64));
-            if owned == SHARDS as u64 && seen {
+            // Shards move to the replica that should own them gradually: settled when each
+            // live replica owns some.
+            let spread = states.iter().all(|s| s["shards_owned"].as_u64().is_some_and(|n| n > 0));
+            if owned == SHARDS as u64 && seen && spread {
                 return states;
             }
             assert!(
@@ -449,6 +453,31 @@ impl Fleet {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// `name` summed over the live replicas, by the value of `label` (e.g. skipped refires by
+    /// reason); zero series left out.
+    pub async fn metric_by(&self, name: &str, label: &str) -> BTreeMap<String, f64> {
+        let mut out = BTreeMap::new();
+        for i in 0..self.replicas.len() {
+            if self.replicas[i].child.is_none() {
+                continue;
+            }
+            let (_, text) = self.admin_get(i, "/metrics").await;
+            for line in text.lines().filter(|l| l.starts_with(name)) {
+                let Some((series, value)) = line.rsplit_once(' ') else { continue };
+                if series != name && !series.starts_with(&format!("{name}{{")) {
+                    continue;
+                }
+                let key = series
+                    .split_once(&format!("{label}=\""))
+                    .and_then(|(_, rest)| rest.split_once('"'))
+                    .map_or_else(String::new, |(v, _)| v.to_owned());
+                *out.entry(key).or_insert(0.0) += value.parse::<f64>().unwrap_or(0.0);
+            }
+        }
+        out.retain(|_, v| *v > 0.0);
+        out
     }
 
     /// No replica logged a panic, and every replica that should run still does.

@@ -36,7 +36,12 @@ async fn a_rolling_restart_of_every_replica_keeps_coverage_and_no_gap_exceeds_on
         fleet.wait_ready(i).await;
         let ready = fleet.clock.now();
         fleet.wait_shards_settled(&[0, 1, 2], 3, Duration::from_secs(8)).await;
-        marks.push(format!("{old} exited in {} ms, {new} ready {:.0} ms after SIGTERM", took.as_millis(), ready - at));
+        marks.push(format!(
+            "SIGTERM {old} at +{:.0} ms, exited in {} ms, {new} ready at +{:.0} ms",
+            at - t0,
+            took.as_millis(),
+            ready - t0
+        ));
         tokio::time::sleep(Duration::from_millis(1000)).await;
     }
     let end = fleet.clock.now();
@@ -51,6 +56,11 @@ async fn a_rolling_restart_of_every_replica_keeps_coverage_and_no_gap_exceeds_on
         f.coverage() * 100.0,
         (end - t0) / 1000.0,
         f.summary()
+    );
+    eprintln!(
+        "{label}: gaps over interval + 200 ms (from the first start): {:?}; refires skipped {:?}",
+        f.gaps_over(interval + 200.0, t0),
+        fleet.metric_by("keeptyping_refires_skipped_total", "reason").await
     );
     f.assert_clean(label);
     assert!(f.coverage() >= 0.99, "{label}: coverage {:.3}%", f.coverage() * 100.0);

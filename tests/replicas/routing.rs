@@ -99,6 +99,9 @@ pub async fn random_replicas(redis: Redis, dir: &Path, label: &str) {
     let params = Params::default();
     let (interval, lifetime) = (params.interval_ms as f64, params.lifetime_ms as f64);
     let mut fleet = Fleet::start(&redis, dir, 3, params.clone()).await;
+    // Steady state: the shards have moved to the replicas that should own them (hand-overs are
+    // the business of the failover and rolling-restart tests).
+    fleet.wait_shards_settled(&[0, 1, 2], 3, Duration::from_secs(10)).await;
     let hooks = fleet.hooks();
 
     // 1. The same requests to one process and to random replicas: the same answers.
@@ -191,6 +194,11 @@ pub async fn random_replicas(redis: Redis, dir: &Path, label: &str) {
         *per_owner.entry(o.as_str()).or_default() += 1;
     }
     eprintln!("{label}: {}", f.summary());
+    eprintln!(
+        "{label}: gaps over interval + 200 ms (from the first start): {:?}; refires skipped {:?}",
+        f.gaps_over(interval + 200.0, t0),
+        fleet.metric_by("keeptyping_refires_skipped_total", "reason").await
+    );
     eprintln!(
         "{label}: stop latency, all {} stops: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; through a non-owner \
          ({} stops, owners known for {} of 60 chats {per_owner:?}): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
