@@ -26,11 +26,18 @@ async fn a_rolling_restart_of_every_replica_keeps_coverage_and_no_gap_exceeds_on
     // Act: SIGTERM r0, r1, r2 in turn; each exits, a new replica starts, is ready and owns its
     // share before the next goes.
     let mut marks = Vec::new();
+    let mut unclean: Vec<String> = Vec::new();
     for i in 0..3 {
         let old = fleet.replicas[i].id.clone();
         let at = fleet.clock.now();
         let (status, took) = fleet.sigterm(i, Duration::from_secs(8)).await;
         assert!(status.success(), "{label}: {old} exited with {status} after SIGTERM");
+        // A drain that completes: the hand-over is done well before `shutdown.grace` (5 s).
+        let log = std::fs::read_to_string(&fleet.replicas[i].log).unwrap_or_default();
+        unclean.extend(log.lines().filter(|l| l.contains("grace ran out")).map(|l| format!("{old}: {l}")));
+        if took >= Duration::from_millis(4500) {
+            unclean.push(format!("{old} exited {} ms after SIGTERM", took.as_millis()));
+        }
         let new = format!("{old}-2");
         fleet.respawn(i, &new);
         fleet.wait_ready(i).await;
@@ -79,5 +86,6 @@ async fn a_rolling_restart_of_every_replica_keeps_coverage_and_no_gap_exceeds_on
     tokio::time::sleep(Duration::from_millis(params.interval_ms + 500)).await;
     let f = check(&fleet.calls(before).await, &spells, &Rules::new(interval, lifetime, fleet.clock.now()));
     f.assert_clean(label);
+    assert!(unclean.is_empty(), "{label}: the drains ran into the shutdown grace: {unclean:?}");
     fleet.assert_no_panics();
 }
