@@ -437,7 +437,11 @@ impl Fleet {
         loop {
             let mut states = Vec::new();
             for &i in live {
-                states.push(self.status_json(i).await["state"].clone());
+                // A replica busy starting may miss one poll: it counts as not settled yet.
+                let (status, text) = self.admin_get(i, "/status.json").await;
+                let body: Value =
+                    if status == 200 { serde_json::from_str(&text).unwrap_or_default() } else { Value::Null };
+                states.push(body["state"].clone());
             }
             let owned: u64 = states.iter().filter_map(|s| s["shards_owned"].as_u64()).sum();
             let seen = states.iter().all(|s| s["replicas"].as_u64() == Some(expect as u64));
