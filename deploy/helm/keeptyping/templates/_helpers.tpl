@@ -74,8 +74,8 @@ app.kubernetes.io/part-of: keeptyping
 {{- end }}
 
 {{/*
-Seconds the hand-over to the other replicas may add to a stop: state.lease rounded up with the
-redis backend, 0 with memory (nothing to hand over).
+Seconds a stopping pod may need beyond shutdown.grace to hand its chats to the other replicas:
+state.lease rounded up with the redis backend, 0 with memory (nothing to hand over).
 */}}
 {{- define "keeptyping.handOverSeconds" -}}
 {{- if eq .Values.state.backend "redis" }}
