@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Deploy checks for keeptyping: the Docker file, the Helm chart, the alert rules, the Grafana
-# dashboard, and a real Prometheus and a headless Chromium against the running service.
+# Deploy checks for keeptyping: the Docker file, the Helm chart (memory and Redis backends), the
+# alert rules, the Grafana dashboard, and a real Prometheus and a headless Chromium against the
+# running service (memory backend).
 #
 # Run from the repository root after `cargo build --release`:   .ci/deploy-checks.sh
 # Exits non-zero on any failure. Installs nothing; it needs:
@@ -54,7 +55,7 @@ cmp deploy/grafana/keeptyping.json "$CHART/files/keeptyping.json" \
   || die "$CHART/files/keeptyping.json differs from deploy/grafana/keeptyping.json"
 echo "  ok    both copies identical"
 
-step "chart: lint, render (default and every optional part on), schema and replica refusals"
+step "chart: lint, render (memory: default and every optional part on; redis: 3 replicas), schema, refusals"
 python3 deploy/tests/check_chart.py "$CHART" "$OUT/chart" "$BIN"
 
 step "chart: rendered manifests pass kubernetes-validate --strict"
@@ -66,7 +67,7 @@ echo "        built-in schema: check_chart.py checks them and promtool checks th
 
 step "chart and rules: yamllint"
 yamllint --strict -c deploy/tests/yamllint.yaml "${MANIFESTS[@]}" deploy/prometheus "$CHART/values.yaml" \
-  "$CHART/Chart.yaml" deploy/tests/values-all-on.yaml
+  "$CHART/Chart.yaml" deploy/tests/values-all-on.yaml deploy/tests/values-redis.yaml
 echo "  ok    yamllint clean"
 
 step "alert rules: promtool"

@@ -266,7 +266,7 @@ impl BudgetState {
         self.sync_rate(now);
         // Truncation is the point: never more than the share.
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "a small positive count")]
-        let per_period = (self.effective_rate(now) * self.period.as_secs_f64()).floor().max(0.0) as u32;
+        let per_period = (self.rate_in_force(now) * self.period.as_secs_f64()).floor().max(0.0) as u32;
         if self.paused_until.is_some_and(|(u, _)| u > now) { 0 } else { per_period }
     }
 
@@ -291,7 +291,14 @@ impl BudgetState {
         (self.bucket.capacity / 2.0).floor()
     }
 
+    /// This process's rate: the rate in force, or with replicas its share of it (its share of
+    /// the budget's sessions), so that each paces its own calls and lights its share of slots.
     fn effective_rate(&self, now: Instant) -> f64 {
+        self.rate_in_force(now) * self.shared.map_or(1.0, |g| g.fraction)
+    }
+
+    /// Typing calls per second the budget may make, all replicas together.
+    fn rate_in_force(&self, now: Instant) -> f64 {
         let base = self.typing_per_minute() / self.period.as_secs_f64();
         // However little the upstream leaves, one call per reserve pause probes it again.
         let probe = 1.0 / RESERVE_PAUSE.mul_f64(self.period.as_secs_f64() / WINDOW.as_secs_f64()).as_secs_f64();
@@ -328,9 +335,7 @@ impl BudgetState {
         self.sync_rate(now);
         #[allow(clippy::cast_precision_loss, reason = "counts within one window, far below 2^52")]
         let firsts = self.firsts.len() as f64;
-        // With replicas, this one lights its share of the slots: its share of the sessions.
-        let fraction = self.shared.map_or(1.0, |g| g.fraction);
-        let per_period = self.effective_rate(now) * self.period.as_secs_f64() * fraction;
+        let per_period = self.effective_rate(now) * self.period.as_secs_f64();
         (per_period - firsts - self.priority_floor()).max(0.0)
     }
 

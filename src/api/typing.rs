@@ -512,8 +512,12 @@ fn error_result(e: &ApiError) -> TypingResponse {
         Unauthorized, TooManyRequests, ServiceUnavailable,
     )
 )]
-pub async fn sessions(State(state): State<ApiState>, caller: Caller) -> Json<SessionsResponse> {
-    let mut sessions = state.engine.sessions(|a| caller.accounts.allows(a));
+pub async fn sessions(State(state): State<ApiState>, caller: Caller) -> Result<Json<SessionsResponse>, ApiError> {
+    let mut sessions = state
+        .backend
+        .sessions(&state.engine, |a| caller.accounts.allows(a))
+        .await
+        .map_err(|_| ApiError::StateUnavailable)?;
     for s in &mut sessions {
         // Only the caller's own chatters are named; other tenants' holders are theirs.
         s.holders = std::mem::take(&mut s.holders)
@@ -521,5 +525,8 @@ pub async fn sessions(State(state): State<ApiState>, caller: Caller) -> Json<Ses
             .filter_map(|h| caller.own_chatter(h.as_deref()?).map(|c| c.map(str::to_owned)))
             .collect();
     }
-    Json(SessionsResponse { count: sessions.len(), sessions: sessions.into_iter().map(SessionView::from).collect() })
+    Ok(Json(SessionsResponse {
+        count: sessions.len(),
+        sessions: sessions.into_iter().map(SessionView::from).collect(),
+    }))
 }

@@ -397,6 +397,11 @@ impl Engine {
         })
     }
 
+    /// Whether typing for `account` is paused now.
+    pub fn is_paused(&self, account: &AccountId) -> bool {
+        self.shared.readiness.blocks(account, Instant::now())
+    }
+
     /// Number of live sessions.
     pub fn active_count(&self) -> usize {
         self.shared.table.len()
@@ -554,6 +559,11 @@ impl Engine {
         }
         metrics::sessions_active(self.shared.table.len());
         out
+    }
+
+    /// The chats of every live session that `which` selects.
+    pub fn live_keys(&self, which: impl Fn(&SessionKey) -> bool) -> Vec<SessionKey> {
+        self.shared.table.keys_where(|k, _| which(k)).into_iter().map(|(k, _)| k).collect()
     }
 
     /// Live sessions per budget on this process (lit and waiting).

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub use self::redis::{Replica, ReplicaConfig, Unavailable, redis_urls};
-use crate::engine::{Engine, PauseCause, StartCommand, StartError, StartOutcome, StopOutcome};
+use crate::engine::{Engine, PauseCause, SessionInfo, StartCommand, StartError, StartOutcome, StopOutcome};
 use crate::ids::{AccountId, SessionKey};
 use crate::metrics::EndReason;
 
@@ -71,6 +71,21 @@ impl State {
         match self {
             Self::Memory(engine) => Ok(engine.end_chat(key, EndReason::MessageSent)),
             Self::Redis(r) => r.end_chat(key).await,
+        }
+    }
+
+    /// The live sessions on accounts `visible` accepts (of every replica).
+    ///
+    /// # Errors
+    /// [`Unavailable`] when Redis did not answer in time (Redis only).
+    pub async fn sessions(
+        &self,
+        engine: &Engine,
+        visible: impl Fn(&AccountId) -> bool,
+    ) -> Result<Vec<SessionInfo>, Unavailable> {
+        match self {
+            Self::Memory(_) => Ok(engine.sessions(visible)),
+            Self::Redis(r) => r.sessions(visible).await,
         }
     }
 

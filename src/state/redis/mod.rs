@@ -36,7 +36,9 @@ use conn::{Conn, RedisFault};
 use shards::Shards;
 use wire::{Answer, Message, Record, Request, SHARDS, shard_of};
 
-use crate::engine::{Engine, Ownership, PauseCause, StartCommand, StartError, StartOutcome, StopOutcome};
+use crate::engine::{
+    Engine, Ownership, PauseCause, Recorded, SessionInfo, StartCommand, StartError, StartOutcome, StopOutcome,
+};
 use crate::ids::{AccountId, SessionKey};
 use crate::metrics::{self, EndReason, StateOp};
 
@@ -258,6 +260,53 @@ impl Replica {
         }
     }
 
+    /// The live sessions of every replica on accounts `visible` accepts: this replica's own as
+    /// its engine knows them, the others' as their records say (their `lit_slot` is not
+    /// recorded and shows `false`).
+    ///
+    /// # Errors
+    /// [`Unavailable`] when Redis did not answer in time.
+    pub async fn sessions(&self, visible: impl Fn(&AccountId) -> bool) -> Result<Vec<SessionInfo>, Unavailable> {
+        let inner = &self.inner;
+        let now = Instant::now();
+        let mut out = inner.engine.sessions(&visible);
+        let reads = (0..SHARDS).filter(|s| !inner.shards.serving(*s, now)).map(|s| {
+            let mut conn = inner.conn.clone();
+            async move {
+                conn::query::<Vec<(String, String)>>(
+                    &mut conn,
+                    redis::cmd("HGETALL").arg(wire::sessions_key(s)),
+                    StateOp::Adopt,
+                )
+                .await
+            }
+        });
+        let wall = wire::wall_ms();
+        for shard in futures_util::future::join_all(reads).await {
+            for (field, value) in shard.map_err(|_| Unavailable)? {
+                let (Some(key), Ok(r)) = (wire::parse_field(&field), serde_json::from_str::<Record>(&value)) else {
+                    continue;
+                };
+                if r.is_over(wall) || !visible(&key.account) {
+                    continue;
+                }
+                let end = r.h.iter().map(|(_, u)| *u).max().unwrap_or(0).min(r.m);
+                out.push(SessionInfo {
+                    platform: key.platform,
+                    paused: inner.engine.is_paused(&key.account),
+                    account_id: key.account,
+                    chat_id: key.chat,
+                    holders: r.h.iter().map(|(id, _)| id.clone()).collect(),
+                    priority: r.p,
+                    age_ms: wall.saturating_sub(r.s),
+                    expires_in_ms: end.saturating_sub(wall),
+                    lit_slot: false,
+                });
+            }
+        }
+        Ok(out)
+    }
+
     /// Pauses `account` on every replica (a webhook said so).
     pub async fn pause_account(&self, account: &AccountId, cause: PauseCause, probe_after: Duration) {
         self.inner.engine.pause_account(account, cause, probe_after);
@@ -409,11 +458,14 @@ impl Inner {
 
     /// Writes the record of the live session of `key` (deletes it if it is gone).
     async fn save(&self, key: &SessionKey, shard: usize) -> bool {
-        let value = self.engine.record(key).map(|r| {
-            let name = self.engine.keys().get(r.api_key).map_or("", |k| k.name.as_str());
-            serde_json::to_string(&Record::from_live(&r, name, wire::wall_ms())).unwrap_or_default()
-        });
+        let value = self.engine.record(key).map(|r| self.record_value(&r, wire::wall_ms()));
         self.commit(shard, wire::field(key), value).await
+    }
+
+    /// The record of a live session as stored, at wall time `now`.
+    fn record_value(&self, r: &Recorded, now: u64) -> String {
+        let name = self.engine.keys().get(r.api_key).map_or("", |k| k.name.as_str());
+        serde_json::to_string(&Record::from_live(r, name, now)).unwrap_or_default()
     }
 
     /// Queues one record change and waits until Redis has it.
@@ -445,8 +497,7 @@ impl Inner {
         let now = wire::wall_ms();
         let mut waits = Vec::with_capacity(evicted.len());
         for (key, r) in &evicted {
-            let name = self.engine.keys().get(r.api_key).map_or("", |k| k.name.as_str());
-            let value = serde_json::to_string(&Record::from_live(r, name, now)).unwrap_or_default();
+            let value = self.record_value(r, now);
             let (tx, rx) = oneshot::channel();
             let _ = self.commits.send(Commit { shard, field: wire::field(key), value: Some(value), done: Some(tx) });
             waits.push(rx);
@@ -549,7 +600,8 @@ impl Inner {
                 return;
             }
         };
-        if !self.redis_ok.swap(true, Ordering::AcqRel) {
+        let recovered = !self.redis_ok.swap(true, Ordering::AcqRel);
+        if recovered {
             tracing::info!("Redis answers again");
         }
         let mut owners = vec![None; SHARDS];
@@ -584,6 +636,18 @@ impl Inner {
         }
         if adopted_shards > 0 {
             metrics::state_adopted(adopted_shards);
+        }
+        if recovered {
+            // Redis may have lost what it held (a restart without persistence, a failover to a
+            // lagging replica): the sessions this replica kept are recorded again.
+            let mine = |k: &SessionKey| owners.get(shard_of(k)).is_some_and(|o| o.as_deref() == Some(me));
+            for key in self.engine.live_keys(mine) {
+                let shard = shard_of(&key);
+                if let Some(r) = self.engine.record(&key) {
+                    let value = Some(self.record_value(&r, wire::wall_ms()));
+                    let _ = self.commits.send(Commit { shard, field: wire::field(&key), value, done: None });
+                }
+            }
         }
         self.shards.set_view(owners, members.clone());
         metrics::state_membership(members.len(), self.shards.owned_count(Instant::now()));
@@ -780,8 +844,11 @@ async fn budget_loop(inner: Arc<Inner>, stop: CancellationToken) {
             let reply: Result<(u32, i64, u64), _> =
                 conn::script(&mut conn, &scripts::BUDGET, &[&keys[0], &keys[1]], &args, StateOp::Budget).await;
             if let Ok((granted, second, total)) = reply {
+                // This replica's share of the budget's sessions, smoothed by one per replica so
+                // that a replica with none yet can still light a newcomer at once.
+                let replicas = inner.shards.members().len().max(1);
                 #[allow(clippy::cast_precision_loss, reason = "small counts")]
-                let fraction = if total == 0 { 1.0 } else { sessions as f64 / total as f64 };
+                let fraction = (sessions as f64 + 1.0) / (total.max(sessions as u64) as f64 + replicas as f64);
                 let now = Instant::now();
                 let left = inner
                     .engine

@@ -63,13 +63,51 @@ app.kubernetes.io/part-of: keeptyping
 {{- .Values.config.shutdown.grace | trimSuffix "s" | int }}
 {{- end }}
 
-{{/* terminationGracePeriodSeconds: explicit, or shutdown.grace plus the margin. */}}
+{{/* state.lease in milliseconds (the schema allows only "<N>ms" and "<N>s"). */}}
+{{- define "keeptyping.leaseMillis" -}}
+{{- $lease := toString .Values.state.lease }}
+{{- if hasSuffix "ms" $lease }}
+{{- trimSuffix "ms" $lease | int }}
+{{- else }}
+{{- mul (trimSuffix "s" $lease | int) 1000 }}
+{{- end }}
+{{- end }}
+
+{{/*
+Seconds a stopping pod may need beyond shutdown.grace to hand its chats to the other replicas:
+state.lease rounded up with the redis backend, 0 with memory (nothing to hand over).
+*/}}
+{{- define "keeptyping.handOverSeconds" -}}
+{{- if eq .Values.state.backend "redis" }}
+{{- div (add (include "keeptyping.leaseMillis" . | int) 999) 1000 }}
+{{- else }}
+{{- 0 }}
+{{- end }}
+{{- end }}
+
+{{/* terminationGracePeriodSeconds: explicit, or shutdown.grace plus the hand-over plus the margin. */}}
 {{- define "keeptyping.terminationGracePeriodSeconds" -}}
 {{- $grace := include "keeptyping.graceSeconds" . | int }}
+{{- $handOver := include "keeptyping.handOverSeconds" . | int }}
 {{- if kindIs "invalid" .Values.terminationGracePeriodSeconds }}
-{{- add $grace .Values.terminationGraceMarginSeconds }}
+{{- add $grace $handOver .Values.terminationGraceMarginSeconds }}
 {{- else }}
 {{- .Values.terminationGracePeriodSeconds | int }}
+{{- end }}
+{{- end }}
+
+{{/*
+Pod affinity: the values' affinity, plus (redis backend, no podAntiAffinity given) a preferred
+anti-affinity on the node hostname, so one node's loss takes at most one replica when it can.
+*/}}
+{{- define "keeptyping.affinity" -}}
+{{- $affinity := deepCopy .Values.affinity }}
+{{- if and (eq .Values.state.backend "redis") (not (hasKey $affinity "podAntiAffinity")) }}
+{{- $term := dict "labelSelector" (dict "matchLabels" (include "keeptyping.selectorLabels" . | fromYaml)) "topologyKey" "kubernetes.io/hostname" }}
+{{- $_ := set $affinity "podAntiAffinity" (dict "preferredDuringSchedulingIgnoredDuringExecution" (list (dict "weight" 100 "podAffinityTerm" $term))) }}
+{{- end }}
+{{- if $affinity }}
+{{- toYaml $affinity }}
 {{- end }}
 {{- end }}
 
@@ -84,11 +122,23 @@ that matters, so that `helm template` and `helm install` both stop with the mess
 */}}
 {{- define "keeptyping.validate" -}}
 {{- $replicas := int .Values.replicaCount }}
+{{- $redis := eq .Values.state.backend "redis" }}
 {{- if and (gt $replicas 1) (eq .Values.state.backend "memory") }}
-{{- fail (printf "replicaCount: %d is refused while state.backend is \"memory\": every replica keeps its own sessions and its own copy of each API key's rate budget, so a second replica would double the typing rate against OnlyFansAPI and a stop that lands on another replica than its start would leave that chat typing until its lease runs out. Keep replicaCount: 1 (one replica keeps far more fans typing than one API key allows); several replicas need a shared state backend, which this version does not have." $replicas) }}
+{{- fail (printf "replicaCount: %d is refused while state.backend is \"memory\": every replica keeps its own sessions and its own copy of each API key's rate budget, so a second replica would double the typing rate against OnlyFansAPI and a stop that lands on another replica than its start would leave that chat typing until its lease runs out. Keep replicaCount: 1 (one replica keeps far more fans typing than one API key allows), or set state.backend: \"redis\" with state.redisUrlSecret to share sessions and budgets between replicas (docs/scale-out.md)." $replicas) }}
+{{- end }}
+{{- if and $redis (not (and .Values.state.redisUrlSecret.name .Values.state.redisUrlSecret.key)) }}
+{{- fail "state.backend is \"redis\" but state.redisUrlSecret does not name a Secret and a key: the chart installs neither Redis nor that Secret. Create one holding the URL of your Redis or Valkey (kubectl create secret generic keeptyping-redis --from-literal=redis-url='redis://:PASSWORD@HOST:6379/0') and set state.redisUrlSecret.name: keeptyping-redis, state.redisUrlSecret.key: redis-url (docs/scale-out.md)." }}
+{{- end }}
+{{- $leaseMs := include "keeptyping.leaseMillis" . | int }}
+{{- if or (lt $leaseMs 500) (gt $leaseMs 60000) }}
+{{- fail (printf "state.lease: %s is refused: it must be between 500ms and 60s" (toString .Values.state.lease)) }}
 {{- end }}
 {{- $grace := include "keeptyping.graceSeconds" . | int }}
+{{- $handOver := include "keeptyping.handOverSeconds" . | int }}
 {{- $tgps := include "keeptyping.terminationGracePeriodSeconds" . | int }}
+{{- if and $redis (le $tgps (add $grace $handOver)) }}
+{{- fail (printf "terminationGracePeriodSeconds (%d) must be above config.shutdown.grace plus state.lease (%ds + %ds) with state.backend \"redis\", or Kubernetes kills the pod before it has handed its chats to the other replicas" $tgps $grace $handOver) }}
+{{- end }}
 {{- if le $tgps $grace }}
 {{- fail (printf "terminationGracePeriodSeconds (%d) must be above config.shutdown.grace (%ds), or Kubernetes kills the pod before its drain ends" $tgps $grace) }}
 {{- end }}
