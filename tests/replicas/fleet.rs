@@ -424,12 +424,6 @@ impl Fleet {
         }
     }
 
-    pub async fn status_json(&self, i: usize) -> Value {
-        let (status, text) = self.admin_get(i, "/status.json").await;
-        assert_eq!(status, 200, "replica {} /status.json: {text}", self.replicas[i].id);
-        serde_json::from_str(&text).unwrap()
-    }
-
     /// Waits up to `within` until the live replicas together own every shard, each owns some
     /// and sees `expect` replicas; gives the last `state` objects.
     pub async fn wait_shards_settled(&self, live: &[usize], expect: usize, within: Duration) -> Vec<Value> {
