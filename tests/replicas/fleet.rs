@@ -266,6 +266,9 @@ impl Fleet {
         let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
         let (mock, mock_url) = child::mock(&http, free_port()).await;
         let clock = Clock::calibrate(&http, &mock_url).await;
+        // The figures the tests print depend on what else the machine is doing.
+        let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+        eprintln!("load average at start: {}", load.split_whitespace().take(3).collect::<Vec<_>>().join(" "));
         let mut fleet = Self {
             http,
             mock_url,
@@ -336,14 +339,24 @@ impl Fleet {
     /// Waits up to 20 s for `/readyz` of replica `i`; fails with its log if it exits.
     pub async fn wait_ready(&mut self, i: usize) {
         let deadline = Instant::now() + Duration::from_secs(20);
-        let url = format!("{}/readyz", self.replicas[i].admin);
+        let mut tries = 0;
         loop {
+            let url = format!("{}/readyz", self.replicas[i].admin);
             if self.http.get(&url).send().await.is_ok_and(|r| r.status().is_success()) {
                 return;
             }
             let r = &mut self.replicas[i];
             if let Some(status) = r.child.as_mut().and_then(|c| c.0.try_wait().unwrap()) {
                 let log = std::fs::read_to_string(&r.log).unwrap_or_default();
+                // A free port can be taken between choosing and binding it (by an outgoing
+                // connection's ephemeral port): try other ports.
+                if log.contains("Address already in use") && tries < 3 {
+                    tries += 1;
+                    let id = r.id.clone();
+                    eprintln!("replica {id}: a port was taken before it bound it; starting it on other ports");
+                    self.respawn(i, &id);
+                    continue;
+                }
                 panic!("replica {} exited before it was ready ({status}):\n{log}", r.id);
             }
             assert!(Instant::now() < deadline, "replica {} was not ready within 20 s", self.replicas[i].id);

@@ -76,7 +76,16 @@ impl RedisServer {
     /// A standalone server on a free port, up and answering PING. `DEBUG` is allowed from
     /// loopback (`--enable-debug-command local`) so that a test can freeze it.
     pub async fn start(dir: &Path) -> Self {
-        Self::start_on(dir, free_port(), Vec::new()).await
+        require_redis_tools();
+        // A free port can be taken before Redis binds it: then try another.
+        for _ in 0..3 {
+            let port = free_port();
+            let mut server = Self { port, dir: dir.to_owned(), extra: Vec::new(), child: None };
+            if server.try_spawn().await {
+                return server;
+            }
+        }
+        panic!("redis-server could not bind a free port three times; logs in {}", dir.display());
     }
 
     async fn start_on(dir: &Path, port: u16, extra: Vec<String>) -> Self {
@@ -87,6 +96,16 @@ impl RedisServer {
     }
 
     async fn spawn(&mut self) {
+        assert!(
+            self.try_spawn().await,
+            "redis-server on port {} exited at start; logs in {}",
+            self.port,
+            self.dir.display()
+        );
+    }
+
+    /// Starts the server and waits for PING; false when it exited at once (its port was taken).
+    async fn try_spawn(&mut self) -> bool {
         let log = self.dir.join(format!("redis-{}.log", self.port));
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
@@ -101,12 +120,14 @@ impl RedisServer {
         self.child = Some(Kill(child));
         let deadline = Instant::now() + Duration::from_secs(10);
         while cli(self.port, &["PING"]).await.trim() != "PONG" {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.0.try_wait().unwrap()) {
-                panic!("redis-server on port {} exited at start ({status}); log {}", self.port, log.display());
+            if self.child.as_mut().and_then(|c| c.0.try_wait().unwrap()).is_some() {
+                self.child = None;
+                return false;
             }
             assert!(Instant::now() < deadline, "redis-server on port {} did not answer PING", self.port);
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        true
     }
 
     pub fn url(&self) -> String {
