@@ -34,6 +34,7 @@ pub async fn kill9(redis: Redis, dir: &Path, label: &str) {
     // Act: SIGKILL, then watch for lease + interval and some more.
     let killed = fleet.clock.now();
     fleet.kill9(1);
+    eprintln!("{label}: {victim} killed at {} (+0 ms below)", fleet.clock.wall(killed));
     tokio::time::sleep(Duration::from_millis((lease + 2.0 * interval) as u64 + 1500)).await;
     let settled = fleet.wait_shards_settled(&[0, 2], 2, Duration::from_secs(5)).await;
     let end = fleet.clock.now();

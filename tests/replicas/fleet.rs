@@ -107,6 +107,12 @@ impl Clock {
     pub fn now(&self) -> f64 {
         self.at(Instant::now())
     }
+
+    /// `t` (mock ms) as wall-clock time, to find it in the replicas' logs.
+    pub fn wall(&self, t: f64) -> String {
+        let ago = Duration::from_secs_f64(((self.now() - t) / 1000.0).max(0.0));
+        humantime::format_rfc3339_millis(std::time::SystemTime::now() - ago).to_string()
+    }
 }
 
 /// One hook answer, timed.

@@ -20,6 +20,7 @@ async fn a_rolling_restart_of_every_replica_keeps_coverage_and_no_gap_exceeds_on
     fleet.wait_shards_settled(&[0, 1, 2], 3, Duration::from_secs(6)).await;
     let chats = chats(7_100_000, 60);
     let t0 = fleet.clock.now();
+    eprintln!("t0 (+0 ms below) is {} in the replicas' logs", fleet.clock.wall(t0));
     fleet.hooks().start_all(&chats).await;
     tokio::time::sleep(Duration::from_millis(2000)).await;
 

@@ -139,6 +139,7 @@ pub async fn random_replicas(redis: Redis, dir: &Path, label: &str) {
     // random replicas about every 900 ms, stopped after 3 to 5.5 s on another replica.
     let chats = crate::fleet::chats(5_200_000, 60);
     let t0 = fleet.clock.now();
+    eprintln!("t0 (+0 ms below) is {} in the replicas' logs", fleet.clock.wall(t0));
     let mut tasks = Vec::new();
     for (i, chat) in chats.iter().enumerate() {
         let first: usize = rng.random_range(0..3);
