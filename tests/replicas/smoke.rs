@@ -49,3 +49,33 @@ async fn three_replicas_on_one_redis_split_the_shards_and_type() {
     assert!(f.first_call[&chat].is_some_and(|d| d < 200.0), "first call: {:?}", f.first_call);
     fleet.assert_no_panics();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_with_an_unreachable_redis_exits_with_one_line_naming_it_and_never_the_password() {
+    let _serial = serial().await;
+    let dir = TempDir::new("unreachable");
+    // Nobody listens on this port.
+    let port = crate::child::free_port();
+    let log = dir.0.join("serve.log");
+    let mut serve = crate::child::Kill(
+        crate::child::serve(crate::child::free_port(), crate::child::free_port(), "http://127.0.0.1:9", "k", "t")
+            .env("KEEPTYPING__STATE__BACKEND", "redis")
+            .env("KEEPTYPING_REDIS_URL", format!("redis://:hunter2-secret@127.0.0.1:{port}"))
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let started = tokio::time::Instant::now();
+    let status = loop {
+        if let Some(status) = serve.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(started.elapsed() < Duration::from_secs(15), "serve still running 15 s without its Redis");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let text = std::fs::read_to_string(&log).unwrap();
+    eprintln!("unreachable Redis: exit {status} after {:?}: {}", started.elapsed(), text.trim());
+    assert!(!status.success(), "serve exited 0 without its Redis");
+    assert!(text.contains(&format!("state: cannot reach Redis at 127.0.0.1:{port}")), "{text}");
+    assert!(!text.contains("hunter2"), "the password reached the log: {text}");
+}
