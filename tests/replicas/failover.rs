@@ -141,7 +141,17 @@ async fn a_replica_frozen_past_its_lease_sends_nothing_for_the_chats_it_lost_whe
     // has lapsed: the stop must not hang) and one of another replica's through r2.
     let frozen = fleet.clock.now();
     fleet.signal(1, "STOP");
+    // At once, one of its chats is stopped through r2: the owner cannot answer; the stop
+    // answers once its lease has lapsed, and the owner, fenced, never sends for it again.
+    let early = {
+        let (hooks, chat) = (hooks.clone(), lost[1].clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            hooks.stop(2, &chat).await
+        })
+    };
     tokio::time::sleep(Duration::from_millis((1.5 * lease) as u64)).await;
+    let early_stop = early.await.unwrap();
     let lost_stop = hooks.stop(0, &lost[0]).await;
     let other = chats.iter().find(|c| owner.get(*c).is_some_and(|o| *o != victim)).unwrap().clone();
     let other_stop = hooks.stop(2, &other).await;
@@ -154,7 +164,7 @@ async fn a_replica_frozen_past_its_lease_sends_nothing_for_the_chats_it_lost_whe
     let calls = fleet.calls(t0).await;
     let mut spells: Vec<Spell> =
         chats.iter().map(|c| Spell { chat: c.clone(), start: frozen - interval, stop: None }).collect();
-    for (chat, stop) in [(&lost[0], &lost_stop), (&other, &other_stop)] {
+    for (chat, stop) in [(&lost[0], &lost_stop), (&lost[1], &early_stop), (&other, &other_stop)] {
         spells.iter_mut().find(|s| s.chat == *chat).unwrap().stop = Some(stop.at);
     }
     // Two calls for one chat within half an interval: the woken replica firing beside the
@@ -178,7 +188,16 @@ async fn a_replica_frozen_past_its_lease_sends_nothing_for_the_chats_it_lost_whe
         other_stop.took_ms(),
         close.len()
     );
+    eprintln!(
+        "{label}: stop of its chat {} through r2 sent {:.0} ms after SIGSTOP: {} {} in {:.0} ms (lease {lease} ms)",
+        lost[1],
+        early_stop.sent - frozen,
+        early_stop.status,
+        early_stop.outcome(),
+        early_stop.took_ms()
+    );
     eprintln!("{label}: {}", f.summary());
+    assert_eq!((early_stop.status, early_stop.outcome()), (200, "stopped"), "{label}: {}", early_stop.body);
     assert_eq!((lost_stop.status, lost_stop.outcome()), (200, "stopped"), "{label}: {}", lost_stop.body);
     assert_eq!((other_stop.status, other_stop.outcome()), (200, "stopped"), "{label}: {}", other_stop.body);
     assert!(lost_stop.took_ms() <= lease + 1000.0, "{label}: the stop took {:.0} ms", lost_stop.took_ms());
@@ -189,11 +208,18 @@ async fn a_replica_frozen_past_its_lease_sends_nothing_for_the_chats_it_lost_whe
         gap <= lease + interval + 500.0 + SLACK_MS,
         "{label}: chat {gap_chat} went {gap:.0} ms without a call while {victim} was frozen"
     );
+    // A stop for a frozen owner's chat answers once its lease has lapsed (and the shard is
+    // adopted: within lease + 0.5 s), not later.
+    assert!(
+        early_stop.took_ms() <= lease + 1000.0,
+        "{label}: the stop sent just after SIGSTOP took {:.0} ms (lease {lease} ms)",
+        early_stop.took_ms()
+    );
 
     // The woken replica rejoins and serves hooks again: every chat is stopped through it.
     fleet.wait_shards_settled(&[0, 1, 2], 3, Duration::from_secs(6)).await;
     let mut spells = Vec::new();
-    for c in chats.iter().filter(|c| **c != lost[0] && **c != other) {
+    for c in chats.iter().filter(|c| **c != lost[0] && **c != lost[1] && **c != other) {
         let stop = hooks.stop(1, c).await;
         assert_eq!(
             (stop.status, stop.outcome()),
