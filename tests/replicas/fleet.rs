@@ -215,6 +215,36 @@ impl Hooks {
     }
 }
 
+/// `keeptyping mock-upstream` with no rate limit on a free port, its stderr kept in `dir`
+/// (as `tests/child` starts it, but a test here can tell afterwards how it ended).
+async fn mock(http: &reqwest::Client, dir: &Path) -> (Kill, String) {
+    for _ in 0..3 {
+        let port = free_port();
+        let log = std::fs::File::create(dir.join("mock.log")).unwrap();
+        let mut child = Kill(
+            Command::new(child::BIN)
+                .args(["mock-upstream", "--listen", &format!("127.0.0.1:{port}"), "--limit-per-minute", "0"])
+                .stdout(std::process::Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        );
+        let url = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if http.get(format!("{url}/_mock/stats")).send().await.is_ok_and(|r| r.status().is_success()) {
+                return (child, url);
+            }
+            if child.0.try_wait().unwrap().is_some() {
+                break; // its port was taken: another one
+            }
+            assert!(Instant::now() < deadline, "the mock upstream did not come up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    panic!("the mock upstream could not bind a free port three times");
+}
+
 pub fn chat_body(chat: &str) -> Value {
     json!({ "account_id": ACCOUNT, "chat_id": chat })
 }
@@ -242,7 +272,7 @@ impl Replica {
 pub struct Fleet {
     pub http: reqwest::Client,
     pub mock_url: String,
-    _mock: Kill,
+    mock: Kill,
     pub redis_url: String,
     pub cluster: bool,
     pub replicas: Vec<Replica>,
@@ -254,6 +284,16 @@ pub struct Fleet {
 impl Drop for Fleet {
     fn drop(&mut self) {
         if std::thread::panicking() {
+            match self.mock.0.try_wait() {
+                Ok(Some(status)) => eprintln!("--- the mock upstream had exited: {status}"),
+                Ok(None) => {}
+                Err(e) => eprintln!("--- the mock upstream: {e}"),
+            }
+            match self.mock.0.try_wait() {
+                Ok(Some(status)) => eprintln!("--- the mock upstream had exited: {status}"),
+                Ok(None) => {}
+                Err(e) => eprintln!("--- the mock upstream: {e}"),
+            }
             for r in &self.replicas {
                 let log = std::fs::read_to_string(&r.log).unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(25).collect();
@@ -270,7 +310,7 @@ impl Fleet {
     /// The mock, then `n` replicas `r0..` on `redis`, each ready.
     pub async fn start(redis: &Redis, dir: &Path, n: usize, params: Params) -> Self {
         let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
-        let (mock, mock_url) = child::mock(&http, free_port()).await;
+        let (mock, mock_url) = mock(&http, dir).await;
         let clock = Clock::calibrate(&http, &mock_url).await;
         // The figures the tests print depend on what else the machine is doing.
         let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
@@ -278,7 +318,7 @@ impl Fleet {
         let mut fleet = Self {
             http,
             mock_url,
-            _mock: mock,
+            mock,
             redis_url: redis.url(),
             cluster: redis.is_cluster(),
             replicas: Vec::new(),
@@ -380,15 +420,12 @@ impl Fleet {
 
     /// Typing calls the mock received at or after `since` (mock ms).
     pub async fn calls(&self, since: f64) -> Vec<Call> {
-        let text = self
-            .http
-            .get(format!("{}/_mock/requests.tsv?kind=typing&since_ms={since}", self.mock_url))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let resp =
+            self.http.get(format!("{}/_mock/requests.tsv?kind=typing&since_ms={since}", self.mock_url)).send().await;
+        let text = match resp {
+            Ok(r) => r.text().await.unwrap(),
+            Err(e) => panic!("the mock's record cannot be read ({e}); the mock: {:?}", self.mock_exit()),
+        };
         text.lines()
             .filter_map(|l| {
                 let f: Vec<&str> = l.split('\t').collect();
@@ -399,6 +436,16 @@ impl Fleet {
                 })
             })
             .collect()
+    }
+
+    /// How the mock process ended, if it did (killed by a signal, or exited).
+    pub fn mock_exit(&self) -> Option<String> {
+        let pid = self.mock.0.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
+        match status {
+            Some(s) if !s.contains(") Z ") => None,
+            _ => Some(format!("pid {pid} is gone or a zombie")),
+        }
     }
 
     /// Typing calls the mock received so far (a cheap count).
