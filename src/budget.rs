@@ -211,6 +211,8 @@ struct SharedGrant {
     tokens: f64,
     until: Instant,
     fraction: f64,
+    /// A call was denied for want of a grant since the last one came.
+    starved: bool,
 }
 
 /// How soon a call denied for want of a shared grant asks again.
@@ -252,11 +254,18 @@ impl BudgetState {
     /// for the window to take back.
     pub fn set_shared_grant(&mut self, tokens: u32, until: Instant, fraction: f64, now: Instant) -> u32 {
         let left = self.shared.filter(|g| g.until > now).map_or(0.0, |g| g.tokens.max(0.0));
-        self.shared = Some(SharedGrant { tokens: f64::from(tokens), until, fraction: fraction.clamp(0.0, 1.0) });
+        self.shared =
+            Some(SharedGrant { tokens: f64::from(tokens), until, fraction: fraction.clamp(0.0, 1.0), starved: false });
         // Truncation is the point: a fraction of a call is not given back.
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "a small count")]
         let left = left.floor() as u32;
         left
+    }
+
+    /// Whether a call was denied for want of a shared grant since the last grant came (the
+    /// replica then reserves again before its next scheduled reservation).
+    pub fn shared_starved(&self) -> bool {
+        self.shared.is_some_and(|g| g.starved)
     }
 
     /// Typing calls this budget may make per period across all replicas: the share of the limit,
@@ -351,8 +360,9 @@ impl BudgetState {
             self.paused_until = None;
             self.probe_due = matches!(reason, PauseReason::Reserve | PauseReason::DailyReserve);
         }
-        if let Some(g) = &self.shared {
+        if let Some(g) = &mut self.shared {
             if g.tokens < 1.0 || now >= g.until {
+                g.starved = true;
                 return Err(Denied::Empty { retry_at: now + SHARED_RETRY });
             }
         }
@@ -935,5 +945,31 @@ mod tests {
         assert_eq!(b.len(), 2);
         let other = b.index("other").unwrap();
         assert_eq!(b.with(other, |s| s.limit()), Some(5000));
+    }
+
+    #[test]
+    fn with_replicas_a_call_also_needs_a_token_of_the_shared_grant() {
+        let t0 = Instant::now();
+        let mut b = BudgetState::new("b", 100_000, &settings(100_000), t0);
+        // Shared mode before the first grant: nothing is spent (fail closed).
+        assert_eq!(b.set_shared_grant(0, t0, 1.0, t0), 0);
+        assert!(b.try_acquire(Class::First, t0).is_err());
+        assert!(b.shared_starved());
+        // A grant of 3 calls until t0 + 1.5 s: three calls, then denied again.
+        let t1 = t0 + secs(0.1);
+        assert_eq!(b.set_shared_grant(3, t1 + secs(1.5), 1.0, t1), 0);
+        assert!(!b.shared_starved());
+        for _ in 0..3 {
+            b.try_acquire(Class::Slot, t1).unwrap();
+        }
+        assert!(b.try_acquire(Class::Slot, t1).is_err());
+        // What is left of a grant is handed back when the next one comes.
+        let t2 = t1 + secs(0.5);
+        assert_eq!(b.set_shared_grant(5, t2 + secs(1.5), 1.0, t2), 0);
+        b.try_acquire(Class::Slot, t2).unwrap();
+        let t3 = t2 + secs(1.0);
+        assert_eq!(b.set_shared_grant(5, t3 + secs(1.5), 1.0, t3), 4);
+        // A grant is not spent after it ran out.
+        assert!(b.try_acquire(Class::Slot, t3 + secs(1.6)).is_err());
     }
 }

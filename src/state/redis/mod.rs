@@ -49,6 +49,8 @@ const FORWARD_WAIT: Duration = Duration::from_secs(1);
 const GRANT_FOR: Duration = Duration::from_millis(1500);
 /// How often each replica reserves calls from the shared budget windows.
 const BUDGET_EVERY: Duration = Duration::from_secs(1);
+/// How soon a replica whose grant ran out reserves again, before the next scheduled reservation.
+const BUDGET_STARVED_EVERY: Duration = Duration::from_millis(100);
 
 /// A hook could not be applied: Redis (or the chat's owner) did not answer in time.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
@@ -812,19 +814,36 @@ async fn budget_loop(inner: Arc<Inner>, stop: CancellationToken) {
     // made in; and the second of the grant held now.
     let mut give_back: Vec<(u32, i64)> = vec![(0, 0); n];
     let mut held: Vec<i64> = vec![0; n];
+    // Per budget: when it last reserved, and its session count then.
+    let mut last: Vec<(Option<Instant>, usize)> = vec![(None, 0); n];
     let window = inner.engine.budget_window();
     let interval = inner.engine.refire_interval().as_secs_f64();
     loop {
         for (i, name) in inner.budget_names.iter().enumerate() {
             let now = Instant::now();
+            let (at, sessions_then) = last.get(i).copied().unwrap_or((None, 0));
+            let starved = inner.engine.budget_states().with(i, |b| b.shared_starved()).unwrap_or(false);
+            let due = at.is_none_or(|t| {
+                let since = now.saturating_duration_since(t);
+                since >= BUDGET_EVERY || (starved && since >= BUDGET_STARVED_EVERY)
+            });
+            if !due {
+                continue;
+            }
             let sessions = inner.engine.budget_sessions(i);
+            // A second of refires with a margin, the first calls of the sessions that joined
+            // since the last reservation, and a few calls for newcomers to come.
             #[allow(
                 clippy::cast_precision_loss,
                 clippy::cast_possible_truncation,
                 clippy::cast_sign_loss,
                 reason = "small counts"
             )]
-            let want = ((sessions as f64 / interval) * 1.25 + 4.0).ceil() as u64;
+            let want = ((sessions as f64 / interval) * 1.25 + 4.0).ceil() as u64
+                + sessions.saturating_sub(sessions_then) as u64;
+            if let Some(l) = last.get_mut(i) {
+                *l = (Some(now), sessions);
+            }
             let cap = inner.engine.budget_states().with(i, |b| b.period_allowance(now)).unwrap_or(0);
             let (back, back_second) = give_back.get(i).copied().unwrap_or((0, 0));
             let keys = wire::budget_keys(name);
@@ -865,7 +884,7 @@ async fn budget_loop(inner: Arc<Inner>, stop: CancellationToken) {
         }
         tokio::select! {
             () = stop.cancelled() => return,
-            () = tokio::time::sleep(BUDGET_EVERY) => {}
+            () = tokio::time::sleep(BUDGET_STARVED_EVERY) => {}
         }
     }
 }
