@@ -31,6 +31,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::budget::SharedWindow;
 pub(crate) use conn::Target;
 use conn::{Conn, RedisFault};
 use shards::Shards;
@@ -189,7 +190,8 @@ impl Replica {
         // Until the first reservation comes back, typing spends nothing: fail closed.
         let now = Instant::now();
         for i in 0..inner.budget_names.len() {
-            engine.budget_states().with(i, |b| b.set_shared_grant(0, now, 1.0, now));
+            let nothing = SharedWindow { tokens: 0, fraction: 1.0, window_used: 0 };
+            engine.budget_states().with(i, |b| b.set_shared_grant(nothing, now, now));
         }
         let subscribed = Arc::new(Notify::new());
         tasks.spawn(listen(Arc::clone(&inner), stop.clone(), Arc::clone(&subscribed)));
@@ -860,9 +862,9 @@ async fn budget_loop(inner: Arc<Inner>, stop: CancellationToken) {
                 (BUDGET_EVERY * 3).as_millis().to_string(),
             ];
             let mut conn = inner.conn.clone();
-            let reply: Result<(u32, i64, u64), _> =
+            let reply: Result<(u32, i64, u64, u32), _> =
                 conn::script(&mut conn, &scripts::BUDGET, &[&keys[0], &keys[1]], &args, StateOp::Budget).await;
-            if let Ok((granted, second, total)) = reply {
+            if let Ok((granted, second, total, used)) = reply {
                 // This replica's share of the budget's sessions, smoothed by one per replica so
                 // that a replica with none yet can still light a newcomer at once.
                 let replicas = inner.shards.members().len().max(1);
@@ -872,7 +874,10 @@ async fn budget_loop(inner: Arc<Inner>, stop: CancellationToken) {
                 let left = inner
                     .engine
                     .budget_states()
-                    .with(i, |b| b.set_shared_grant(granted, now + GRANT_FOR, fraction, now))
+                    .with(i, |b| {
+                        let window = SharedWindow { tokens: granted, fraction, window_used: used };
+                        b.set_shared_grant(window, now + GRANT_FOR, now)
+                    })
                     .unwrap_or(0);
                 // What is left of the grant held until now goes back, at the next reservation,
                 // to the second it was made in.
