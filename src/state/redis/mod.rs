@@ -87,6 +87,9 @@ struct Inner {
     id: String,
     engine: Engine,
     conn: Conn,
+    /// Where `PUBLISH` goes: the node the replicas subscribe on (the same as `conn` on a
+    /// single Redis).
+    bus: Conn,
     target: Target,
     lease: Duration,
     shards: Shards,
@@ -166,11 +169,19 @@ impl Replica {
         let conn = conn::connect(&target)
             .await
             .map_err(|e| anyhow::anyhow!("state: cannot reach Redis at {}: {e}", target.shown()))?;
+        let bus = if target.cluster {
+            conn::connect_bus(&target)
+                .await
+                .map_err(|e| anyhow::anyhow!("state: cannot reach Redis at {}: {e}", target.shown()))?
+        } else {
+            conn.clone()
+        };
         let (commits, commit_rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             id,
             engine: engine.clone(),
             conn,
+            bus,
             target,
             lease,
             shards: Shards::new(),
@@ -393,7 +404,7 @@ impl Inner {
         self.pending.insert(id, tx);
         let msg = Message::Request { id, from: self.id.clone(), request };
         let body = serde_json::to_string(&msg).unwrap_or_default();
-        let mut conn = self.conn.clone();
+        let mut conn = self.bus.clone();
         let receivers: Result<i64, RedisFault> =
             conn::query(&mut conn, redis::cmd("PUBLISH").arg(wire::channel(owner)).arg(body), StateOp::Forward).await;
         let answer = match receivers {
@@ -483,7 +494,7 @@ impl Inner {
 
     async fn broadcast(&self, msg: &Message) {
         let body = serde_json::to_string(msg).unwrap_or_default();
-        let mut conn = self.conn.clone();
+        let mut conn = self.bus.clone();
         let sent: Result<i64, _> =
             conn::query(&mut conn, redis::cmd("PUBLISH").arg(wire::ALL).arg(body), StateOp::Forward).await;
         if let Err(e) = sent {
@@ -783,7 +794,7 @@ fn handle(inner: &Arc<Inner>, payload: &[u8]) {
             tokio::spawn(async move {
                 let answer = inner.apply(request).await;
                 let body = serde_json::to_string(&Message::Reply { id, answer }).unwrap_or_default();
-                let mut conn = inner.conn.clone();
+                let mut conn = inner.bus.clone();
                 let _: Result<i64, _> =
                     conn::query(&mut conn, redis::cmd("PUBLISH").arg(wire::channel(&from)).arg(body), StateOp::Forward)
                         .await;
