@@ -211,6 +211,22 @@ struct SharedGrant {
     tokens: f64,
     until: Instant,
     fraction: f64,
+    /// A call was denied for want of a grant since the last one came.
+    starved: bool,
+    /// Typing calls granted to every replica in the shared window (what the upstream counts as
+    /// typing's, not the tool's).
+    window_used: f64,
+}
+
+/// What a replica's reservation from a budget's shared window brought back.
+#[derive(Debug, Clone, Copy)]
+pub struct SharedWindow {
+    /// Calls granted to this replica.
+    pub tokens: u32,
+    /// This replica's share of the budget's sessions (its share of the lit slots).
+    pub fraction: f64,
+    /// Calls granted to every replica within the window, this grant included.
+    pub window_used: u32,
 }
 
 /// How soon a call denied for want of a shared grant asks again.
@@ -250,13 +266,27 @@ impl BudgetState {
     /// window granted this replica until `until`; `fraction` is this replica's share of the
     /// budget's sessions, and so of its lit slots. Returns what is left of the previous grant,
     /// for the window to take back.
-    pub fn set_shared_grant(&mut self, tokens: u32, until: Instant, fraction: f64, now: Instant) -> u32 {
+    /// `window_used` is what every replica was granted in the shared window: typing's calls as
+    /// the upstream counts them, for the headroom rule.
+    pub fn set_shared_grant(&mut self, grant: SharedWindow, until: Instant, now: Instant) -> u32 {
         let left = self.shared.filter(|g| g.until > now).map_or(0.0, |g| g.tokens.max(0.0));
-        self.shared = Some(SharedGrant { tokens: f64::from(tokens), until, fraction: fraction.clamp(0.0, 1.0) });
+        self.shared = Some(SharedGrant {
+            tokens: f64::from(grant.tokens),
+            until,
+            fraction: grant.fraction.clamp(0.0, 1.0),
+            starved: false,
+            window_used: f64::from(grant.window_used),
+        });
         // Truncation is the point: a fraction of a call is not given back.
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "a small count")]
         let left = left.floor() as u32;
         left
+    }
+
+    /// Whether a call was denied for want of a shared grant since the last grant came (the
+    /// replica then reserves again before its next scheduled reservation).
+    pub fn shared_starved(&self) -> bool {
+        self.shared.is_some_and(|g| g.starved)
     }
 
     /// Typing calls this budget may make per period across all replicas: the share of the limit,
@@ -351,8 +381,9 @@ impl BudgetState {
             self.paused_until = None;
             self.probe_due = matches!(reason, PauseReason::Reserve | PauseReason::DailyReserve);
         }
-        if let Some(g) = &self.shared {
+        if let Some(g) = &mut self.shared {
             if g.tokens < 1.0 || now >= g.until {
+                g.starved = true;
                 return Err(Denied::Empty { retry_at: now + SHARED_RETRY });
             }
         }
@@ -437,8 +468,9 @@ impl BudgetState {
                 self.bucket.tokens = self.bucket.tokens.min(0.0);
             }
             self.forget_old(now);
+            // With replicas, typing's calls in the window are every replica's.
             #[allow(clippy::cast_precision_loss, reason = "a count within one window")]
-            let ours = self.window.len() as f64;
+            let ours = self.shared.map_or(self.window.len() as f64, |g| g.window_used);
             let growth = self.tool_growth(f64::from(self.limit()) - f64::from(remaining) - ours, now);
             // What the tool's traffic will have added over the next half window, at the pace it
             // has been growing, is not typing's to spend: typing's own calls take that long to
@@ -935,5 +967,32 @@ mod tests {
         assert_eq!(b.len(), 2);
         let other = b.index("other").unwrap();
         assert_eq!(b.with(other, |s| s.limit()), Some(5000));
+    }
+
+    #[test]
+    fn with_replicas_a_call_also_needs_a_token_of_the_shared_grant() {
+        let grant = |tokens| SharedWindow { tokens, fraction: 1.0, window_used: tokens };
+        let t0 = Instant::now();
+        let mut b = BudgetState::new("b", 100_000, &settings(100_000), t0);
+        // Shared mode before the first grant: nothing is spent (fail closed).
+        assert_eq!(b.set_shared_grant(grant(0), t0, t0), 0);
+        assert!(b.try_acquire(Class::First, t0).is_err());
+        assert!(b.shared_starved());
+        // A grant of 3 calls until t0 + 1.5 s: three calls, then denied again.
+        let t1 = t0 + secs(0.1);
+        assert_eq!(b.set_shared_grant(grant(3), t1 + secs(1.5), t1), 0);
+        assert!(!b.shared_starved());
+        for _ in 0..3 {
+            b.try_acquire(Class::Slot, t1).unwrap();
+        }
+        assert!(b.try_acquire(Class::Slot, t1).is_err());
+        // What is left of a grant is handed back when the next one comes.
+        let t2 = t1 + secs(0.5);
+        assert_eq!(b.set_shared_grant(grant(5), t2 + secs(1.5), t2), 0);
+        b.try_acquire(Class::Slot, t2).unwrap();
+        let t3 = t2 + secs(1.0);
+        assert_eq!(b.set_shared_grant(grant(5), t3 + secs(1.5), t3), 4);
+        // A grant is not spent after it ran out.
+        assert!(b.try_acquire(Class::Slot, t3 + secs(1.6)).is_err());
     }
 }

@@ -13,6 +13,7 @@
 mod analysis;
 mod child;
 mod procs;
+mod replicas;
 mod report;
 
 use std::path::PathBuf;
@@ -133,6 +134,8 @@ pub(crate) struct Cost {
     /// upstream connections together.
     pub(crate) sockets_hold: usize,
     pub(crate) sockets_max: usize,
+    /// Redis's CPU and commands over the window (Redis runs only).
+    pub(crate) redis: Option<replicas::RedisCost>,
 }
 
 /// keeptyping's own counters (from `/metrics`), for the record.
@@ -357,7 +360,7 @@ impl Bench {
         system: &str,
         n: usize,
         repeat: usize,
-    ) -> anyhow::Result<(Proc, String, Option<String>)> {
+    ) -> anyhow::Result<(Proc, String, Option<String>, Option<replicas::RedisServer>)> {
         let hook_port = free_port()?;
         let log = self.logs.join(format!("{}-{n}-{repeat}.log", system.replace(['/', '@'], "_")));
         // `keeptyping@PATH` runs another build of the service (an earlier commit, say) in the
@@ -373,26 +376,32 @@ impl Bench {
         };
         match name {
             "keeptyping" => {
-                let admin_port = free_port()?;
-                let mut cmd = Command::new(&bin);
-                cmd.arg("serve")
-                    .env("RUST_LOG", "warn")
-                    .env("KEEPTYPING__SERVER__LISTEN", format!("127.0.0.1:{hook_port}"))
-                    .env("KEEPTYPING__ADMIN__LISTEN", format!("127.0.0.1:{admin_port}"))
-                    .env("KEEPTYPING__UPSTREAM__BASE_URL", &self.mock)
-                    .env("ONLYFANSAPI_API_KEY", child::API_KEY)
-                    .env("KEEPTYPING_HOOK_TOKEN", child::HOOK_TOKEN)
-                    // Default budget settings but the limit: the bucket holds one second of
-                    // refill when that is more than `budget.burst`.
-                    .env("KEEPTYPING__BUDGET__LIMIT_PER_MINUTE", "100000000")
-                    .env("KEEPTYPING__HOOKS__RATE_LIMIT_PER_SECOND", "0")
-                    .env("KEEPTYPING__ENGINE__IDLE_TIMEOUT", "10m")
-                    .env("KEEPTYPING__ENGINE__MAX_SESSIONS", (n + 100_000).to_string());
-                trust(&mut cmd);
-                let p = Proc::spawn("keeptyping", cmd, &log)?;
-                let admin = format!("http://127.0.0.1:{admin_port}");
-                self.wait_ready(&format!("{admin}/readyz")).await?;
-                Ok((p, format!("http://127.0.0.1:{hook_port}"), Some(admin)))
+                let (p, hook, admin) = self.spawn_keeptyping(&bin, n, hook_port, &log, &[]).await?;
+                Ok((p, hook, Some(admin), None))
+            }
+            "keeptyping-redis" => {
+                let redis = replicas::RedisServer::start(&log.with_extension("redis.log"))?;
+                let mut procs = Vec::new();
+                let mut urls = Vec::new();
+                for r in 0..replicas::REPLICAS {
+                    let port = if r == 0 { hook_port } else { free_port()? };
+                    let env = [
+                        ("KEEPTYPING__STATE__BACKEND", "redis".to_owned()),
+                        ("KEEPTYPING_REDIS_URL", redis.url()),
+                        ("KEEPTYPING_REPLICA_ID", format!("r{r}")),
+                    ];
+                    let (p, hook, admin) =
+                        self.spawn_keeptyping(&bin, n, port, &log.with_extension(format!("r{r}.log")), &env).await?;
+                    procs.push(p);
+                    urls.push((hook, admin));
+                }
+                // Every replica has taken its shards before the first start.
+                sleep(Duration::from_secs(2)).await;
+                let mut all = procs.into_iter();
+                let main = all.next().context("no replica")?;
+                // Hooks go to the first replica, which forwards those of chats it does not own.
+                let (hook, admin) = urls.swap_remove(0);
+                Ok((main.with_peers(all.collect()), hook, Some(admin), Some(redis)))
             }
             "naive" | "naive-sleep" => {
                 let mut cmd = Command::new(&bench_bin);
@@ -403,10 +412,49 @@ impl Bench {
                 let p = Proc::spawn(name, cmd, &log)?;
                 let hook = format!("http://127.0.0.1:{hook_port}");
                 self.wait_ready(&format!("{hook}/livez")).await?;
-                Ok((p, hook, None))
+                Ok((p, hook, None, None))
             }
-            other => anyhow::bail!("unknown system {other:?} (keeptyping, keeptyping@PATH, naive, naive-sleep)"),
+            other => anyhow::bail!(
+                "unknown system {other:?} (keeptyping, keeptyping-redis, keeptyping@PATH, naive, naive-sleep)"
+            ),
         }
+    }
+
+    /// Starts one keeptyping process on `hook_port` with the bench's settings and `env`;
+    /// returns it with its hook and admin URLs once ready.
+    async fn spawn_keeptyping(
+        &self,
+        bin: &std::path::Path,
+        n: usize,
+        hook_port: u16,
+        log: &std::path::Path,
+        env: &[(&str, String)],
+    ) -> anyhow::Result<(Proc, String, String)> {
+        let admin_port = free_port()?;
+        let mut cmd = Command::new(bin);
+        cmd.arg("serve")
+            .env("RUST_LOG", "warn")
+            .env("KEEPTYPING__SERVER__LISTEN", format!("127.0.0.1:{hook_port}"))
+            .env("KEEPTYPING__ADMIN__LISTEN", format!("127.0.0.1:{admin_port}"))
+            .env("KEEPTYPING__UPSTREAM__BASE_URL", &self.mock)
+            .env("ONLYFANSAPI_API_KEY", child::API_KEY)
+            .env("KEEPTYPING_HOOK_TOKEN", child::HOOK_TOKEN)
+            // Default budget settings but the limit: the bucket holds one second of
+            // refill when that is more than `budget.burst`.
+            .env("KEEPTYPING__BUDGET__LIMIT_PER_MINUTE", "100000000")
+            .env("KEEPTYPING__HOOKS__RATE_LIMIT_PER_SECOND", "0")
+            .env("KEEPTYPING__ENGINE__IDLE_TIMEOUT", "10m")
+            .env("KEEPTYPING__ENGINE__MAX_SESSIONS", (n + 100_000).to_string());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        if let Some(c) = &self.cert {
+            cmd.env("SSL_CERT_FILE", c);
+        }
+        let p = Proc::spawn("keeptyping", cmd, log)?;
+        let admin = format!("http://127.0.0.1:{admin_port}");
+        self.wait_ready(&format!("{admin}/readyz")).await?;
+        Ok((p, format!("http://127.0.0.1:{hook_port}"), admin))
     }
 
     async fn post(&self, url: &str, body: String) -> anyhow::Result<serde_json::Value> {
@@ -443,7 +491,7 @@ impl Bench {
     }
 
     async fn run(&mut self, system: &str, n: usize, repeat: usize, opts: &Opts, mock: &Proc) -> anyhow::Result<Run> {
-        let (mut proc_, hook, admin) = self.spawn_system(system, n, repeat).await?;
+        let (mut proc_, hook, admin, redis) = self.spawn_system(system, n, repeat).await?;
         self.reset_mock().await?;
         self.calibrate().await?;
         sleep(Duration::from_millis(300)).await;
@@ -471,6 +519,10 @@ impl Bench {
         // Quiet hold: the cost window.
         sleep(Duration::from_secs(1)).await;
         let (cpu0, mock_cpu0, m0) = (proc_.cpu_seconds()?, mock.cpu_seconds()?, self.mock_ms(Instant::now()));
+        let redis0 = match &redis {
+            Some(r) => Some((r.cpu_seconds()?, r.commands()?)),
+            None => None,
+        };
         // Sockets sampled while the window and the storm last (reading `/proc` costs the
         // driver, not the process measured).
         let pid = proc_.pid();
@@ -486,6 +538,10 @@ impl Bench {
         };
         sleep(Duration::from_secs_f64(opts.hold_s)).await;
         let (cpu1, mock_cpu1, m1) = (proc_.cpu_seconds()?, mock.cpu_seconds()?, self.mock_ms(Instant::now()));
+        let redis1 = match &redis {
+            Some(r) => Some((r.cpu_seconds()?, r.commands()?)),
+            None => None,
+        };
         let rss_hold = proc_.rss_kib()?;
         let sockets_hold = procs::sockets(pid);
         // The storm, while the N sessions keep refiring.
@@ -509,6 +565,7 @@ impl Bench {
             None => None,
         };
         drop(proc_);
+        drop(redis);
         let tsv = self.http.get(format!("{}/_mock/requests.tsv?kind=typing", self.mock)).send().await?.text().await?;
         let calls = analysis::parse(&tsv, (MAIN_BASE, n), (STORM_BASE, storm_spells.len()));
         let cadence = analysis::cadence(&calls.main, &spells, interval_ms);
@@ -543,6 +600,12 @@ impl Bench {
                 mock_cpu_s: mock_cpu1 - mock_cpu0,
                 sockets_hold,
                 sockets_max,
+                redis: redis0.zip(redis1).map(|((c0, k0), (c1, k1))| replicas::RedisCost {
+                    cpu_s: c1 - c0,
+                    commands: k1 - k0,
+                    #[allow(clippy::cast_precision_loss, reason = "counts far below 2^52")]
+                    commands_per_refire: (k1 - k0) as f64 / in_window_f,
+                }),
             },
             hook_ms,
             hook_errors,

@@ -14,6 +14,9 @@ use anyhow::Context;
 pub(crate) struct Proc {
     child: Child,
     name: String,
+    /// Processes measured with this one (the other replicas of a Redis run): CPU and memory
+    /// are summed over all of them.
+    peers: Vec<Proc>,
 }
 
 impl Proc {
@@ -23,7 +26,13 @@ impl Proc {
         let err = out.try_clone()?;
         cmd.stdin(Stdio::null()).stdout(out).stderr(err);
         let child = cmd.spawn().with_context(|| format!("starting {name}"))?;
-        Ok(Self { child, name: name.to_owned() })
+        Ok(Self { child, name: name.to_owned(), peers: Vec::new() })
+    }
+
+    /// This process measured together with `peers`.
+    pub(crate) fn with_peers(mut self, peers: Vec<Proc>) -> Self {
+        self.peers = peers;
+        self
     }
 
     /// The process id.
@@ -33,11 +42,23 @@ impl Proc {
 
     /// User plus system CPU seconds the process has used so far.
     pub(crate) fn cpu_seconds(&self) -> anyhow::Result<f64> {
-        cpu_seconds(self.pid())
+        let mut total = cpu_seconds(self.pid())?;
+        for p in &self.peers {
+            total += p.cpu_seconds()?;
+        }
+        Ok(total)
     }
 
     /// Resident memory in KiB.
     pub(crate) fn rss_kib(&self) -> anyhow::Result<u64> {
+        let mut total = self.own_rss_kib()?;
+        for p in &self.peers {
+            total += p.rss_kib()?;
+        }
+        Ok(total)
+    }
+
+    fn own_rss_kib(&self) -> anyhow::Result<u64> {
         let status = fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
         status
             .lines()
@@ -49,6 +70,9 @@ impl Proc {
 
     /// Fails if the process has exited.
     pub(crate) fn check_alive(&mut self) -> anyhow::Result<()> {
+        for p in &mut self.peers {
+            p.check_alive()?;
+        }
         match self.child.try_wait()? {
             None => Ok(()),
             Some(status) => anyhow::bail!("{} exited early ({status}); see its log under target/bench/logs", self.name),

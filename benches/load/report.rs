@@ -37,9 +37,12 @@ pub(crate) fn line(r: &Run) -> String {
             k.in_flight
         )
     });
+    let redis = r.cost.redis.as_ref().map_or_else(String::new, |c| {
+        format!(" redis: {} commands ({:.4} per refire), {:.2} CPU s", c.commands, c.commands_per_refire, c.cpu_s)
+    });
     format!(
         "{:>10} n={:<6} rps {:.0}/{:.0} late p50/p99/max {:.1}/{:.1}/{:.1} ms cov {:.4} first p50/p99 {:.1}/{:.1} ms \
-         single-start first p50/p99 {:.1}/{:.1} ms after-stop {} cpu {:.3} s/1k rss {:.0} B/session sockets {}/{} hook p50/p99 {:.2}/{:.2} ms (errors {}){}",
+         single-start first p50/p99 {:.1}/{:.1} ms after-stop {} cpu {:.3} s/1k rss {:.0} B/session sockets {}/{} hook p50/p99 {:.2}/{:.2} ms (errors {}){}{}",
         r.system,
         r.n,
         r.achieved_rps,
@@ -61,6 +64,7 @@ pub(crate) fn line(r: &Run) -> String {
         r.hook_ms.p99,
         r.hook_errors,
         server,
+        redis,
     )
 }
 
@@ -98,6 +102,9 @@ struct Summary {
     sockets_max: f64,
     hook_errors: usize,
     failed_calls: usize,
+    /// Redis runs: commands Redis ran per refire, and its CPU seconds per 1k refires.
+    redis_commands_per_refire: Option<f64>,
+    redis_cpu_s_per_1k_refires: Option<f64>,
 }
 
 fn summarise(runs: &[Run], system: &str, n: usize) -> Option<Summary> {
@@ -131,6 +138,15 @@ fn summarise(runs: &[Run], system: &str, n: usize) -> Option<Summary> {
         sockets_max: m(&|r| r.cost.sockets_max as f64),
         hook_errors: rs.iter().map(|r| r.hook_errors).sum(),
         failed_calls: rs.iter().map(|r| r.failed_calls).sum(),
+        redis_commands_per_refire: rs[0]
+            .cost
+            .redis
+            .is_some()
+            .then(|| m(&|r| r.cost.redis.as_ref().map_or(f64::NAN, |c| c.commands_per_refire))),
+        redis_cpu_s_per_1k_refires: rs[0].cost.redis.is_some().then(|| {
+            #[allow(clippy::cast_precision_loss, reason = "refire counts far below 2^52")]
+            m(&|r| r.cost.redis.as_ref().map_or(f64::NAN, |c| c.cpu_s / r.cost.refires as f64 * 1000.0))
+        }),
     })
 }
 
@@ -220,6 +236,28 @@ pub(crate) fn write(
             row["cpu_per_call_vs_ceiling"].as_f64().unwrap_or(f64::NAN),
         );
         ratios.push(row);
+    }
+    let redis_rows: Vec<&Summary> = summaries.iter().filter(|s| s.redis_commands_per_refire.is_some()).collect();
+    if !redis_rows.is_empty() {
+        let _ = writeln!(
+            md,
+            "\n| N | 3 replicas on Redis: lateness p99 ms | CPU s per 1k refires (replicas) | vs memory backend | Redis commands per refire | Redis CPU s per 1k refires | hook p99 ms (2/3 forwarded) |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+        for s in redis_rows {
+            let memory = find("keeptyping", s.n).map_or(f64::NAN, |k| s.cpu_s_per_1k_refires / k.cpu_s_per_1k_refires);
+            let _ = writeln!(
+                md,
+                "| {} | {:.1} | {:.3} | {:.2} | {:.4} | {:.3} | {:.2} |",
+                s.n,
+                s.lateness_p99_ms,
+                s.cpu_s_per_1k_refires,
+                memory,
+                s.redis_commands_per_refire.unwrap_or(f64::NAN),
+                s.redis_cpu_s_per_1k_refires.unwrap_or(f64::NAN),
+                s.hook_p99_ms,
+            );
+        }
     }
     let largest = |system: &str| summaries.iter().filter(|s| s.system == system && held(s)).map(|s| s.n).max();
     let mut held_by = serde_json::Map::new();

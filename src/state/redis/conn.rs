@@ -99,24 +99,39 @@ pub(crate) fn host_port(url: &str) -> String {
 
 /// Opens the connection and checks that Redis answers.
 pub(crate) async fn connect(target: &Target) -> Result<Conn, RedisFault> {
-    let conn = if target.cluster {
+    let conn = if target.cluster { connect_cluster(target).await? } else { connect_node(target).await? };
+    let mut probe = conn.clone();
+    let _: String = query(&mut probe, &redis::cmd("PING"), StateOp::Control).await?;
+    Ok(conn)
+}
+
+/// A connection to the first node only: pub/sub. On a cluster, `PUBLISH` reaches subscribers on
+/// every node, but counts only the receivers on the node it was sent to; replicas subscribe on
+/// the first node and publish there, so the count says whether the receiver listens.
+pub(crate) async fn connect_bus(target: &Target) -> Result<Conn, RedisFault> {
+    connect_node(target).await
+}
+
+async fn connect_node(target: &Target) -> Result<Conn, RedisFault> {
+    let url = target.urls.first().map(String::as_str).unwrap_or_default();
+    let client = redis::Client::open(url)?;
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(OP_TIMEOUT))
+        .set_response_timeout(Some(OP_TIMEOUT))
+        .set_number_of_retries(2);
+    Ok(Conn::Single(bounded(ConnectionManager::new_with_config(client, config)).await??))
+}
+
+async fn connect_cluster(target: &Target) -> Result<Conn, RedisFault> {
+    Ok(if target.cluster {
         let client = ClusterClient::builder(target.urls.clone())
             .connection_timeout(OP_TIMEOUT)
             .response_timeout(OP_TIMEOUT)
             .build()?;
         Conn::Cluster(bounded(client.get_async_connection()).await??)
     } else {
-        let url = target.urls.first().map(String::as_str).unwrap_or_default();
-        let client = redis::Client::open(url)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(OP_TIMEOUT))
-            .set_response_timeout(Some(OP_TIMEOUT))
-            .set_number_of_retries(2);
-        Conn::Single(bounded(ConnectionManager::new_with_config(client, config)).await??)
-    };
-    let mut probe = conn.clone();
-    let _: String = query(&mut probe, &redis::cmd("PING"), StateOp::Control).await?;
-    Ok(conn)
+        connect_node(target).await?
+    })
 }
 
 async fn bounded<F: Future>(f: F) -> Result<F::Output, RedisFault> {

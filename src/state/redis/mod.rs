@@ -31,6 +31,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::budget::SharedWindow;
 pub(crate) use conn::Target;
 use conn::{Conn, RedisFault};
 use shards::Shards;
@@ -49,6 +50,8 @@ const FORWARD_WAIT: Duration = Duration::from_secs(1);
 const GRANT_FOR: Duration = Duration::from_millis(1500);
 /// How often each replica reserves calls from the shared budget windows.
 const BUDGET_EVERY: Duration = Duration::from_secs(1);
+/// How soon a replica whose grant ran out reserves again, before the next scheduled reservation.
+const BUDGET_STARVED_EVERY: Duration = Duration::from_millis(100);
 
 /// A hook could not be applied: Redis (or the chat's owner) did not answer in time.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
@@ -84,6 +87,9 @@ struct Inner {
     id: String,
     engine: Engine,
     conn: Conn,
+    /// Where `PUBLISH` goes: the node the replicas subscribe on (the same as `conn` on a
+    /// single Redis).
+    bus: Conn,
     target: Target,
     lease: Duration,
     shards: Shards,
@@ -163,11 +169,19 @@ impl Replica {
         let conn = conn::connect(&target)
             .await
             .map_err(|e| anyhow::anyhow!("state: cannot reach Redis at {}: {e}", target.shown()))?;
+        let bus = if target.cluster {
+            conn::connect_bus(&target)
+                .await
+                .map_err(|e| anyhow::anyhow!("state: cannot reach Redis at {}: {e}", target.shown()))?
+        } else {
+            conn.clone()
+        };
         let (commits, commit_rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             id,
             engine: engine.clone(),
             conn,
+            bus,
             target,
             lease,
             shards: Shards::new(),
@@ -187,7 +201,8 @@ impl Replica {
         // Until the first reservation comes back, typing spends nothing: fail closed.
         let now = Instant::now();
         for i in 0..inner.budget_names.len() {
-            engine.budget_states().with(i, |b| b.set_shared_grant(0, now, 1.0, now));
+            let nothing = SharedWindow { tokens: 0, fraction: 1.0, window_used: 0 };
+            engine.budget_states().with(i, |b| b.set_shared_grant(nothing, now, now));
         }
         let subscribed = Arc::new(Notify::new());
         tasks.spawn(listen(Arc::clone(&inner), stop.clone(), Arc::clone(&subscribed)));
@@ -389,7 +404,7 @@ impl Inner {
         self.pending.insert(id, tx);
         let msg = Message::Request { id, from: self.id.clone(), request };
         let body = serde_json::to_string(&msg).unwrap_or_default();
-        let mut conn = self.conn.clone();
+        let mut conn = self.bus.clone();
         let receivers: Result<i64, RedisFault> =
             conn::query(&mut conn, redis::cmd("PUBLISH").arg(wire::channel(owner)).arg(body), StateOp::Forward).await;
         let answer = match receivers {
@@ -479,7 +494,7 @@ impl Inner {
 
     async fn broadcast(&self, msg: &Message) {
         let body = serde_json::to_string(msg).unwrap_or_default();
-        let mut conn = self.conn.clone();
+        let mut conn = self.bus.clone();
         let sent: Result<i64, _> =
             conn::query(&mut conn, redis::cmd("PUBLISH").arg(wire::ALL).arg(body), StateOp::Forward).await;
         if let Err(e) = sent {
@@ -779,7 +794,7 @@ fn handle(inner: &Arc<Inner>, payload: &[u8]) {
             tokio::spawn(async move {
                 let answer = inner.apply(request).await;
                 let body = serde_json::to_string(&Message::Reply { id, answer }).unwrap_or_default();
-                let mut conn = inner.conn.clone();
+                let mut conn = inner.bus.clone();
                 let _: Result<i64, _> =
                     conn::query(&mut conn, redis::cmd("PUBLISH").arg(wire::channel(&from)).arg(body), StateOp::Forward)
                         .await;
@@ -812,19 +827,36 @@ async fn budget_loop(inner: Arc<Inner>, stop: CancellationToken) {
     // made in; and the second of the grant held now.
     let mut give_back: Vec<(u32, i64)> = vec![(0, 0); n];
     let mut held: Vec<i64> = vec![0; n];
+    // Per budget: when it last reserved, and its session count then.
+    let mut last: Vec<(Option<Instant>, usize)> = vec![(None, 0); n];
     let window = inner.engine.budget_window();
     let interval = inner.engine.refire_interval().as_secs_f64();
     loop {
         for (i, name) in inner.budget_names.iter().enumerate() {
             let now = Instant::now();
+            let (at, sessions_then) = last.get(i).copied().unwrap_or((None, 0));
+            let starved = inner.engine.budget_states().with(i, |b| b.shared_starved()).unwrap_or(false);
+            let due = at.is_none_or(|t| {
+                let since = now.saturating_duration_since(t);
+                since >= BUDGET_EVERY || (starved && since >= BUDGET_STARVED_EVERY)
+            });
+            if !due {
+                continue;
+            }
             let sessions = inner.engine.budget_sessions(i);
+            // A second of refires with a margin, the first calls of the sessions that joined
+            // since the last reservation, and a few calls for newcomers to come.
             #[allow(
                 clippy::cast_precision_loss,
                 clippy::cast_possible_truncation,
                 clippy::cast_sign_loss,
                 reason = "small counts"
             )]
-            let want = ((sessions as f64 / interval) * 1.25 + 4.0).ceil() as u64;
+            let want = ((sessions as f64 / interval) * 1.25 + 4.0).ceil() as u64
+                + sessions.saturating_sub(sessions_then) as u64;
+            if let Some(l) = last.get_mut(i) {
+                *l = (Some(now), sessions);
+            }
             let cap = inner.engine.budget_states().with(i, |b| b.period_allowance(now)).unwrap_or(0);
             let (back, back_second) = give_back.get(i).copied().unwrap_or((0, 0));
             let keys = wire::budget_keys(name);
@@ -841,9 +873,9 @@ async fn budget_loop(inner: Arc<Inner>, stop: CancellationToken) {
                 (BUDGET_EVERY * 3).as_millis().to_string(),
             ];
             let mut conn = inner.conn.clone();
-            let reply: Result<(u32, i64, u64), _> =
+            let reply: Result<(u32, i64, u64, u32), _> =
                 conn::script(&mut conn, &scripts::BUDGET, &[&keys[0], &keys[1]], &args, StateOp::Budget).await;
-            if let Ok((granted, second, total)) = reply {
+            if let Ok((granted, second, total, used)) = reply {
                 // This replica's share of the budget's sessions, smoothed by one per replica so
                 // that a replica with none yet can still light a newcomer at once.
                 let replicas = inner.shards.members().len().max(1);
@@ -853,7 +885,10 @@ async fn budget_loop(inner: Arc<Inner>, stop: CancellationToken) {
                 let left = inner
                     .engine
                     .budget_states()
-                    .with(i, |b| b.set_shared_grant(granted, now + GRANT_FOR, fraction, now))
+                    .with(i, |b| {
+                        let window = SharedWindow { tokens: granted, fraction, window_used: used };
+                        b.set_shared_grant(window, now + GRANT_FOR, now)
+                    })
                     .unwrap_or(0);
                 // What is left of the grant held until now goes back, at the next reservation,
                 // to the second it was made in.
@@ -865,7 +900,7 @@ async fn budget_loop(inner: Arc<Inner>, stop: CancellationToken) {
         }
         tokio::select! {
             () = stop.cancelled() => return,
-            () = tokio::time::sleep(BUDGET_EVERY) => {}
+            () = tokio::time::sleep(BUDGET_STARVED_EVERY) => {}
         }
     }
 }

@@ -63,7 +63,7 @@ return {members, out}
 /// KEYS: window (hash second -> calls), load (hash replica -> "sessions:expiry ms").
 /// ARGV: window seconds, cap per window, calls wanted, calls given back, the second they were
 /// granted in, me, my sessions, load ttl ms.
-/// Returns {granted, second, total sessions}.
+/// Returns {granted, second, total sessions, calls granted in the window}.
 pub(crate) static BUDGET: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -105,7 +105,7 @@ for i = 1, #loads, 2 do
   end
 end
 if #gone > 0 then redis.call('HDEL', KEYS[2], unpack(gone)) end
-return {grant, now, total}
+return {grant, now, total, used + grant}
 ",
     )
 });
