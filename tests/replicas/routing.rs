@@ -221,6 +221,31 @@ pub async fn random_replicas(redis: Redis, dir: &Path, label: &str) {
     );
     let slowest_first = f.first_call.values().map(|d| d.unwrap_or(f64::MAX)).fold(0.0, f64::max);
     assert!(slowest_first <= 150.0, "{label}: a first typing call came {slowest_first:.1} ms after its start");
+    // 3. A batch of 60 starts on one replica (a tool reconnecting): every first call at once,
+    // then every chat on cadence, wherever it is owned; stopped through the other replicas.
+    let batch = crate::fleet::chats(5_300_000, 60);
+    let b0 = fleet.clock.now();
+    hooks.start_all(&batch).await;
+    tokio::time::sleep(Duration::from_millis(3 * params.interval_ms + 500)).await;
+    let mut spells = Vec::new();
+    for (i, c) in batch.iter().enumerate() {
+        let stop = hooks.stop(1 + i % 2, c).await;
+        assert_eq!((stop.status, stop.outcome()), (200, "stopped"), "{label}: chat {c}: {}", stop.body);
+        spells.push(Spell { chat: c.clone(), start: b0, stop: Some(stop.at) });
+    }
+    tokio::time::sleep(Duration::from_millis(params.interval_ms + 500)).await;
+    let f = check(&fleet.calls(b0).await, &spells, &Rules::new(interval, lifetime, fleet.clock.now()));
+    let (gap_chat, gap) = f.max_gap();
+    eprintln!(
+        "{label}: a batch of 60 starts: {}; gaps over interval + 200 ms: {:?}; refires skipped {:?}",
+        f.summary(),
+        f.gaps_over(interval + 200.0, b0),
+        fleet.metric_by("keeptyping_refires_skipped_total", "reason").await
+    );
+    f.assert_clean(label);
+    let slowest_first = f.first_call.values().map(|d| d.unwrap_or(f64::MAX)).fold(0.0, f64::max);
+    assert!(slowest_first <= 150.0, "{label}: after a batch, a first typing call came {slowest_first:.1} ms late");
+    assert!(gap <= interval + 200.0, "{label}: after a batch of starts, chat {gap_chat} went {gap:.0} ms dark");
     // With a healthy owner a stop answers within a few milliseconds, through any replica.
     let measured = if non_owner.len() >= 10 { &non_owner } else { &all_stops };
     assert!(
