@@ -61,6 +61,8 @@ pub(crate) struct Opts {
     pub(crate) tls: bool,
     /// In TLS mode, the mock offers HTTP/2 by ALPN as well.
     pub(crate) tls_h2: bool,
+    /// `--redis-faults N`: only the fault run of three replicas on Redis with N sessions.
+    pub(crate) redis_faults: Option<usize>,
 }
 
 impl Opts {
@@ -77,6 +79,7 @@ impl Opts {
             mock_latency_ms: 0,
             tls: false,
             tls_h2: false,
+            redis_faults: None,
         };
         let mut args = std::env::args().skip(1);
         let list = |v: Option<String>| -> anyhow::Result<Vec<usize>> {
@@ -104,11 +107,13 @@ impl Opts {
                 "--mock-latency" => o.mock_latency_ms = args.next().context("--mock-latency MS")?.parse()?,
                 "--tls" => o.tls = true,
                 "--tls-h2" => (o.tls, o.tls_h2) = (true, true),
+                "--redis-faults" => o.redis_faults = Some(args.next().context("--redis-faults N")?.parse()?),
                 "-h" | "--help" => {
                     println!(
                         "cargo bench --bench load -- [--quick] [--n 1000,10000,50000] [--hold SECONDS] [--repeat R]\n  \
                          [--systems keeptyping,naive,naive-sleep,keeptyping@BIN,naive@BENCH_BIN] [--ceiling-calls M]\n  \
-                         [--ceiling-concurrency 8,1024] [--storm PAIRS] [--mock-latency MS] [--tls | --tls-h2]"
+                         [--ceiling-concurrency 8,1024] [--storm PAIRS] [--mock-latency MS] [--tls | --tls-h2]\n  \
+                         [--redis-faults N]"
                     );
                     std::process::exit(0);
                 }
@@ -257,6 +262,17 @@ async fn run(opts: Opts) -> anyhow::Result<()> {
     bench.wait_ready(&format!("{}/_mock/now", bench.mock)).await.context("mock-upstream did not start")?;
     let machine = report::machine();
     eprintln!("machine: {machine}; options: {opts:?}");
+    if let Some(n) = opts.redis_faults {
+        let report = bench.redis_faults(n).await?;
+        let md = report.markdown();
+        println!("\nMachine: {machine}. Three replicas on one redis-server, state.lease 2s.\n\n{md}");
+        let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let text = serde_json::to_string_pretty(&serde_json::json!({ "machine": machine, "faults": report }))?;
+        std::fs::write(target.join(format!("redis-faults-{stamp}.json")), &text)?;
+        eprintln!("wrote {}", target.join(format!("redis-faults-{stamp}.json")).display());
+        drop(mock_proc);
+        return Ok(());
+    }
     let started = Instant::now();
     let mut ceilings = Vec::new();
     // `--ceiling-calls 0` skips the ceiling (with a slow mock it would take minutes).

@@ -68,6 +68,25 @@ impl Proc {
             .with_context(|| format!("no VmRSS for {}", self.name))
     }
 
+    /// Sends `signal` (`TERM`, `STOP`, ...) to the process.
+    pub(crate) fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let status = Command::new("kill").arg(format!("-{signal}")).arg(self.pid().to_string()).status()?;
+        anyhow::ensure!(status.success(), "kill -{signal} {} failed", self.pid());
+        Ok(())
+    }
+
+    /// Waits up to `timeout` for the process to exit; returns whether it did.
+    pub(crate) fn wait_exit(&mut self, timeout: std::time::Duration) -> anyhow::Result<bool> {
+        let until = tokio::time::Instant::now() + timeout;
+        while tokio::time::Instant::now() < until {
+            if self.child.try_wait()?.is_some() {
+                return Ok(true);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Ok(false)
+    }
+
     /// Fails if the process has exited.
     pub(crate) fn check_alive(&mut self) -> anyhow::Result<()> {
         for p in &mut self.peers {

@@ -36,15 +36,6 @@ pub(crate) async fn fire(
     // finds the token (and cancels it) or is seen here.
     let cancel = CancellationToken::new();
     let sent = Instant::now();
-    let Some(moved) = shared.table.with_generation(&key, generation, |s| {
-        s.cancel_in_flight = Some(cancel.clone());
-        follow_send_time(s, launched_at, sent)
-    }) else {
-        return;
-    };
-    if shared.draining.load(Ordering::Acquire) {
-        return;
-    }
     // With replicas, only the owner of the chat's shard sends, and only while its lease holds by
     // this process's own clock: a replica that lost its lease (frozen, cut off from Redis) stays
     // silent whatever its sessions say.
@@ -54,6 +45,16 @@ pub(crate) async fn fire(
             metrics::refire_skipped(metrics::SkipReason::NotOwner);
             return;
         }
+    }
+    let Some(moved) = shared.table.with_generation(&key, generation, |s| {
+        s.cancel_in_flight = Some(cancel.clone());
+        s.last_sent = Some(sent);
+        follow_send_time(s, launched_at, sent)
+    }) else {
+        return;
+    };
+    if shared.draining.load(Ordering::Acquire) {
+        return;
     }
     if let Some(due) = moved {
         // The scheduler's entry for the old instant is stale now; a send error means the

@@ -480,14 +480,8 @@ impl Engine {
     /// The session of `key` as other replicas need it to take it over, if it is live.
     pub fn record(&self, key: &SessionKey) -> Option<Recorded> {
         let now = Instant::now();
-        self.shared.table.collect_one(key, |s| Recorded {
-            holders: s.holders.iter().map(|h| (h.id.clone(), h.lease_until.saturating_duration_since(now))).collect(),
-            priority: s.priority,
-            age: now.saturating_duration_since(s.started_at),
-            lifetime_left: s.max_until.saturating_duration_since(now),
-            due_in: s.next_due.saturating_duration_since(now),
-            api_key: s.api_key,
-        })
+        let interval = self.shared.platform(key.platform).refire_interval;
+        self.shared.table.collect_one(key, |s| recorded(s, interval, now))
     }
 
     /// Takes over a session another replica recorded: it joins its budget's slots and refires
@@ -545,16 +539,23 @@ impl Engine {
     /// Hands the sessions `which` selects to another replica: they leave this process without
     /// ending (no end is counted or reported) and no call for them leaves after this returns.
     /// Returns each with its record, for the replica taking it over.
-    pub fn evict(&self, which: impl Fn(&SessionKey) -> bool) -> Vec<(SessionKey, Recorded)> {
+    ///
+    /// A hand-over (`cancel` false) lets a call already on its way leave (this replica still
+    /// holds the lease) and records it as the last one; a lost lease (`cancel` true) drops it.
+    pub fn evict(&self, which: impl Fn(&SessionKey) -> bool, cancel: bool) -> Vec<(SessionKey, Recorded)> {
         let mut out = Vec::new();
         for (key, generation) in self.shared.table.keys_where(|k, _| which(k)) {
-            let Some(record) = self.record(&key) else { continue };
+            // Removed first, recorded from what was removed: a call either found the session
+            // (and is its last one) or finds it gone (and does not leave).
             if let Some(session) = self.shared.table.remove_if_generation(&key, generation) {
-                if let Some(token) = &session.cancel_in_flight {
-                    token.cancel();
+                if cancel {
+                    if let Some(token) = &session.cancel_in_flight {
+                        token.cancel();
+                    }
                 }
                 let _ = self.shared.commands.send(Command::Left { budget: session.budget, generation });
-                out.push((key, record));
+                let interval = self.shared.platform(key.platform).refire_interval;
+                out.push((key, recorded(&session, interval, Instant::now())));
             }
         }
         metrics::sessions_active(self.shared.table.len());
@@ -587,6 +588,20 @@ impl Engine {
     /// The refire interval of OnlyFans (the cadence replicas plan with).
     pub fn refire_interval(&self) -> Duration {
         self.shared.cfg.platforms.onlyfans.refire_interval
+    }
+}
+
+/// `s` as other replicas record it at `now`: its next call is due one interval after the last one
+/// left (at once if none has), whatever deadline the scheduler set for a call it launched but that
+/// never left.
+fn recorded(s: &Session, interval: Duration, now: Instant) -> Recorded {
+    Recorded {
+        holders: s.holders.iter().map(|h| (h.id.clone(), h.lease_until.saturating_duration_since(now))).collect(),
+        priority: s.priority,
+        age: now.saturating_duration_since(s.started_at),
+        lifetime_left: s.max_until.saturating_duration_since(now),
+        due_in: s.last_sent.map_or(Duration::ZERO, |t| (t + interval).saturating_duration_since(now)),
+        api_key: s.api_key,
     }
 }
 

@@ -89,6 +89,9 @@ pub struct Session {
     /// Cancels the typing call in flight, if any: a call still waiting for a connection when the
     /// session ends is dropped before it is written.
     pub cancel_in_flight: Option<CancellationToken>,
+    /// When its last typing call was handed to the upstream client (a replica taking the
+    /// session over keeps the cadence from there).
+    pub last_sent: Option<Instant>,
 }
 
 impl Session {
@@ -122,6 +125,7 @@ impl Session {
             lit_total: Duration::ZERO,
             gaps: 0,
             cancel_in_flight: None,
+            last_sent: None,
         }
     }
 
