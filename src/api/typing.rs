@@ -443,29 +443,34 @@ pub async fn batch(
         };
         valid.push(v.map_err(|e| prefix_index(i, e))?);
     }
-    // Events for one chat apply in order; different chats at once (with replicas, each may be
-    // answered by another replica).
-    let mut chats: Vec<(SessionKey, Vec<(usize, ValidEvent)>)> = Vec::new();
+    if matches!(state.backend, crate::state::State::Memory(_)) {
+        let mut results = Vec::with_capacity(valid.len());
+        for v in valid {
+            results.push(apply_event(&state, v).await);
+        }
+        return Ok(Json(BatchResponse { results }));
+    }
+    // With replicas each chat may be answered by another replica: the events of one chat apply
+    // in order, different chats at once.
+    let mut index: std::collections::HashMap<SessionKey, usize> = std::collections::HashMap::new();
+    let mut chats: Vec<Vec<(usize, ValidEvent)>> = Vec::new();
     for (i, v) in valid.into_iter().enumerate() {
         let key = match &v {
             ValidEvent::Start(s) => s.cmd.key.clone(),
             ValidEvent::Stop(k, _) => k.clone(),
         };
-        match chats.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, events)) => events.push((i, v)),
-            None => chats.push((key, vec![(i, v)])),
-        }
+        let slot = *index.entry(key).or_insert_with(|| {
+            chats.push(Vec::new());
+            chats.len() - 1
+        });
+        chats[slot].push((i, v));
     }
-    let per_chat = chats.into_iter().map(|(_, events)| {
+    let per_chat = chats.into_iter().map(|events| {
         let state = &state;
         async move {
             let mut out = Vec::with_capacity(events.len());
             for (i, v) in events {
-                let r = match v {
-                    ValidEvent::Start(s) => apply_start(state, &s).await,
-                    ValidEvent::Stop(k, h) => apply_stop(state, &k, &h).await,
-                };
-                out.push((i, r.unwrap_or_else(|e| error_result(&e))));
+                out.push((i, apply_event(state, v).await));
             }
             out
         }
@@ -474,6 +479,14 @@ pub async fn batch(
         futures_util::future::join_all(per_chat).await.into_iter().flatten().collect();
     results.sort_by_key(|(i, _)| *i);
     Ok(Json(BatchResponse { results: results.into_iter().map(|(_, r)| r).collect() }))
+}
+
+async fn apply_event(state: &ApiState, v: ValidEvent) -> TypingResponse {
+    let r = match v {
+        ValidEvent::Start(s) => apply_start(state, &s).await,
+        ValidEvent::Stop(k, h) => apply_stop(state, &k, &h).await,
+    };
+    r.unwrap_or_else(|e| error_result(&e))
 }
 
 fn prefix_index(i: usize, e: ApiError) -> ApiError {
