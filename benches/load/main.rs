@@ -61,6 +61,9 @@ pub(crate) struct Opts {
     pub(crate) tls: bool,
     /// In TLS mode, the mock offers HTTP/2 by ALPN as well.
     pub(crate) tls_h2: bool,
+    /// The `keeptyping` executable that serves the mock and the service (default: the one this
+    /// bench was built with).
+    pub(crate) bin: Option<PathBuf>,
 }
 
 impl Opts {
@@ -77,6 +80,7 @@ impl Opts {
             mock_latency_ms: 0,
             tls: false,
             tls_h2: false,
+            bin: None,
         };
         let mut args = std::env::args().skip(1);
         let list = |v: Option<String>| -> anyhow::Result<Vec<usize>> {
@@ -104,11 +108,13 @@ impl Opts {
                 "--mock-latency" => o.mock_latency_ms = args.next().context("--mock-latency MS")?.parse()?,
                 "--tls" => o.tls = true,
                 "--tls-h2" => (o.tls, o.tls_h2) = (true, true),
+                "--bin" => o.bin = Some(args.next().context("--bin PATH")?.into()),
                 "-h" | "--help" => {
                     println!(
                         "cargo bench --bench load -- [--quick] [--n 1000,10000,50000] [--hold SECONDS] [--repeat R]\n  \
                          [--systems keeptyping,naive,naive-sleep,keeptyping@BIN,naive@BENCH_BIN] [--ceiling-calls M]\n  \
-                         [--ceiling-concurrency 8,1024] [--storm PAIRS] [--mock-latency MS] [--tls | --tls-h2]"
+                         [--ceiling-concurrency 8,1024] [--storm PAIRS] [--mock-latency MS] [--tls | --tls-h2]\n  \
+                         [--bin KEEPTYPING_EXECUTABLE]"
                     );
                     std::process::exit(0);
                 }
@@ -204,6 +210,8 @@ struct Bench {
     /// children that use keeptyping's client read from `KEEPTYPING_BENCH_CA_FILE`, and
     /// `SSL_CERT_FILE` for the naive baseline's plain reqwest client.
     cert: Option<PathBuf>,
+    /// `--tls-h2`: keeptyping offers HTTP/2 too (`upstream.http2 = true`), as the mock does.
+    http2: bool,
     /// A driver instant and the mock's clock at that instant.
     clock: (Instant, f64),
 }
@@ -221,7 +229,7 @@ async fn run(opts: Opts) -> anyhow::Result<()> {
     let target = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target").join("bench");
     let logs = target.join("logs");
     std::fs::create_dir_all(&logs)?;
-    let bin = PathBuf::from(env!("CARGO_BIN_EXE_keeptyping"));
+    let bin = opts.bin.clone().unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_keeptyping")));
     let port = free_port()?;
     let mut cmd = Command::new(&bin);
     cmd.args(["mock-upstream", "--listen", &format!("127.0.0.1:{port}"), "--limit-per-minute", "0"]);
@@ -252,8 +260,15 @@ async fn run(opts: Opts) -> anyhow::Result<()> {
         http = http.tls_certs_merge([reqwest::Certificate::from_pem(&pem)?]);
     }
     let scheme = if opts.tls { "https://localhost" } else { "http://127.0.0.1" };
-    let mut bench =
-        Bench { http: http.build()?, mock: format!("{scheme}:{port}"), bin, logs, cert, clock: (Instant::now(), 0.0) };
+    let mut bench = Bench {
+        http: http.build()?,
+        mock: format!("{scheme}:{port}"),
+        bin,
+        logs,
+        cert,
+        http2: opts.tls_h2,
+        clock: (Instant::now(), 0.0),
+    };
     bench.wait_ready(&format!("{}/_mock/now", bench.mock)).await.context("mock-upstream did not start")?;
     let machine = report::machine();
     eprintln!("machine: {machine}; options: {opts:?}");
@@ -345,6 +360,9 @@ impl Bench {
         if let Some(c) = &self.cert {
             cmd.env(child::CA_FILE_ENV, c);
         }
+        if self.http2 {
+            cmd.env(child::HTTP2_ENV, "1");
+        }
         let out = tokio::task::spawn_blocking(move || cmd.output()).await??;
         anyhow::ensure!(out.status.success(), "ceiling failed: {}", String::from_utf8_lossy(&out.stderr));
         let line = String::from_utf8(out.stdout)?;
@@ -376,6 +394,9 @@ impl Bench {
             if let Some(c) = &self.cert {
                 if name == "keeptyping" && !system.contains('@') {
                     cmd.env("KEEPTYPING__UPSTREAM__CA_FILE", c);
+                    if self.http2 {
+                        cmd.env("KEEPTYPING__UPSTREAM__HTTP2", "true");
+                    }
                 } else {
                     cmd.env("SSL_CERT_FILE", c).env(child::CA_FILE_ENV, c);
                 }

@@ -11,7 +11,9 @@
 //! default: 30,000 sessions against an upstream answering in 500 ms need about 4,300). Over
 //! HTTP/1.1 every call in flight holds one connection and an answered call's connection goes
 //! back to the idle pool (`upstream.pool_max_idle_per_host`, as large by default), so the
-//! connections to the upstream stay at about the most calls in flight at once, below the budget;
+//! connections to the upstream stay below the limit plus the idle pool (a call that finds no
+//! idle connection opens one, and keeps whichever is ready first: the other joins the pool),
+//! 16,384 at most with the defaults and about the most calls in flight at once in practice;
 //! over HTTP/2 one connection carries them all.
 //!
 //! This module is the one owner of the semaphore, its size and the latency estimate; the

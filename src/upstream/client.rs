@@ -7,8 +7,10 @@
 //! What a typing call costs is kept to the request itself: the base URL is parsed once and each
 //! call only sets its path on a copy; reqwest's retry layer is off (it would copy every request
 //! to be able to replay it, and a typing call is never retried), as is redirect following;
-//! a plain `http://` upstream is spoken to in HTTP/1.1 without trying HTTP/2, while an `https://`
-//! one gets HTTP/2 when its TLS handshake offers it (ALPN), one connection carrying many calls.
+//! HTTP/1.1 with keep-alive unless `upstream.http2` is set for an `https://` upstream (HTTP/2
+//! when its TLS handshake offers it by ALPN): HTTP/2 puts every call on one connection, and the
+//! client waits for a free stream there rather than open another, so a slow upstream would cap
+//! typing at the edge's concurrent streams per latency.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -83,7 +85,7 @@ impl OnlyFansClient {
             .redirect(reqwest::redirect::Policy::none())
             .retry(reqwest::retry::never().max_retries_per_request(0))
             .user_agent(concat!("keeptyping/", env!("CARGO_PKG_VERSION")));
-        if base.scheme() == "http" {
+        if base.scheme() == "http" || !settings.http2 {
             builder = builder.http1_only();
         }
         let roots = settings.ca_roots()?;
