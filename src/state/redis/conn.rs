@@ -14,7 +14,7 @@ use crate::metrics::{self, StateOp};
 
 /// Longest any Redis operation may take before it counts as failed: a hook waits at most this
 /// long for Redis before it answers 503.
-pub(crate) const OP_TIMEOUT: Duration = Duration::from_millis(800);
+pub(crate) const OP_TIMEOUT: Duration = Duration::from_millis(450);
 
 /// A Redis operation failed or timed out. Never holds the URL.
 #[derive(Debug, thiserror::Error)]

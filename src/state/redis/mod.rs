@@ -44,8 +44,11 @@ use crate::ids::{AccountId, SessionKey};
 use crate::metrics::{self, EndReason, StateOp};
 
 /// How long a forwarded hook waits for the owner's answer before it looks again at who owns the
-/// chat (the owner may have died or handed the shard over meanwhile).
-const FORWARD_WAIT: Duration = Duration::from_secs(1);
+/// chat (the owner may have died or handed the shard over meanwhile); a live owner answers in
+/// milliseconds.
+const FORWARD_WAIT: Duration = Duration::from_millis(400);
+/// How long a hook may wait on an unresponsive Redis before it answers 503.
+const HOOK_REDIS_BUDGET: Duration = Duration::from_millis(950);
 /// How long a grant from a shared budget window may be spent.
 const GRANT_FOR: Duration = Duration::from_millis(1500);
 /// How often each replica reserves calls from the shared budget windows.
@@ -369,7 +372,8 @@ impl Inner {
         let Some(key) = req.wire_key().key() else { return Err(Unavailable) };
         let shard = shard_of(&key);
         // A dead or frozen owner is replaced within its lease and one control step.
-        let deadline = Instant::now() + self.lease + self.lease / 2 + FORWARD_WAIT;
+        let started = Instant::now();
+        let deadline = started + self.lease + self.lease / 2 + FORWARD_WAIT;
         loop {
             if !self.redis_ok.load(Ordering::Acquire) {
                 return Err(Unavailable);
@@ -383,7 +387,20 @@ impl Inner {
                 }
             } else if let Some(owner) = self.shards.owner(shard).filter(|o| *o != self.id) {
                 match self.forward(&owner, req.clone()).await {
-                    Ok(Answer::NotOwner) => {}
+                    Ok(Answer::NotOwner) => {
+                        // No answer: the owner is gone or slow, or Redis stopped answering after
+                        // the publish. Only the first is worth waiting for.
+                        let left = (started + HOOK_REDIS_BUDGET).saturating_duration_since(Instant::now());
+                        let mut conn = self.conn.clone();
+                        let cmd = redis::cmd("PING");
+                        let ping = tokio::time::timeout(
+                            left.max(Duration::from_millis(50)),
+                            conn::query::<String>(&mut conn, &cmd, StateOp::Forward),
+                        );
+                        if !matches!(ping.await, Ok(Ok(_))) {
+                            return Err(Unavailable);
+                        }
+                    }
                     Ok(Answer::Unavailable) | Err(_) => return Err(Unavailable),
                     Ok(answer) => return Ok(answer),
                 }
@@ -489,7 +506,8 @@ impl Inner {
         if self.commits.send(Commit { shard, field, value, done: Some(tx) }).is_err() {
             return false;
         }
-        rx.await.unwrap_or(false)
+        // Behind a batch that is timing out, this one would wait two timeouts: one is enough.
+        matches!(tokio::time::timeout(conn::OP_TIMEOUT, rx).await, Ok(Ok(true)))
     }
 
     async fn broadcast(&self, msg: &Message) {
