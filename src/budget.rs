@@ -209,10 +209,14 @@ pub struct BudgetState {
 #[derive(Debug, Clone, Copy)]
 struct SharedGrant {
     tokens: f64,
+    /// Calls granted for first indicators only (from the part of the window other calls leave).
+    first_tokens: f64,
     until: Instant,
     fraction: f64,
     /// A call was denied for want of a grant since the last one came.
     starved: bool,
+    /// A first indicator was denied for want of a grant since the last one came.
+    starved_first: bool,
     /// Typing calls granted to every replica in the shared window (what the upstream counts as
     /// typing's, not the tool's).
     window_used: f64,
@@ -223,6 +227,8 @@ struct SharedGrant {
 pub struct SharedWindow {
     /// Calls granted to this replica.
     pub tokens: u32,
+    /// Calls granted to this replica for first indicators only.
+    pub first_tokens: u32,
     /// This replica's share of the budget's sessions (its share of the lit slots).
     pub fraction: f64,
     /// Calls granted to every replica within the window, this grant included.
@@ -269,12 +275,14 @@ impl BudgetState {
     /// `window_used` is what every replica was granted in the shared window: typing's calls as
     /// the upstream counts them, for the headroom rule.
     pub fn set_shared_grant(&mut self, grant: SharedWindow, until: Instant, now: Instant) -> u32 {
-        let left = self.shared.filter(|g| g.until > now).map_or(0.0, |g| g.tokens.max(0.0));
+        let left = self.shared.filter(|g| g.until > now).map_or(0.0, |g| g.tokens.max(0.0) + g.first_tokens.max(0.0));
         self.shared = Some(SharedGrant {
             tokens: f64::from(grant.tokens),
+            first_tokens: f64::from(grant.first_tokens),
             until,
             fraction: grant.fraction.clamp(0.0, 1.0),
             starved: false,
+            starved_first: false,
             window_used: f64::from(grant.window_used),
         });
         // Truncation is the point: a fraction of a call is not given back.
@@ -287,6 +295,11 @@ impl BudgetState {
     /// replica then reserves again before its next scheduled reservation).
     pub fn shared_starved(&self) -> bool {
         self.shared.is_some_and(|g| g.starved)
+    }
+
+    /// Whether a first indicator was denied for want of a shared grant since the last grant.
+    pub fn shared_first_starved(&self) -> bool {
+        self.shared.is_some_and(|g| g.starved_first)
     }
 
     /// Typing calls this budget may make per period across all replicas: the share of the limit,
@@ -382,14 +395,16 @@ impl BudgetState {
             self.probe_due = matches!(reason, PauseReason::Reserve | PauseReason::DailyReserve);
         }
         if let Some(g) = &mut self.shared {
-            if g.tokens < 1.0 || now >= g.until {
+            let first = class == Class::First && g.first_tokens >= 1.0;
+            if (!first && g.tokens < 1.0) || now >= g.until {
                 g.starved = true;
+                g.starved_first |= class == Class::First;
                 return Err(Denied::Empty { retry_at: now + SHARED_RETRY });
             }
         }
         self.forget_old(now);
         if self.probe_due && self.bucket.try_take(0.0, now).is_ok() {
-            self.take_shared();
+            self.take_shared(class);
             self.probe_due = false;
             self.window.push_back(now);
             if class == Class::First {
@@ -412,7 +427,7 @@ impl BudgetState {
             return Err(Denied::Empty { retry_at: frees + self.period });
         }
         self.bucket.try_take(floor, now).map_err(|retry_at| Denied::Empty { retry_at })?;
-        self.take_shared();
+        self.take_shared(class);
         self.window.push_back(now);
         if class == Class::First {
             self.firsts.push_back(now);
@@ -420,9 +435,13 @@ impl BudgetState {
         Ok(())
     }
 
-    fn take_shared(&mut self) {
+    fn take_shared(&mut self, class: Class) {
         if let Some(g) = &mut self.shared {
-            g.tokens -= 1.0;
+            if class == Class::First && g.first_tokens >= 1.0 {
+                g.first_tokens -= 1.0;
+            } else {
+                g.tokens -= 1.0;
+            }
         }
     }
 
@@ -971,7 +990,7 @@ mod tests {
 
     #[test]
     fn with_replicas_a_call_also_needs_a_token_of_the_shared_grant() {
-        let grant = |tokens| SharedWindow { tokens, fraction: 1.0, window_used: tokens };
+        let grant = |tokens| SharedWindow { tokens, first_tokens: 0, fraction: 1.0, window_used: tokens };
         let t0 = Instant::now();
         let mut b = BudgetState::new("b", 100_000, &settings(100_000), t0);
         // Shared mode before the first grant: nothing is spent (fail closed).

@@ -529,7 +529,12 @@ impl Engine {
         let interval = s.platform(key.platform).refire_interval;
         let calls = s.cfg.budget.window.as_secs_f64() / interval.as_secs_f64();
         let due = now + adopted.due_in.min(interval);
-        s.table.with_generation(&key, generation, |session| session.next_due = due);
+        s.table.with_generation(&key, generation, |session| {
+            session.next_due = due;
+            // As far as this process can tell, the last call left one interval before the next is
+            // due: a hand-over onwards before that call keeps the cadence too.
+            session.last_sent = due.checked_sub(interval);
+        });
         let joined = Command::Joined { key: key.clone(), generation, budget, priority: adopted.priority, calls };
         let _ = s.commands.send(joined);
         let _ = s.commands.send(Command::Due { key, generation, due });

@@ -201,15 +201,15 @@ impl Replica {
         // Until the first reservation comes back, typing spends nothing: fail closed.
         let now = Instant::now();
         for i in 0..inner.budget_names.len() {
-            let nothing = SharedWindow { tokens: 0, fraction: 1.0, window_used: 0 };
+            let nothing = SharedWindow { tokens: 0, first_tokens: 0, fraction: 1.0, window_used: 0 };
             engine.budget_states().with(i, |b| b.set_shared_grant(nothing, now, now));
         }
         let subscribed = Arc::new(Notify::new());
         tasks.spawn(listen(Arc::clone(&inner), stop.clone(), Arc::clone(&subscribed)));
         // Forwarded hooks must find this replica listening before it takes any shard.
         let _ = tokio::time::timeout(conn::OP_TIMEOUT * 3, subscribed.notified()).await;
-        tasks.spawn(write_records(inner.conn.clone(), commit_rx));
-        tasks.spawn(forget_ended(Arc::clone(&inner), ends_rx));
+        tasks.spawn(write_records(inner.conn.clone(), commit_rx, stop.clone()));
+        tasks.spawn(forget_ended(Arc::clone(&inner), ends_rx, stop.clone()));
         tasks.spawn(control_loop(Arc::clone(&inner), stop.clone()));
         tasks.spawn(budget_loop(Arc::clone(&inner), stop));
         tracing::info!(replica = %inner.id, redis = %inner.target.shown(), cluster = inner.target.cluster, "joined the replicas on Redis");
@@ -703,8 +703,16 @@ type ShardWrites = (Vec<(String, String)>, Vec<String>);
 
 /// Writes record changes in batches: whatever queued while the previous batch was on the wire
 /// leaves together, one `HSET` and one `HDEL` per shard.
-async fn write_records(conn: Conn, mut rx: mpsc::UnboundedReceiver<Commit>) {
-    while let Some(first) = rx.recv().await {
+async fn write_records(conn: Conn, mut rx: mpsc::UnboundedReceiver<Commit>, stop: CancellationToken) {
+    loop {
+        // Stops with the process, after the hand-over (which waits for its own writes).
+        let first = tokio::select! {
+            () = stop.cancelled() => return,
+            next = rx.recv() => match next {
+                Some(c) => c,
+                None => return,
+            },
+        };
         let mut batch = vec![first];
         while batch.len() < 4096 {
             match rx.try_recv() {
@@ -752,8 +760,15 @@ async fn write_records(conn: Conn, mut rx: mpsc::UnboundedReceiver<Commit>) {
 }
 
 /// Deletes the records of sessions that ended here by themselves (leases, lifetime, upstream).
-async fn forget_ended(inner: Arc<Inner>, mut ends: mpsc::UnboundedReceiver<SessionKey>) {
-    while let Some(key) = ends.recv().await {
+async fn forget_ended(inner: Arc<Inner>, mut ends: mpsc::UnboundedReceiver<SessionKey>, stop: CancellationToken) {
+    loop {
+        let key = tokio::select! {
+            () = stop.cancelled() => return,
+            next = ends.recv() => match next {
+                Some(k) => k,
+                None => return,
+            },
+        };
         let _ = inner.commits.send(Commit { shard: shard_of(&key), field: wire::field(&key), value: None, done: None });
     }
 }
@@ -837,8 +852,10 @@ async fn budget_loop(inner: Arc<Inner>, stop: CancellationToken) {
     // made in; and the second of the grant held now.
     let mut give_back: Vec<(u32, i64)> = vec![(0, 0); n];
     let mut held: Vec<i64> = vec![0; n];
-    // Per budget: when it last reserved, and its session count then.
+    // Per budget: when it last reserved, and its session count then; and this replica's share of
+    // its sessions as last seen.
     let mut last: Vec<(Option<Instant>, usize)> = vec![(None, 0); n];
+    let mut shares: Vec<f64> = vec![1.0; n];
     let window = inner.engine.budget_window();
     let interval = inner.engine.refire_interval().as_secs_f64();
     loop {
@@ -854,20 +871,29 @@ async fn budget_loop(inner: Arc<Inner>, stop: CancellationToken) {
                 continue;
             }
             let sessions = inner.engine.budget_sessions(i);
-            // A second of refires with a margin, the first calls of the sessions that joined
-            // since the last reservation, and a few calls for newcomers to come.
+            let cap = inner.engine.budget_states().with(i, |b| b.period_allowance(now)).unwrap_or(0);
+            let first_starved = inner.engine.budget_states().with(i, |b| b.shared_first_starved()).unwrap_or(false);
+            let fraction = shares.get(i).copied().unwrap_or(1.0);
+            // A second of this replica's refires with a margin, but not much more than its share
+            // of the budget (so that the others find room); first indicators apart: the sessions
+            // that joined since the last reservation, and any first call denied meanwhile.
             #[allow(
                 clippy::cast_precision_loss,
                 clippy::cast_possible_truncation,
                 clippy::cast_sign_loss,
                 reason = "small counts"
             )]
-            let want = ((sessions as f64 / interval) * 1.25 + 4.0).ceil() as u64
-                + sessions.saturating_sub(sessions_then) as u64;
+            let (want, firsts) = {
+                let demand = (sessions as f64 / interval) * 1.25 + 4.0;
+                let fair = fraction * f64::from(cap) / window.as_secs_f64() * 1.5 + 2.0;
+                let firsts = sessions.saturating_sub(sessions_then) as u64 + if first_starved { 2 } else { 0 };
+                (demand.min(fair).ceil() as u64, firsts)
+            };
+            // What other calls leave of the window for first indicators.
+            let reserve = (cap / 10).max(2);
             if let Some(l) = last.get_mut(i) {
                 *l = (Some(now), sessions);
             }
-            let cap = inner.engine.budget_states().with(i, |b| b.period_allowance(now)).unwrap_or(0);
             let (back, back_second) = give_back.get(i).copied().unwrap_or((0, 0));
             let keys = wire::budget_keys(name);
             let args = [
@@ -881,22 +907,28 @@ async fn budget_loop(inner: Arc<Inner>, stop: CancellationToken) {
                 inner.id.clone(),
                 sessions.to_string(),
                 (BUDGET_EVERY * 3).as_millis().to_string(),
+                firsts.to_string(),
+                reserve.to_string(),
             ];
             let mut conn = inner.conn.clone();
-            let reply: Result<(u32, i64, u64, u32), _> =
+            let reply: Result<(u32, i64, u64, u32, u32), _> =
                 conn::script(&mut conn, &scripts::BUDGET, &[&keys[0], &keys[1]], &args, StateOp::Budget).await;
-            if let Ok((granted, second, total, used)) = reply {
+            if let Ok((granted, second, total, used, first_granted)) = reply {
                 // This replica's share of the budget's sessions, smoothed by one per replica so
                 // that a replica with none yet can still light a newcomer at once.
                 let replicas = inner.shards.members().len().max(1);
                 #[allow(clippy::cast_precision_loss, reason = "small counts")]
                 let fraction = (sessions as f64 + 1.0) / (total.max(sessions as u64) as f64 + replicas as f64);
+                if let Some(f) = shares.get_mut(i) {
+                    *f = fraction;
+                }
                 let now = Instant::now();
                 let left = inner
                     .engine
                     .budget_states()
                     .with(i, |b| {
-                        let window = SharedWindow { tokens: granted, fraction, window_used: used };
+                        let window =
+                            SharedWindow { tokens: granted, first_tokens: first_granted, fraction, window_used: used };
                         b.set_shared_grant(window, now + GRANT_FOR, now)
                     })
                     .unwrap_or(0);

@@ -60,10 +60,13 @@ return {members, out}
 /// calls asked for, within what the window has left under its cap. Also records this
 /// replica's session count and returns the total over live replicas (their share of the slots).
 ///
+/// First indicators are granted from the whole window; other calls only up to the cap less a
+/// reserve, so that a newcomer on any replica finds room even when slot holders spend the rest.
+///
 /// KEYS: window (hash second -> calls), load (hash replica -> "sessions:expiry ms").
 /// ARGV: window seconds, cap per window, calls wanted, calls given back, the second they were
-/// granted in, me, my sessions, load ttl ms.
-/// Returns {granted, second, total sessions, calls granted in the window}.
+/// granted in, me, my sessions, load ttl ms, first indicators wanted, the reserve.
+/// Returns {granted, second, total sessions, calls granted in the window, first indicators granted}.
 pub(crate) static BUDGET: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -87,9 +90,11 @@ for i = 1, #flat, 2 do
   end
 end
 if #old > 0 then redis.call('HDEL', KEYS[1], unpack(old)) end
-local grant = math.max(0, math.min(tonumber(ARGV[3]), tonumber(ARGV[2]) - used))
-if grant > 0 then
-  redis.call('HINCRBY', KEYS[1], now, grant)
+local cap = tonumber(ARGV[2])
+local firsts = math.max(0, math.min(tonumber(ARGV[9]), cap - used))
+local grant = math.max(0, math.min(tonumber(ARGV[3]), cap - tonumber(ARGV[10]) - used - firsts))
+if grant + firsts > 0 then
+  redis.call('HINCRBY', KEYS[1], now, grant + firsts)
   redis.call('PEXPIRE', KEYS[1], win * 1000 + 5000)
 end
 redis.call('HSET', KEYS[2], ARGV[6], ARGV[7] .. ':' .. (nowms + tonumber(ARGV[8])))
@@ -105,7 +110,7 @@ for i = 1, #loads, 2 do
   end
 end
 if #gone > 0 then redis.call('HDEL', KEYS[2], unpack(gone)) end
-return {grant, now, total, used + grant}
+return {grant, now, total, used + grant + firsts, firsts}
 ",
     )
 });
