@@ -885,7 +885,7 @@ async fn budget_loop(inner: Arc<Inner>, stop: CancellationToken) {
             )]
             let (want, firsts) = {
                 let demand = (sessions as f64 / interval) * 1.25 + 4.0;
-                let fair = fraction * f64::from(cap) / window.as_secs_f64() * 1.5 + 2.0;
+                let fair = fraction * f64::from(cap) / window.as_secs_f64() * 1.2 + 1.0;
                 let firsts = sessions.saturating_sub(sessions_then) as u64 + if first_starved { 2 } else { 0 };
                 (demand.min(fair).ceil() as u64, firsts)
             };
@@ -912,7 +912,8 @@ async fn budget_loop(inner: Arc<Inner>, stop: CancellationToken) {
             ];
             let mut conn = inner.conn.clone();
             let reply: Result<(u32, i64, u64, u32, u32), _> =
-                conn::script(&mut conn, &scripts::BUDGET, &[&keys[0], &keys[1]], &args, StateOp::Budget).await;
+                conn::script(&mut conn, &scripts::BUDGET, &[&keys[0], &keys[1], &keys[2]], &args, StateOp::Budget)
+                    .await;
             if let Ok((granted, second, total, used, first_granted)) = reply {
                 // This replica's share of the budget's sessions, smoothed by one per replica so
                 // that a replica with none yet can still light a newcomer at once.

@@ -61,9 +61,12 @@ return {members, out}
 /// replica's session count and returns the total over live replicas (their share of the slots).
 ///
 /// First indicators are granted from the whole window; other calls only up to the cap less a
-/// reserve, so that a newcomer on any replica finds room even when slot holders spend the rest.
+/// reserve and less the first indicators granted within the window (as one process keeps room
+/// for as many newcomers as came in the last window), so that a newcomer on any replica finds
+/// room even when slot holders spend the rest.
 ///
-/// KEYS: window (hash second -> calls), load (hash replica -> "sessions:expiry ms").
+/// KEYS: window (hash second -> calls), load (hash replica -> "sessions:expiry ms"), firsts
+/// (hash second -> first indicators granted).
 /// ARGV: window seconds, cap per window, calls wanted, calls given back, the second they were
 /// granted in, me, my sessions, load ttl ms, first indicators wanted, the reserve.
 /// Returns {granted, second, total sessions, calls granted in the window, first indicators granted}.
@@ -79,23 +82,33 @@ if back > 0 then
   local had = tonumber(redis.call('HGET', KEYS[1], ARGV[5]) or '0')
   if had > 0 then redis.call('HSET', KEYS[1], ARGV[5], math.max(0, had - back)) end
 end
-local flat = redis.call('HGETALL', KEYS[1])
-local used = 0
-local old = {}
-for i = 1, #flat, 2 do
-  if tonumber(flat[i]) <= now - win then
-    table.insert(old, flat[i])
-  else
-    used = used + tonumber(flat[i + 1])
+local function sum_recent(key)
+  local flat = redis.call('HGETALL', key)
+  local total = 0
+  local old = {}
+  for i = 1, #flat, 2 do
+    if tonumber(flat[i]) <= now - win then
+      table.insert(old, flat[i])
+    else
+      total = total + tonumber(flat[i + 1])
+    end
   end
+  if #old > 0 then redis.call('HDEL', key, unpack(old)) end
+  return total
 end
-if #old > 0 then redis.call('HDEL', KEYS[1], unpack(old)) end
+local used = sum_recent(KEYS[1])
+local recent_firsts = sum_recent(KEYS[3])
 local cap = tonumber(ARGV[2])
 local firsts = math.max(0, math.min(tonumber(ARGV[9]), cap - used))
-local grant = math.max(0, math.min(tonumber(ARGV[3]), cap - tonumber(ARGV[10]) - used - firsts))
+local room = cap - tonumber(ARGV[10]) - recent_firsts - used - firsts
+local grant = math.max(0, math.min(tonumber(ARGV[3]), room))
 if grant + firsts > 0 then
   redis.call('HINCRBY', KEYS[1], now, grant + firsts)
   redis.call('PEXPIRE', KEYS[1], win * 1000 + 5000)
+end
+if firsts > 0 then
+  redis.call('HINCRBY', KEYS[3], now, firsts)
+  redis.call('PEXPIRE', KEYS[3], win * 1000 + 5000)
 end
 redis.call('HSET', KEYS[2], ARGV[6], ARGV[7] .. ':' .. (nowms + tonumber(ARGV[8])))
 local loads = redis.call('HGETALL', KEYS[2])

@@ -24,9 +24,10 @@ pub(crate) fn sessions_key(shard: usize) -> String {
     format!("kt:{{s{shard}}}:sessions")
 }
 
-/// The shared window of budget `name` (hash second -> calls granted).
-pub(crate) fn budget_keys(name: &str) -> [String; 2] {
-    [format!("kt:{{b:{name}}}:win"), format!("kt:{{b:{name}}}:load")]
+/// The shared window of budget `name` (hash second -> calls granted), the replicas' session
+/// counts, and the first indicators granted (hash second -> calls).
+pub(crate) fn budget_keys(name: &str) -> [String; 3] {
+    [format!("kt:{{b:{name}}}:win"), format!("kt:{{b:{name}}}:load"), format!("kt:{{b:{name}}}:firsts")]
 }
 
 /// The channel of replica `id`.
