@@ -54,6 +54,8 @@ async fn a_rolling_restart_of_every_replica_keeps_coverage_and_no_gap_exceeds_on
         ));
         tokio::time::sleep(Duration::from_millis(1000)).await;
     }
+    // Watch a few more intervals: the last replica's shards move to its successor meanwhile.
+    tokio::time::sleep(Duration::from_millis(3 * params.interval_ms)).await;
     let end = fleet.clock.now();
 
     let calls = fleet.calls(t1 - interval).await;
