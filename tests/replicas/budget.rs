@@ -25,18 +25,30 @@ const TOOL_PER_WINDOW: f64 = 40.0;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typing_from_all_replicas_stays_within_the_share_of_one_budget_and_nobody_sees_a_429() {
     let _serial = serial().await;
-    let label = "budget";
+    let dir = TempDir::new("budget");
+    let redis = Redis::single(&dir.0).await;
+    budget_across_replicas(redis, &dir.0, "budget").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_redis_cluster_typing_from_all_replicas_stays_within_the_share() {
+    let _serial = serial().await;
+    let dir = TempDir::new("budget-cluster");
+    let redis = Redis::cluster(&dir.0).await;
+    budget_across_replicas(redis, &dir.0, "budget, cluster").await;
+}
+
+/// The test itself, on a single Redis or on a cluster.
+pub async fn budget_across_replicas(redis: Redis, dir: &std::path::Path, label: &str) {
     let seed = seed();
     eprintln!("{label}: seed {seed} (KT_SEED to repeat)");
     let mut rng = StdRng::seed_from_u64(seed);
-    let dir = TempDir::new("budget");
-    let redis = Redis::single(&dir.0).await;
     let params = Params { interval_ms: 350, lifetime_ms: 400, upstream_timeout_ms: 150, ..Params::default() }
         .env("KEEPTYPING__BUDGET__WINDOW", "6s")
         .env("KEEPTYPING__BUDGET__LIMIT_PER_MINUTE", &LIMIT.to_string())
         .env("KEEPTYPING__BUDGET__BURST", "10");
     let (interval, lifetime) = (params.interval_ms as f64, params.lifetime_ms as f64);
-    let mut fleet = Fleet::start(&redis, &dir.0, 3, params.clone()).await;
+    let mut fleet = Fleet::start(&redis, dir, 3, params.clone()).await;
     let limits = json!({"limit_per_minute": LIMIT, "window_ms": WINDOW_MS as u64});
     let set = fleet.http.post(format!("{}/_mock/config", fleet.mock_url)).json(&limits).send().await.unwrap();
     assert!(set.status().is_success());

@@ -120,12 +120,24 @@ async fn on_a_redis_cluster_after_kill_9_of_a_replica_its_chats_refire_within_th
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_frozen_past_its_lease_sends_nothing_for_the_chats_it_lost_when_it_wakes() {
     let _serial = serial().await;
-    let label = "SIGSTOP";
     let dir = TempDir::new("sigstop");
     let redis = Redis::single(&dir.0).await;
+    frozen_replica(redis, &dir.0, "SIGSTOP").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_redis_cluster_a_replica_frozen_past_its_lease_sends_nothing_for_the_chats_it_lost() {
+    let _serial = serial().await;
+    let dir = TempDir::new("sigstop-cluster");
+    let redis = Redis::cluster(&dir.0).await;
+    frozen_replica(redis, &dir.0, "SIGSTOP, cluster").await;
+}
+
+/// The test itself, on a single Redis or on a cluster.
+pub async fn frozen_replica(redis: Redis, dir: &std::path::Path, label: &str) {
     let params = Params::default();
     let (interval, lifetime, lease) = (params.interval_ms as f64, params.lifetime_ms as f64, params.lease_ms as f64);
-    let mut fleet = Fleet::start(&redis, &dir.0, 3, params.clone()).await;
+    let mut fleet = Fleet::start(&redis, dir, 3, params.clone()).await;
     fleet.wait_shards_settled(&[0, 1, 2], 3, Duration::from_secs(6)).await;
     let hooks = fleet.hooks();
     let chats = chats(6_200_000, 60);

@@ -11,12 +11,24 @@ use crate::servers::Redis;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_of_every_replica_keeps_coverage_and_no_gap_exceeds_one_interval() {
     let _serial = serial().await;
-    let label = "rolling restart";
     let dir = TempDir::new("rolling");
     let redis = Redis::single(&dir.0).await;
+    rolling_restart(redis, &dir.0, "rolling restart").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_redis_cluster_a_rolling_restart_keeps_coverage_and_no_gap_exceeds_one_interval() {
+    let _serial = serial().await;
+    let dir = TempDir::new("rolling-cluster");
+    let redis = Redis::cluster(&dir.0).await;
+    rolling_restart(redis, &dir.0, "rolling restart, cluster").await;
+}
+
+/// The test itself, on a single Redis or on a cluster.
+pub async fn rolling_restart(redis: Redis, dir: &std::path::Path, label: &str) {
     let params = Params::default();
     let (interval, lifetime) = (params.interval_ms as f64, params.lifetime_ms as f64);
-    let mut fleet = Fleet::start(&redis, &dir.0, 3, params.clone()).await;
+    let mut fleet = Fleet::start(&redis, dir, 3, params.clone()).await;
     fleet.wait_shards_settled(&[0, 1, 2], 3, Duration::from_secs(6)).await;
     let chats = chats(7_100_000, 60);
     let t0 = fleet.clock.now();
