@@ -57,16 +57,12 @@ pub(crate) struct Opts {
     pub(crate) storm_rate: f64,
     /// The mock's delay before every answer.
     pub(crate) mock_latency_ms: u64,
-    /// The mock serves HTTPS (a certificate made at its start, trusted by keeptyping through
-    /// `upstream.ca_file`, by the naive baseline's plain client through `SSL_CERT_FILE`).
+    /// The mock serves HTTPS (a certificate made at its start, trusted through `SSL_CERT_FILE`).
     pub(crate) tls: bool,
     /// In TLS mode, the mock offers HTTP/2 by ALPN as well.
     pub(crate) tls_h2: bool,
     /// `--redis-faults N`: only the fault run of three replicas on Redis with N sessions.
     pub(crate) redis_faults: Option<usize>,
-    /// The `keeptyping` executable that serves the mock and the service (default: the one this
-    /// bench was built with).
-    pub(crate) bin: Option<PathBuf>,
 }
 
 impl Opts {
@@ -84,7 +80,6 @@ impl Opts {
             tls: false,
             tls_h2: false,
             redis_faults: None,
-            bin: None,
         };
         let mut args = std::env::args().skip(1);
         let list = |v: Option<String>| -> anyhow::Result<Vec<usize>> {
@@ -113,13 +108,12 @@ impl Opts {
                 "--tls" => o.tls = true,
                 "--tls-h2" => (o.tls, o.tls_h2) = (true, true),
                 "--redis-faults" => o.redis_faults = Some(args.next().context("--redis-faults N")?.parse()?),
-                "--bin" => o.bin = Some(args.next().context("--bin PATH")?.into()),
                 "-h" | "--help" => {
                     println!(
                         "cargo bench --bench load -- [--quick] [--n 1000,10000,50000] [--hold SECONDS] [--repeat R]\n  \
                          [--systems keeptyping,naive,naive-sleep,keeptyping@BIN,naive@BENCH_BIN] [--ceiling-calls M]\n  \
                          [--ceiling-concurrency 8,1024] [--storm PAIRS] [--mock-latency MS] [--tls | --tls-h2]\n  \
-                         [--redis-faults N] [--bin KEEPTYPING_EXECUTABLE]"
+                         [--redis-faults N]"
                     );
                     std::process::exit(0);
                 }
@@ -213,12 +207,8 @@ struct Bench {
     mock: String,
     bin: PathBuf,
     logs: PathBuf,
-    /// The mock's certificate (PEM) in TLS mode: keeptyping's `upstream.ca_file`, the file the
-    /// children that use keeptyping's client read from `KEEPTYPING_BENCH_CA_FILE`, and
-    /// `SSL_CERT_FILE` for the naive baseline's plain reqwest client.
+    /// The mock's certificate (PEM) in TLS mode, trusted by every child through `SSL_CERT_FILE`.
     cert: Option<PathBuf>,
-    /// `--tls-h2`: keeptyping offers HTTP/2 too (`upstream.http2 = true`), as the mock does.
-    http2: bool,
     /// A driver instant and the mock's clock at that instant.
     clock: (Instant, f64),
 }
@@ -236,7 +226,7 @@ async fn run(opts: Opts) -> anyhow::Result<()> {
     let target = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target").join("bench");
     let logs = target.join("logs");
     std::fs::create_dir_all(&logs)?;
-    let bin = opts.bin.clone().unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_keeptyping")));
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_keeptyping"));
     let port = free_port()?;
     let mut cmd = Command::new(&bin);
     cmd.args(["mock-upstream", "--listen", &format!("127.0.0.1:{port}"), "--limit-per-minute", "0"]);
@@ -267,15 +257,8 @@ async fn run(opts: Opts) -> anyhow::Result<()> {
         http = http.tls_certs_merge([reqwest::Certificate::from_pem(&pem)?]);
     }
     let scheme = if opts.tls { "https://localhost" } else { "http://127.0.0.1" };
-    let mut bench = Bench {
-        http: http.build()?,
-        mock: format!("{scheme}:{port}"),
-        bin,
-        logs,
-        cert,
-        http2: opts.tls_h2,
-        clock: (Instant::now(), 0.0),
-    };
+    let mut bench =
+        Bench { http: http.build()?, mock: format!("{scheme}:{port}"), bin, logs, cert, clock: (Instant::now(), 0.0) };
     bench.wait_ready(&format!("{}/_mock/now", bench.mock)).await.context("mock-upstream did not start")?;
     let machine = report::machine();
     eprintln!("machine: {machine}; options: {opts:?}");
@@ -376,10 +359,7 @@ impl Bench {
             .env("KEEPTYPING_BENCH_CALLS", calls.to_string())
             .env("KEEPTYPING_BENCH_CONCURRENCY", concurrency.to_string());
         if let Some(c) = &self.cert {
-            cmd.env(child::CA_FILE_ENV, c);
-        }
-        if self.http2 {
-            cmd.env(child::HTTP2_ENV, "1");
+            cmd.env("SSL_CERT_FILE", c);
         }
         let out = tokio::task::spawn_blocking(move || cmd.output()).await??;
         anyhow::ensure!(out.status.success(), "ceiling failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -405,19 +385,9 @@ impl Bench {
             Some((name, path)) => (name, PathBuf::from(path), PathBuf::from(path)),
             None => (system, self.bin.clone(), std::env::current_exe()?),
         };
-        // keeptyping trusts the mock through `upstream.ca_file`; another build of it (which may
-        // predate the key) and the naive baseline's plain client through `SSL_CERT_FILE`, which
-        // reqwest's verifier reads; the children using keeptyping's client through the key too.
         let trust = |cmd: &mut Command| {
             if let Some(c) = &self.cert {
-                if name == "keeptyping" && !system.contains('@') {
-                    cmd.env("KEEPTYPING__UPSTREAM__CA_FILE", c);
-                    if self.http2 {
-                        cmd.env("KEEPTYPING__UPSTREAM__HTTP2", "true");
-                    }
-                } else {
-                    cmd.env("SSL_CERT_FILE", c).env(child::CA_FILE_ENV, c);
-                }
+                cmd.env("SSL_CERT_FILE", c);
             }
         };
         match name {
@@ -494,17 +464,8 @@ impl Bench {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        // This build trusts the mock through `upstream.ca_file`; another build (which may predate
-        // the key) through `SSL_CERT_FILE`, which reqwest's verifier reads.
         if let Some(c) = &self.cert {
-            if bin == self.bin.as_path() {
-                cmd.env("KEEPTYPING__UPSTREAM__CA_FILE", c);
-                if self.http2 {
-                    cmd.env("KEEPTYPING__UPSTREAM__HTTP2", "true");
-                }
-            } else {
-                cmd.env("SSL_CERT_FILE", c);
-            }
+            cmd.env("SSL_CERT_FILE", c);
         }
         let p = Proc::spawn("keeptyping", cmd, log)?;
         let admin = format!("http://127.0.0.1:{admin_port}");

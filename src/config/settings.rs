@@ -3,7 +3,6 @@
 //! `load.rs`.
 
 use super::values::{Count, Reserve, Share};
-use super::{ConfigError, invalid};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -169,10 +168,7 @@ pub struct EngineSettings {
     pub max_lifetime: Duration,
     /// Live sessions beyond which start answers 503.
     pub max_sessions: Count,
-    /// Most typing calls in flight at once, across all sessions: the socket budget. The limit
-    /// in force follows the call rate times the observed latency (`engine::inflight`) and only
-    /// reaches this under a slow or stalled upstream; over HTTP/1.1 each call in flight holds
-    /// one connection.
+    /// Typing calls in flight at once, across all sessions.
     pub max_in_flight: Count,
     /// Refires due within one tick of each other leave together: the scheduler wakes at most
     /// once per tick for refires (first calls still leave at once). Up to one tick of lateness
@@ -180,12 +176,6 @@ pub struct EngineSettings {
     #[serde(with = "humantime_serde")]
     pub tick: Duration,
 }
-
-/// Default of `engine.max_in_flight`, and of `upstream.pool_max_idle_per_host` (an idle pool
-/// below the in-flight limit closes and reopens a connection per call beyond it). By Little's
-/// law 30,000 sessions at one call per 3.5 s against an upstream answering in 500 ms keep about
-/// 4,300 calls in flight; 8,192 leaves twice that for bursts and a slower upstream.
-pub(crate) const DEFAULT_MAX_IN_FLIGHT: Count = Count::of(8192);
 
 /// Longest accepted `engine.tick`: far below any refire interval.
 pub(super) const MAX_TICK: Duration = Duration::from_millis(100);
@@ -196,7 +186,7 @@ impl Default for EngineSettings {
             idle_timeout: Duration::from_secs(30),
             max_lifetime: Duration::from_secs(600),
             max_sessions: Count::of(100_000),
-            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            max_in_flight: Count::of(1024),
             tick: Duration::from_millis(5),
         }
     }
@@ -295,19 +285,8 @@ pub struct UpstreamSettings {
     /// Time to establish a connection.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
-    /// Idle keep-alive connections kept per host; at least `engine.max_in_flight`, or calls
-    /// beyond the pool close their connection and the next opens a new one. Idle connections
-    /// close after 90 s.
+    /// Idle keep-alive connections kept per host.
     pub pool_max_idle_per_host: usize,
-    /// PEM file of root certificates trusted besides the system's: a private CA, or a test
-    /// upstream's self-signed certificate. Unset: the system's roots only.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ca_file: Option<PathBuf>,
-    /// Offer HTTP/2 to an `https://` upstream (used when its edge accepts it by ALPN). Off by
-    /// default: one HTTP/2 connection carries every call, so a slow upstream caps typing at the
-    /// edge's concurrent streams per latency (200 streams at 200 ms: 1,000 calls/s, about 3,500
-    /// sessions), where HTTP/1.1 opens connections up to `engine.max_in_flight`.
-    pub http2: bool,
     /// API keys beyond the `ONLYFANSAPI_API_KEY` shortcut.
     pub keys: Vec<ApiKeySettings>,
 }
@@ -318,49 +297,9 @@ impl Default for UpstreamSettings {
             base_url: "https://app.onlyfansapi.com".to_owned(),
             timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(1),
-            pool_max_idle_per_host: DEFAULT_MAX_IN_FLIGHT.as_usize(),
-            ca_file: None,
-            http2: false,
+            pool_max_idle_per_host: 256,
             keys: Vec::new(),
         }
-    }
-}
-
-impl UpstreamSettings {
-    /// The certificates of `ca_file`, each checked to be one a TLS client can trust; none when
-    /// `ca_file` is not set. Read when the configuration is validated and again when the
-    /// upstream client is built.
-    ///
-    /// # Errors
-    /// [`ConfigError::Invalid`] naming `upstream.ca_file` when the file cannot be read, holds no
-    /// PEM certificate, or one of its certificates does not parse.
-    pub fn ca_roots(&self) -> Result<Vec<reqwest::Certificate>, ConfigError> {
-        use tokio_rustls::rustls::RootCertStore;
-        use tokio_rustls::rustls::pki_types::CertificateDer;
-        use tokio_rustls::rustls::pki_types::pem::PemObject;
-
-        const KEY: &str = "upstream.ca_file";
-        let Some(path) = &self.ca_file else {
-            return Ok(Vec::new());
-        };
-        let at = path.display();
-        let pem = std::fs::read(path).map_err(|e| invalid(KEY, format!("cannot read {at}: {e}")))?;
-        // Parsing into a root store is what the TLS client will do with them: a certificate
-        // refused here would be refused at startup.
-        let mut store = RootCertStore::empty();
-        let mut roots = Vec::new();
-        for der in CertificateDer::pem_slice_iter(&pem) {
-            let der = der.map_err(|e| invalid(KEY, format!("{at}: not a PEM certificate ({e})")))?;
-            store.add(der.clone()).map_err(|e| invalid(KEY, format!("{at}: not a valid certificate ({e})")))?;
-            roots.push(
-                reqwest::Certificate::from_der(&der)
-                    .map_err(|e| invalid(KEY, format!("{at}: not a valid certificate ({e})")))?,
-            );
-        }
-        if roots.is_empty() {
-            return Err(invalid(KEY, format!("{at} holds no PEM certificate (-----BEGIN CERTIFICATE-----)")));
-        }
-        Ok(roots)
     }
 }
 
@@ -485,36 +424,5 @@ impl Default for StateSettings {
             redis_url_env: None,
             redis_url_file: None,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::super::load;
-    use super::super::test_support::{env, write_toml};
-
-    #[test]
-    fn a_ca_file_that_is_missing_or_not_pem_is_refused_in_one_line_naming_the_key() {
-        let not_pem = write_toml("ca-not-pem", "this is not a certificate\n");
-        let bad_pem = write_toml("ca-bad-pem", "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n");
-        let garbage_der = write_toml("ca-bad-der", "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n");
-        let missing = not_pem.with_file_name("missing.pem");
-        for path in [&missing, &not_pem, &bad_pem, &garbage_der] {
-            let path = path.to_str().unwrap();
-            let err = load(None, &env(&[("KEEPTYPING__UPSTREAM__CA_FILE", path)])).unwrap_err().to_string();
-            assert!(err.starts_with("config: upstream.ca_file: "), "{path}: {err}");
-            assert!(err.contains(path), "{path}: {err}");
-            assert!(!err.contains('\n'), "{err}");
-        }
-    }
-
-    #[test]
-    fn a_pem_ca_file_is_accepted_and_shown_by_check_config() {
-        let tls = crate::mock::Tls::self_signed(false).unwrap();
-        let ca = write_toml("ca-good", tls.cert_pem());
-        let cfg = load(None, &env(&[("KEEPTYPING__UPSTREAM__CA_FILE", ca.to_str().unwrap())])).unwrap();
-        assert_eq!(cfg.settings.upstream.ca_roots().unwrap().len(), 1);
-        let printed = cfg.settings.describe(&cfg.secrets);
-        assert!(printed.contains(&format!("ca_file = {:?}", ca.to_str().unwrap())), "{printed}");
     }
 }

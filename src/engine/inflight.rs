@@ -7,14 +7,9 @@
 //! overloaded process open a connection per waiting call. So the limit follows demand and
 //! observed latency: four times the calls the live sessions need in flight (counting at least
 //! [`LATENCY_FLOOR`] per call), plus [`HEADROOM`] for bursts (a batch of starts launches its
-//! first calls at once), never above `engine.max_in_flight`, the socket budget (8,192 by
-//! default: 30,000 sessions against an upstream answering in 500 ms need about 4,300). Over
-//! HTTP/1.1 every call in flight holds one connection and an answered call's connection goes
-//! back to the idle pool (`upstream.pool_max_idle_per_host`, as large by default), so the
-//! connections to the upstream stay below the limit plus the idle pool (a call that finds no
-//! idle connection opens one, and keeps whichever is ready first: the other joins the pool),
-//! 16,384 at most with the defaults and about the most calls in flight at once in practice;
-//! over HTTP/2 one connection carries them all.
+//! first calls at once), never above `engine.max_in_flight`, the socket budget. Over HTTP/1.1 every call in flight holds one
+//! connection, so the connections to the upstream stay below that limit plus the idle pool
+//! (`upstream.pool_max_idle_per_host`); over HTTP/2 one connection carries them all.
 //!
 //! This module is the one owner of the semaphore, its size and the latency estimate; the
 //! scheduler takes permits and resizes it once a second, the fire tasks report latencies.
@@ -36,10 +31,6 @@ const FACTOR: f64 = 4.0;
 /// 0.1 ms, and a limit sized for that would bind as soon as the machine is busy.
 const LATENCY_FLOOR: Duration = Duration::from_millis(5);
 
-/// How long every permit must stay taken with no answer before the limit doubles (and again
-/// after each such step): the loopback answers well within it, a slow upstream does not.
-pub(crate) const STALL_STEP: Duration = LATENCY_FLOOR;
-
 /// Weight of a new latency sample in the moving average, as a shift: 1/16.
 const EWMA_SHIFT: u32 = 4;
 
@@ -53,8 +44,6 @@ pub(crate) struct InFlight {
     max: usize,
     /// Moving average of the typing calls' latency, in microseconds.
     latency_us: AtomicU64,
-    /// Answers observed so far (see [`InFlight::answers`]).
-    answers: AtomicU64,
 }
 
 impl InFlight {
@@ -66,7 +55,6 @@ impl InFlight {
             limit: AtomicUsize::new(start),
             max,
             latency_us: AtomicU64::new(0),
-            answers: AtomicU64::new(0),
         }
     }
 
@@ -78,11 +66,6 @@ impl InFlight {
     /// The semaphore, to wait for a permit.
     pub(crate) fn semaphore(&self) -> Arc<Semaphore> {
         Arc::clone(&self.sem)
-    }
-
-    /// Whether a permit is free now.
-    pub(crate) fn has_free(&self) -> bool {
-        self.sem.available_permits() > 0
     }
 
     /// Calls on the wire now.
@@ -102,24 +85,6 @@ impl InFlight {
         let old = self.latency_us.load(Ordering::Relaxed);
         let new = if old == 0 { sample } else { old - (old >> EWMA_SHIFT) + (sample >> EWMA_SHIFT) };
         self.latency_us.store(new, Ordering::Relaxed);
-        self.answers.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Answers observed so far: when it has not moved while every permit stayed taken, the
-    /// calls out have been waiting all that time.
-    pub(crate) fn answers(&self) -> u64 {
-        self.answers.load(Ordering::Relaxed)
-    }
-
-    /// Every permit has been taken for `waited` and no answer came: the calls out take at
-    /// least that long. The latency estimate is raised to it and the limit doubles (up to the
-    /// budget), so a slow upstream is seen before its first answer instead of the first calls
-    /// waiting one latency for the few permits the limit starts with.
-    pub(crate) fn stalled_for(&self, waited: Duration) {
-        let waited = u64::try_from(waited.as_micros()).unwrap_or(u64::MAX);
-        self.latency_us.fetch_max(waited, Ordering::Relaxed);
-        let limit = self.limit.load(Ordering::Relaxed);
-        self.resize(limit.saturating_mul(2).min(self.max));
     }
 
     /// The average latency of the last calls.
@@ -178,20 +143,5 @@ mod tests {
         assert_eq!(f.taken(), 0);
         // A small budget is the limit from the start.
         assert_eq!(InFlight::new(3).limit(), 3);
-    }
-
-    #[test]
-    fn the_default_budget_lets_30000_sessions_keep_up_with_an_upstream_answering_in_500_ms() {
-        let defaults = crate::config::Settings::default();
-        let f = InFlight::new(defaults.engine.max_in_flight.as_usize());
-        for _ in 0..200 {
-            f.observe(Duration::from_millis(500));
-        }
-        // 8,571 calls/s x 0.5 s: 4,286 calls in flight.
-        let needed = 4_286;
-        let t = f.target(30_000.0 / 3.5);
-        assert!(t >= needed * 3 / 2, "{t}");
-        // The idle pool keeps every connection the limit may open.
-        assert!(defaults.upstream.pool_max_idle_per_host >= t, "{}", defaults.upstream.pool_max_idle_per_host);
     }
 }

@@ -26,7 +26,6 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::inflight;
 use super::slots::Slots;
 use super::{Command, Shared};
 use crate::budget::{BudgetIndex, Class, Denied, PauseReason};
@@ -201,8 +200,6 @@ pub struct Scheduler {
     permit: Option<OwnedSemaphorePermit>,
     /// Every in-flight permit is taken: wait for one before launching.
     blocked: bool,
-    /// Every permit taken and no answer since (see [`Scheduler::note_stall`]).
-    stalled: Option<Stall>,
     /// Calls launched in the current pass.
     launched: usize,
     /// When the last first call was launched.
@@ -213,16 +210,6 @@ pub struct Scheduler {
     /// The typing calls launched in this pass: they leave together as one task (see
     /// [`Scheduler::flush`]).
     batch: Vec<Call>,
-}
-
-/// Every in-flight permit seen taken, with the answers counted then: while that count stays, the
-/// calls out have been waiting at least since `since`.
-#[derive(Debug, Clone, Copy)]
-struct Stall {
-    answers: u64,
-    since: Instant,
-    /// When the limit last grew for this stall.
-    grown: Instant,
 }
 
 /// One typing call (see [`super::fire`]), holding its in-flight permit.
@@ -249,7 +236,6 @@ impl Scheduler {
             seq: 0,
             permit: None,
             blocked: false,
-            stalled: None,
             launched: 0,
             last_first: None,
             spread_seq: 0,
@@ -272,10 +258,6 @@ impl Scheduler {
         loop {
             // A full chunk means more may be due: yield once, then go on.
             let pass = Instant::now();
-            if self.blocked {
-                self.resize_in_flight();
-                self.note_stall();
-            }
             self.balance(pass);
             let more = self.process(pass);
             self.flush();
@@ -316,10 +298,6 @@ impl Scheduler {
                     self.unbalanced.fill(true);
                     self.balance(now);
                     self.update_gauges();
-                    // A permit free now: whatever stall was seen has ended.
-                    if self.shared.in_flight.has_free() {
-                        self.stalled = None;
-                    }
                 }
             }
         }
@@ -401,9 +379,8 @@ impl Scheduler {
     fn next_wake(&self) -> Option<Instant> {
         if self.blocked {
             // Nothing can launch until a permit frees; budget waits still matter for expiry,
-            // which the next processing pass handles. While no answer comes, the loop looks
-            // again every tick: the wait itself tells the latency (see `note_stall`).
-            return self.stalled.map(|s| s.grown + inflight::STALL_STEP);
+            // which the next processing pass handles.
+            return None;
         }
         let heap = self.heap.peek().map(|Reverse(e)| e.due);
         let budgets = self.waiting.iter().filter_map(|w| w.wake).min();
@@ -642,32 +619,8 @@ impl Scheduler {
     fn take_permit(&mut self) -> Option<OwnedSemaphorePermit> {
         self.permit.take().or_else(|| self.shared.in_flight.try_acquire()).or_else(|| {
             self.resize_in_flight();
-            self.note_stall();
             self.shared.in_flight.try_acquire()
         })
-    }
-
-    /// Every permit is taken. If no answer came for [`inflight::STALL_STEP`] since they were
-    /// first seen all taken, the upstream is slower than the estimate (or none is known yet):
-    /// the limit doubles, once per step, so that a ramp against a slow upstream does not wait
-    /// one latency with the few permits the limit starts with.
-    fn note_stall(&mut self) {
-        let now = Instant::now();
-        let answers = self.shared.in_flight.answers();
-        match &mut self.stalled {
-            Some(s) if s.answers == answers => {
-                if now.saturating_duration_since(s.grown) >= inflight::STALL_STEP {
-                    self.shared.in_flight.stalled_for(now.saturating_duration_since(s.since));
-                    s.grown = now;
-                }
-            }
-            _ => self.stalled = Some(Stall { answers, since: now, grown: now }),
-        }
-    }
-
-    /// Whether every permit is taken and no answer came since that was first seen.
-    fn is_stalled(&self) -> bool {
-        self.stalled.is_some_and(|s| s.answers == self.shared.in_flight.answers())
     }
 
     /// Moves a skipped entry's deadline one interval on (or to its expiry, if sooner).
@@ -793,10 +746,6 @@ impl Scheduler {
     /// Moves the in-flight limit to what the live sessions need at the observed latency: once
     /// a second, and whenever every permit is taken (a slow upstream is then seen at once).
     fn resize_in_flight(&self) {
-        if self.is_stalled() {
-            // The latency estimate is behind; the stall grows the limit (`note_stall`).
-            return;
-        }
         let interval = self.shared.cfg.platforms.onlyfans.refire_interval;
         #[allow(clippy::cast_precision_loss, reason = "session counts far below 2^52")]
         let rate = self.shared.table.len() as f64 / interval.as_secs_f64();
