@@ -416,6 +416,8 @@ impl Bench {
                 let mut all = procs.into_iter();
                 let main = all.next().context("no replica")?;
                 // Hooks go to the first replica, which forwards those of chats it does not own.
+                let mut redis = redis;
+                redis.replica_hooks = urls.iter().map(|(hook, _)| hook.clone()).collect();
                 let (hook, admin) = urls.swap_remove(0);
                 Ok((main.with_peers(all.collect()), hook, Some(admin), Some(redis)))
             }
@@ -565,6 +567,16 @@ impl Bench {
         let (hook_ms, hook_errors, storm_spells) = self.storm(&hook, opts, &timeline).await;
         sampling.abort();
         let sockets_max = procs::sockets(pid).max(most.load(std::sync::atomic::Ordering::Relaxed));
+        // Redis runs: stops through a non-owner, one after another, while the N sessions refire.
+        let stop_via_non_owner_ms = match &redis {
+            Some(r) => {
+                let range = 0..replicas::PROBE_CHATS;
+                self.batch(&hook, "start", replicas::PROBE_BASE, range, "started").await?;
+                sleep(Duration::from_millis(500)).await;
+                Quantiles::of(r.stop_probe(&self.http, child::HOOK_TOKEN).await?)
+            }
+            None => Quantiles::default(),
+        };
         // Stop everything.
         for b in 0..n.div_ceil(MAX_BATCH) {
             let range = b * MAX_BATCH..((b + 1) * MAX_BATCH).min(n);
@@ -621,6 +633,7 @@ impl Bench {
                     commands: k1 - k0,
                     #[allow(clippy::cast_precision_loss, reason = "counts far below 2^52")]
                     commands_per_refire: (k1 - k0) as f64 / in_window_f,
+                    stop_via_non_owner_ms,
                 }),
             },
             hook_ms,

@@ -16,11 +16,17 @@ use crate::procs::{self, Proc, free_port};
 /// Replicas in the Redis mode.
 pub(crate) const REPLICAS: usize = 3;
 
-/// The `redis-server` of a Redis run.
+/// The `redis-server` of a Redis run, and the hook URLs of the replicas sharing it (`r0`, `r1`, ...).
 pub(crate) struct RedisServer {
     proc_: Proc,
     port: u16,
+    pub(crate) replica_hooks: Vec<String>,
 }
+
+/// Chat ids of the stop probe's sessions start here.
+pub(crate) const PROBE_BASE: u64 = 3_000_000_000;
+/// Sessions in the stop probe: enough for a p99.
+pub(crate) const PROBE_CHATS: usize = 200;
 
 /// What Redis cost over the hold window.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -28,6 +34,9 @@ pub(crate) struct RedisCost {
     pub(crate) cpu_s: f64,
     pub(crate) commands: u64,
     pub(crate) commands_per_refire: f64,
+    /// Stop latency through a replica that does not own the chat, one stop after another while
+    /// the N sessions refire (the stop probe).
+    pub(crate) stop_via_non_owner_ms: crate::Quantiles,
 }
 
 impl RedisServer {
@@ -40,7 +49,7 @@ impl RedisServer {
             .context("redis-server must be installed (apt-get install redis-server)")?;
         for _ in 0..100 {
             if Self::cli(port, &["PING"]).is_ok_and(|o| o.trim() == "PONG") {
-                return Ok(Self { proc_, port });
+                return Ok(Self { proc_, port, replica_hooks: Vec::new() });
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
@@ -66,6 +75,56 @@ impl RedisServer {
             .filter(|l| l.starts_with("cmdstat_") && !l.starts_with("cmdstat_info:"))
             .filter_map(|l| l.split("calls=").nth(1)?.split(',').next()?.parse::<u64>().ok())
             .sum())
+    }
+
+    /// The replica owning each shard now (`kt:{ctl}:owners`), by replica index.
+    fn shard_owners(&self) -> anyhow::Result<std::collections::BTreeMap<usize, usize>> {
+        let table = Self::cli(self.port, &["HGETALL", "kt:{ctl}:owners"])?;
+        let lines: Vec<&str> = table.lines().collect();
+        let mut owners = std::collections::BTreeMap::new();
+        for pair in lines.chunks(2) {
+            if let [shard, owner] = pair {
+                let digits = |s: &str| s.chars().filter(char::is_ascii_digit).collect::<String>().parse::<usize>();
+                if let (Ok(shard), Ok(owner)) = (digits(shard), digits(owner)) {
+                    owners.insert(shard, owner);
+                }
+            }
+        }
+        Ok(owners)
+    }
+
+    /// The stop probe, on [`PROBE_CHATS`] sessions already started from [`PROBE_BASE`]: each is
+    /// stopped in turn through a replica that does not own it (the next one after its owner);
+    /// returns each stop's latency in milliseconds.
+    pub(crate) async fn stop_probe(&self, http: &reqwest::Client, token: &str) -> anyhow::Result<Vec<f64>> {
+        let owners = self.shard_owners()?;
+        let account = keeptyping::ids::AccountId::parse(keeptyping::ids::Platform::default(), crate::ACCOUNT)?;
+        let mut took = Vec::with_capacity(PROBE_CHATS);
+        for i in 0..PROBE_CHATS {
+            let chat = (PROBE_BASE + i as u64).to_string();
+            let key = keeptyping::ids::SessionKey {
+                platform: keeptyping::ids::Platform::default(),
+                account: account.clone(),
+                chat: keeptyping::ids::ChatId::parse(keeptyping::ids::Platform::default(), &chat)?,
+            };
+            let owner = *owners
+                .get(&keeptyping::state::redis::wire::shard_of(&key))
+                .context("a shard without an owner during the stop probe")?;
+            let via = &self.replica_hooks[(owner + 1) % self.replica_hooks.len()];
+            let sent = tokio::time::Instant::now();
+            let resp = http
+                .post(format!("{via}/v1/typing/stop"))
+                .bearer_auth(token)
+                .header("content-type", "application/json")
+                .body(format!(r#"{{"account_id":"{}","chat_id":"{chat}"}}"#, crate::ACCOUNT))
+                .send()
+                .await?;
+            let status = resp.status();
+            let body = resp.text().await?;
+            took.push(sent.elapsed().as_secs_f64() * 1000.0);
+            anyhow::ensure!(status.is_success() && body.contains("\"stopped\""), "stop probe: {status} {body}");
+        }
+        Ok(took)
     }
 
     /// Redis's CPU seconds so far.

@@ -38,7 +38,10 @@ pub(crate) fn line(r: &Run) -> String {
         )
     });
     let redis = r.cost.redis.as_ref().map_or_else(String::new, |c| {
-        format!(" redis: {} commands ({:.4} per refire), {:.2} CPU s", c.commands, c.commands_per_refire, c.cpu_s)
+        format!(
+            " redis: {} commands ({:.4} per refire), {:.2} CPU s; stop via a non-owner p50/p99 {:.2}/{:.2} ms",
+            c.commands, c.commands_per_refire, c.cpu_s, c.stop_via_non_owner_ms.p50, c.stop_via_non_owner_ms.p99
+        )
     });
     format!(
         "{:>10} n={:<6} rps {:.0}/{:.0} late p50/p99/max {:.1}/{:.1}/{:.1} ms cov {:.4} first p50/p99 {:.1}/{:.1} ms \
@@ -105,6 +108,7 @@ struct Summary {
     /// Redis runs: commands Redis ran per refire, and its CPU seconds per 1k refires.
     redis_commands_per_refire: Option<f64>,
     redis_cpu_s_per_1k_refires: Option<f64>,
+    redis_stop_via_non_owner_p99_ms: Option<f64>,
 }
 
 fn summarise(runs: &[Run], system: &str, n: usize) -> Option<Summary> {
@@ -147,6 +151,11 @@ fn summarise(runs: &[Run], system: &str, n: usize) -> Option<Summary> {
             #[allow(clippy::cast_precision_loss, reason = "refire counts far below 2^52")]
             m(&|r| r.cost.redis.as_ref().map_or(f64::NAN, |c| c.cpu_s / r.cost.refires as f64 * 1000.0))
         }),
+        redis_stop_via_non_owner_p99_ms: rs[0]
+            .cost
+            .redis
+            .is_some()
+            .then(|| m(&|r| r.cost.redis.as_ref().map_or(f64::NAN, |c| c.stop_via_non_owner_ms.p99))),
     })
 }
 
@@ -241,14 +250,14 @@ pub(crate) fn write(
     if !redis_rows.is_empty() {
         let _ = writeln!(
             md,
-            "\n| N | 3 replicas on Redis: lateness p99 ms | CPU s per 1k refires (replicas) | vs memory backend | Redis commands per refire | Redis CPU s per 1k refires | hook p99 ms (2/3 forwarded) |"
+            "\n| N | 3 replicas on Redis: lateness p99 ms | CPU s per 1k refires (replicas) | vs memory backend | Redis commands per refire | Redis CPU s per 1k refires | hook p99 ms (2/3 forwarded) | stop via a non-owner p99 ms |"
         );
-        let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
         for s in redis_rows {
             let memory = find("keeptyping", s.n).map_or(f64::NAN, |k| s.cpu_s_per_1k_refires / k.cpu_s_per_1k_refires);
             let _ = writeln!(
                 md,
-                "| {} | {:.1} | {:.3} | {:.2} | {:.4} | {:.3} | {:.2} |",
+                "| {} | {:.1} | {:.3} | {:.2} | {:.4} | {:.3} | {:.2} | {:.2} |",
                 s.n,
                 s.lateness_p99_ms,
                 s.cpu_s_per_1k_refires,
@@ -256,6 +265,7 @@ pub(crate) fn write(
                 s.redis_commands_per_refire.unwrap_or(f64::NAN),
                 s.redis_cpu_s_per_1k_refires.unwrap_or(f64::NAN),
                 s.hook_p99_ms,
+                s.redis_stop_via_non_owner_p99_ms.unwrap_or(f64::NAN),
             );
         }
     }
