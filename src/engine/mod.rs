@@ -157,6 +157,8 @@ pub(crate) enum Command {
         budget: BudgetIndex,
         /// Its priority at the start.
         priority: Priority,
+        /// When it started (on the replica it was taken over from, for an adopted session).
+        started: Instant,
         /// Its typing calls per budget period.
         calls: f64,
     },
@@ -333,8 +335,14 @@ impl Engine {
                 let calls = s.cfg.budget.window.as_secs_f64() / interval.as_secs_f64();
                 // The scheduler owns deadlines and slots; a send error means it has stopped
                 // (shutdown), and the session then ends with the process.
-                let joined =
-                    Command::Joined { key: cmd.key.clone(), generation, budget, priority: cmd.priority, calls };
+                let joined = Command::Joined {
+                    key: cmd.key.clone(),
+                    generation,
+                    budget,
+                    priority: cmd.priority,
+                    started: now,
+                    calls,
+                };
                 let _ = s.commands.send(joined);
                 let _ = s.commands.send(Command::Due { key: cmd.key.clone(), generation, due: now });
                 StartOutcome::Started
@@ -529,13 +537,18 @@ impl Engine {
         let interval = s.platform(key.platform).refire_interval;
         let calls = s.cfg.budget.window.as_secs_f64() / interval.as_secs_f64();
         let due = now + adopted.due_in.min(interval);
-        s.table.with_generation(&key, generation, |session| {
-            session.next_due = due;
-            // As far as this process can tell, the last call left one interval before the next is
-            // due: a hand-over onwards before that call keeps the cadence too.
-            session.last_sent = due.checked_sub(interval);
-        });
-        let joined = Command::Joined { key: key.clone(), generation, budget, priority: adopted.priority, calls };
+        let started = s
+            .table
+            .with_generation(&key, generation, |session| {
+                session.next_due = due;
+                // As far as this process can tell, the last call left one interval before the next
+                // is due: a hand-over onwards before that call keeps the cadence too.
+                session.last_sent = due.checked_sub(interval);
+                session.started_at
+            })
+            .unwrap_or(now);
+        let joined =
+            Command::Joined { key: key.clone(), generation, budget, priority: adopted.priority, started, calls };
         let _ = s.commands.send(joined);
         let _ = s.commands.send(Command::Due { key, generation, due });
         true

@@ -26,7 +26,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::slots::Slots;
+use super::slots::{Joining, Slots};
 use super::{Command, Shared};
 use crate::budget::{BudgetIndex, Class, Denied, PauseReason};
 use crate::ids::SessionKey;
@@ -316,8 +316,8 @@ impl Scheduler {
     fn accept(&mut self, cmd: Command) {
         match cmd {
             Command::Due { key, generation, due } => self.push(key, generation, due),
-            Command::Joined { key, generation, budget, priority, calls } => {
-                self.slots.join(budget, key, generation, priority, calls);
+            Command::Joined { key, generation, budget, priority, started, calls } => {
+                self.slots.join(budget, Joining { key, generation, priority, started, calls });
                 self.mark(budget);
             }
             Command::Left { budget, generation } => {

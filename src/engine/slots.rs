@@ -1,8 +1,9 @@
 //! Lit slots: which sessions of each budget the budget keeps fully lit when it cannot keep them
 //! all.
 //!
-//! Each budget's members are ordered `high` first, then by start (a session's generation grows
-//! with its start). The lit sessions are always a prefix of that order: the longest one whose
+//! Each budget's members are ordered `high` first, then by start (the instant it started, which
+//! for a session taken over from another replica is when it started there; the generation breaks
+//! ties). The lit sessions are always a prefix of that order: the longest one whose
 //! calls per period fit the budget's slot capacity ([`crate::budget::BudgetState::slot_capacity`]).
 //! So when capacity shrinks the most recently started normal sessions lose their slots first,
 //! when it grows (or a member leaves) the waiting sessions are admitted in start order, and a
@@ -11,8 +12,10 @@
 //! Owned by the scheduler task alone; hook handlers reach it through scheduler commands.
 //! [`Slots::rebalance`] returns the sessions whose slot changed, for the scheduler to mark.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::time::Instant;
 
 use crate::budget::BudgetIndex;
 use crate::ids::SessionKey;
@@ -24,12 +27,13 @@ use super::session::Priority;
 struct Order {
     /// 0 for `high`, 1 for normal.
     rank: u8,
+    started: Instant,
     generation: u64,
 }
 
 impl Order {
-    fn new(priority: Priority, generation: u64) -> Self {
-        Self { rank: u8::from(priority != Priority::High), generation }
+    fn new(priority: Priority, started: Instant, generation: u64) -> Self {
+        Self { rank: u8::from(priority != Priority::High), started, generation }
     }
 }
 
@@ -73,10 +77,24 @@ pub(crate) struct Change {
     pub(crate) lit: bool,
 }
 
+/// A session joining its budget's order.
+#[derive(Debug)]
+pub(crate) struct Joining {
+    pub(crate) key: SessionKey,
+    pub(crate) generation: u64,
+    pub(crate) priority: Priority,
+    /// When it started (here, or on the replica it was taken over from).
+    pub(crate) started: Instant,
+    /// Typing calls per budget period at its platform's cadence.
+    pub(crate) calls: f64,
+}
+
 /// Every budget's lit slots.
 #[derive(Debug)]
 pub(crate) struct Slots {
     budgets: Vec<Budget>,
+    /// When each member (by generation) started.
+    started: HashMap<u64, Instant>,
 }
 
 /// Slack against floating-point sums: a member fits when it exceeds capacity by less than this.
@@ -86,7 +104,7 @@ const EPS: f64 = 1e-9;
 
 impl Slots {
     pub(crate) fn new(budgets: usize) -> Self {
-        Self { budgets: (0..budgets.max(1)).map(|_| Budget::default()).collect() }
+        Self { budgets: (0..budgets.max(1)).map(|_| Budget::default()).collect(), started: HashMap::new() }
     }
 
     fn budget(&mut self, b: BudgetIndex) -> &mut Budget {
@@ -94,16 +112,20 @@ impl Slots {
         &mut self.budgets[i]
     }
 
-    /// A session joins its budget, waiting; [`Self::rebalance`] decides whether it is lit.
-    pub(crate) fn join(&mut self, b: BudgetIndex, key: SessionKey, generation: u64, priority: Priority, calls: f64) {
-        self.budget(b).waiting.insert(Order::new(priority, generation), Member { key, calls });
+    /// A session started at `started` joins its budget, waiting; [`Self::rebalance`] decides
+    /// whether it is lit.
+    pub(crate) fn join(&mut self, b: BudgetIndex, member: Joining) {
+        let Joining { key, generation, priority, started, calls } = member;
+        self.started.insert(generation, started);
+        self.budget(b).waiting.insert(Order::new(priority, started, generation), Member { key, calls });
     }
 
     /// A session leaves (it ended). Its slot, if any, is free for the next [`Self::rebalance`].
     pub(crate) fn leave(&mut self, b: BudgetIndex, generation: u64) {
+        let Some(started) = self.started.remove(&generation) else { return };
         let budget = self.budget(b);
         for priority in [Priority::High, Priority::Normal] {
-            let order = Order::new(priority, generation);
+            let order = Order::new(priority, started, generation);
             if let Some(m) = budget.lit.remove(&order) {
                 budget.lit_calls -= m.calls;
                 return;
@@ -116,8 +138,10 @@ impl Slots {
 
     /// A session's priority rose to `high`: it moves ahead of every normal session.
     pub(crate) fn promote(&mut self, b: BudgetIndex, generation: u64) {
+        let Some(started) = self.started.get(&generation).copied() else { return };
         let budget = self.budget(b);
-        let (from, to) = (Order::new(Priority::Normal, generation), Order::new(Priority::High, generation));
+        let (from, to) =
+            (Order::new(Priority::Normal, started, generation), Order::new(Priority::High, started, generation));
         if let Some(m) = budget.lit.remove(&from) {
             budget.lit.insert(to, m);
         } else if let Some(m) = budget.waiting.remove(&from) {
@@ -207,6 +231,11 @@ mod tests {
         }
     }
 
+    /// Session `g` of priority `p`, started `g` ms after `t0`.
+    fn joining(t0: Instant, g: u64, p: Priority, calls: f64) -> Joining {
+        Joining { key: key(g), generation: g, priority: p, started: t0 + std::time::Duration::from_millis(g), calls }
+    }
+
     fn lit_set(changes: &[Change]) -> Vec<(u64, bool)> {
         let mut v: Vec<(u64, bool)> = changes.iter().map(|c| (c.generation, c.lit)).collect();
         v.sort_unstable();
@@ -216,8 +245,9 @@ mod tests {
     #[test]
     fn slots_fill_in_start_order_and_shrink_from_the_newest_normal() {
         let mut s = Slots::new(1);
+        let t0 = Instant::now();
         for g in 1..=5 {
-            s.join(0, key(g), g, Priority::Normal, 10.0);
+            s.join(0, joining(t0, g, Priority::Normal, 10.0));
         }
         assert_eq!(lit_set(&s.rebalance(0, 30.0, None)), vec![(1, true), (2, true), (3, true)]);
         assert_eq!(s.counts(0), (3, 2));
@@ -233,11 +263,12 @@ mod tests {
     #[test]
     fn a_high_newcomer_takes_the_place_of_the_newest_normal_slot_holder() {
         let mut s = Slots::new(1);
+        let t0 = Instant::now();
         for g in 1..=3 {
-            s.join(0, key(g), g, Priority::Normal, 10.0);
+            s.join(0, joining(t0, g, Priority::Normal, 10.0));
         }
         s.rebalance(0, 20.0, None);
-        s.join(0, key(9), 9, Priority::High, 10.0);
+        s.join(0, joining(t0, 9, Priority::High, 10.0));
         assert_eq!(lit_set(&s.rebalance(0, 20.0, None)), vec![(2, false), (9, true)]);
         // A normal session whose priority rises overtakes the normal ones too.
         s.promote(0, 3);
@@ -246,8 +277,27 @@ mod tests {
     }
 
     #[test]
+    fn a_session_taken_over_keeps_its_place_in_start_order() {
+        let mut s = Slots::new(1);
+        let t0 = Instant::now() + std::time::Duration::from_secs(60);
+        for g in [2, 3] {
+            s.join(0, joining(t0, g, Priority::Normal, 10.0));
+        }
+        s.rebalance(0, 20.0, None);
+        // Generation 7 joins last but started before the others, on another replica.
+        s.join(
+            0,
+            Joining { started: t0 - std::time::Duration::from_secs(30), ..joining(t0, 7, Priority::Normal, 10.0) },
+        );
+        assert_eq!(lit_set(&s.rebalance(0, 20.0, None)), vec![(3, false), (7, true)]);
+        s.leave(0, 7);
+        assert_eq!(lit_set(&s.rebalance(0, 20.0, None)), vec![(3, true)]);
+    }
+
+    #[test]
     fn the_lit_set_is_always_the_longest_fitting_prefix() {
         let mut s = Slots::new(1);
+        let t0 = Instant::now();
         let mut live = Vec::new();
         let mut rng = 7u64;
         let mut next = || {
@@ -263,7 +313,7 @@ mod tests {
                 }
                 _ => {
                     let p = if next() % 5 == 0 { Priority::High } else { Priority::Normal };
-                    s.join(0, key(g), g, p, 17.0);
+                    s.join(0, joining(t0, g, p, 17.0));
                     live.push((g, p));
                 }
             }
