@@ -220,6 +220,8 @@ struct SharedGrant {
     /// Typing calls granted to every replica in the shared window (what the upstream counts as
     /// typing's, not the tool's).
     window_used: f64,
+    /// This replica's slot capacity, when the replicas light one prefix of the budget's order.
+    slot_calls: Option<f64>,
 }
 
 /// What a replica's reservation from a budget's shared window brought back.
@@ -233,6 +235,9 @@ pub struct SharedWindow {
     pub fraction: f64,
     /// Calls granted to every replica within the window, this grant included.
     pub window_used: u32,
+    /// When the replicas light one prefix of the budget's slot order between them: the calls
+    /// per period of this replica's sessions within it, its slot capacity until the next grant.
+    pub slot_calls: Option<f64>,
 }
 
 /// How soon a call denied for want of a shared grant asks again.
@@ -284,6 +289,7 @@ impl BudgetState {
             starved: false,
             starved_first: false,
             window_used: f64::from(grant.window_used),
+            slot_calls: grant.slot_calls,
         });
         // Truncation is the point: a fraction of a call is not given back.
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "a small count")]
@@ -373,9 +379,15 @@ impl BudgetState {
     /// Typing calls per `period` that lit slots may spend now: the rate in force, less what
     /// first indicators needed over the last period, less the bucket's reserve (the burst a
     /// fresh bucket starts with, which the window must still have room for).
+    ///
+    /// With replicas lighting one prefix of the budget's order between them, it is the calls of
+    /// this replica's sessions within that prefix (see [`SharedWindow::slot_calls`]).
     pub fn slot_capacity(&mut self, now: Instant) -> f64 {
         self.forget_old(now);
         self.sync_rate(now);
+        if let Some(calls) = self.shared.and_then(|g| g.slot_calls) {
+            return calls;
+        }
         #[allow(clippy::cast_precision_loss, reason = "counts within one window, far below 2^52")]
         let firsts = self.firsts.len() as f64;
         let per_period = self.effective_rate(now) * self.period.as_secs_f64();
@@ -394,10 +406,20 @@ impl BudgetState {
             self.paused_until = None;
             self.probe_due = matches!(reason, PauseReason::Reserve | PauseReason::DailyReserve);
         }
+        let period = self.period;
         if let Some(g) = &mut self.shared {
             let first = class == Class::First && g.first_tokens >= 1.0;
-            if (!first && g.tokens < 1.0) || now >= g.until {
-                g.starved = true;
+            // A waiting session's call leaves alone what this replica's slot holders will need
+            // until the grant runs out.
+            let kept = match (class, g.slot_calls) {
+                (Class::Spare, Some(calls)) => {
+                    calls / period.as_secs_f64() * g.until.saturating_duration_since(now).as_secs_f64()
+                }
+                _ => 0.0,
+            };
+            if (!first && g.tokens < 1.0 + kept) || now >= g.until {
+                // Only a call the grant could not pay for asks for the next grant sooner.
+                g.starved |= g.tokens < 1.0 || now >= g.until;
                 g.starved_first |= class == Class::First;
                 return Err(Denied::Empty { retry_at: now + SHARED_RETRY });
             }
@@ -990,7 +1012,8 @@ mod tests {
 
     #[test]
     fn with_replicas_a_call_also_needs_a_token_of_the_shared_grant() {
-        let grant = |tokens| SharedWindow { tokens, first_tokens: 0, fraction: 1.0, window_used: tokens };
+        let grant =
+            |tokens| SharedWindow { tokens, first_tokens: 0, fraction: 1.0, window_used: tokens, slot_calls: None };
         let t0 = Instant::now();
         let mut b = BudgetState::new("b", 100_000, &settings(100_000), t0);
         // Shared mode before the first grant: nothing is spent (fail closed).

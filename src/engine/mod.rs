@@ -231,6 +231,17 @@ pub struct Adopted {
     pub preferred_key: Option<KeyIndex>,
 }
 
+/// A session's place in its budget's slot order (see [`Engine::budget_order`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OrderEntry {
+    /// Priority `high`.
+    pub high: bool,
+    /// When it started.
+    pub started: Instant,
+    /// Its typing calls per budget period.
+    pub calls: f64,
+}
+
 /// A live session as it is recorded for other replicas (see [`Adopted`]).
 #[derive(Debug, Clone)]
 pub struct Recorded {
@@ -591,6 +602,23 @@ impl Engine {
             let (lit, waiting) = c.get();
             lit + waiting
         })
+    }
+
+    /// The members of budget `b` in its slot order (`high` first, then by start), each with its
+    /// typing calls per budget period: what replicas sharing the budget exchange so that their
+    /// lit slots together are one prefix of that order.
+    pub fn budget_order(&self, b: BudgetIndex) -> Vec<OrderEntry> {
+        let s = &self.shared;
+        let window = s.cfg.budget.window.as_secs_f64();
+        let mut members = s.table.collect(|key, session| {
+            (session.budget == b).then(|| {
+                let interval = s.platform(key.platform).refire_interval.as_secs_f64();
+                let high = session.priority == Priority::High;
+                (!high, session.started_at, session.generation, window / interval)
+            })
+        });
+        members.sort_unstable_by_key(|m| (m.0, m.1, m.2));
+        members.into_iter().map(|(normal, started, _, calls)| OrderEntry { high: !normal, started, calls }).collect()
     }
 
     /// The budgets (to share them between replicas).

@@ -4,6 +4,7 @@
 //! than life: a 6 s budget window (`budget.window`, and the mock's `window_ms`), refires every
 //! 350 ms.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rand::rngs::StdRng;
@@ -119,6 +120,124 @@ pub async fn budget_across_replicas(redis: Redis, dir: &std::path::Path, label: 
     assert!(busiest >= SHARE / 2, "{label}: only {busiest} typing calls in the busiest window: the share goes unused");
     // A newcomer's first indicator is paid first, on whichever replica owns it.
     assert!(firsts[26] <= 1000.0 && firsts[29] <= 2000.0, "{label}: first-indicator delays (ms): {firsts:?}");
+    f.assert_clean(label);
+    fleet.assert_no_panics();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lit_slots_of_all_replicas_are_one_prefix_of_high_then_start_order() {
+    let _serial = serial().await;
+    let dir = TempDir::new("slot-order");
+    let redis = Redis::single(&dir.0).await;
+    slot_order_across_replicas(redis, &dir.0, "slot order").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_redis_cluster_the_lit_slots_of_all_replicas_are_one_prefix() {
+    let _serial = serial().await;
+    let dir = TempDir::new("slot-order-cluster");
+    let redis = Redis::cluster(&dir.0).await;
+    slot_order_across_replicas(redis, &dir.0, "slot order, cluster").await;
+}
+
+/// The scarcity policy across replicas: 24 fans start one after another on random replicas,
+/// one of the last ones `high`, on a budget that keeps about six lit. Once the first indicators
+/// have left the window, the sessions lit on all replicas together must be what one process
+/// would light: the `high` one, then the oldest normal ones, whichever replica owns them; and
+/// the lit ones refire on time.
+pub async fn slot_order_across_replicas(redis: Redis, dir: &std::path::Path, label: &str) {
+    let seed = seed();
+    eprintln!("{label}: seed {seed} (KT_SEED to repeat)");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let params = Params { interval_ms: 350, lifetime_ms: 400, upstream_timeout_ms: 150, ..Params::default() }
+        .env("KEEPTYPING__BUDGET__WINDOW", "6s")
+        .env("KEEPTYPING__BUDGET__LIMIT_PER_MINUTE", &LIMIT.to_string())
+        .env("KEEPTYPING__BUDGET__BURST", "10");
+    let (interval, lifetime) = (params.interval_ms as f64, params.lifetime_ms as f64);
+    let mut fleet = Fleet::start(&redis, dir, 3, params.clone()).await;
+    let limits = json!({"limit_per_minute": LIMIT, "window_ms": WINDOW_MS as u64});
+    let set = fleet.http.post(format!("{}/_mock/config", fleet.mock_url)).json(&limits).send().await.unwrap();
+    assert!(set.status().is_success());
+    fleet.wait_shards_settled(&[0, 1, 2], 3, Duration::from_secs(6)).await;
+    let hooks = fleet.hooks();
+    let chats = chats(9_200_000, 24);
+    let high = &chats[20];
+    let mut starts = Vec::new();
+    for c in &chats {
+        let mut body = crate::fleet::chat_body(c);
+        if c == high {
+            body["priority"] = json!("high");
+        }
+        let a = hooks.post(rng.random_range(0..3), "/v1/typing/start", &body).await;
+        assert_eq!((a.status, a.outcome()), (200, "started"), "{label}: chat {c}: {}", a.body);
+        starts.push(a);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The first indicators leave the window (6 s), and every replica has reserved since.
+    tokio::time::sleep(Duration::from_millis(WINDOW_MS as u64 + 3000)).await;
+    // Who is lit, as each session's owner says, a few times over two seconds.
+    let order: Vec<&String> = std::iter::once(high).chain(chats.iter().filter(|c| *c != high)).collect();
+    let owners = crate::fleet::owners(&redis, &chats).await;
+    let sample_from = fleet.clock.now();
+    let mut samples = Vec::new();
+    for _ in 0..4 {
+        let mut lit = std::collections::BTreeSet::new();
+        for r in 0..3 {
+            let (status, v) = hooks.get(r, "/v1/typing/sessions").await;
+            assert_eq!(status, 200, "{label}: sessions on replica {r}: {v}");
+            for s in v["sessions"].as_array().unwrap() {
+                if s["lit_slot"] == json!(true) {
+                    lit.insert(s["chat_id"].as_str().unwrap().to_owned());
+                }
+            }
+        }
+        let in_order: Vec<usize> =
+            order.iter().enumerate().filter(|(_, c)| lit.contains(**c)).map(|(i, _)| i).collect();
+        samples.push(in_order);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let sample_to = fleet.clock.now();
+    let mut spells = Vec::new();
+    for (c, start) in chats.iter().zip(&starts) {
+        let stop = hooks.stop(rng.random_range(0..3), c).await;
+        assert_eq!((stop.status, stop.outcome()), (200, "stopped"), "{label}: chat {c}: {}", stop.body);
+        spells.push(Spell { chat: c.clone(), start: start.sent, stop: Some(stop.at) });
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let calls = fleet.calls(starts[0].sent).await;
+    let f = check(&calls, &spells, &Rules::new(interval, lifetime, fleet.clock.now()));
+    let by_owner: BTreeMap<&str, usize> = owners.values().fold(BTreeMap::new(), |mut m, o| {
+        *m.entry(o.as_str()).or_default() += 1;
+        m
+    });
+    eprintln!(
+        "{label}: lit sessions by place in high-then-start order, four samples over 2 s: {samples:?}; sessions per \
+         owner {by_owner:?}; refires skipped by reason {:?}",
+        fleet.metric_by("keeptyping_refires_skipped_total", "reason").await
+    );
+    for c in &order {
+        let times: Vec<String> = calls.iter().filter(|k| &&k.chat == c).map(|k| format!("{:.0}", k.t)).collect();
+        eprintln!("{label}: chat {c} (owner {:?}): {}", owners.get(*c), times.join(" "));
+    }
+    // Each sample: a prefix of the order (places 0, 1, ..., k-1), and neither none nor all.
+    for s in &samples {
+        let prefix: Vec<usize> = (0..s.len()).collect();
+        assert_eq!(s, &prefix, "{label}: the lit sessions are not one prefix of high-then-start order: {samples:?}");
+        assert!((2..chats.len()).contains(&s.len()), "{label}: {} of {} lit: {samples:?}", s.len(), chats.len());
+    }
+    // The lit ones kept their cadence while sampled.
+    let lit_chats: Vec<&String> = order.iter().take(samples[0].len()).copied().collect();
+    for c in &lit_chats {
+        let times: Vec<f64> =
+            calls.iter().filter(|k| &&k.chat == c && k.t >= sample_from && k.t <= sample_to).map(|k| k.t).collect();
+        let longest = times.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max);
+        assert!(
+            times.len() >= 3 && longest <= interval + 200.0,
+            "{label}: lit chat {c} called at {times:?} while sampled ({sample_from:.0}..{sample_to:.0} ms)"
+        );
+    }
+    let limited = calls.iter().filter(|c| c.status == 429).count();
+    assert_eq!(limited, 0, "{label}: the mock answered 429 to typing");
     f.assert_clean(label);
     fleet.assert_no_panics();
 }

@@ -192,6 +192,15 @@ impl Hooks {
         }
     }
 
+    /// `GET path` on a replica's hook API with the hook token.
+    pub async fn get(&self, replica: usize, path: &str) -> (u16, Value) {
+        let resp = self.http.get(format!("{}{path}", self.urls[replica])).bearer_auth(HOOK_TOKEN).send().await;
+        match resp {
+            Ok(r) => (r.status().as_u16(), r.json::<Value>().await.unwrap_or(Value::Null)),
+            Err(_) => (0, Value::Null),
+        }
+    }
+
     pub async fn start(&self, replica: usize, chat: &str) -> Answer {
         self.post(replica, "/v1/typing/start", &chat_body(chat)).await
     }

@@ -14,7 +14,9 @@
 //! per budget in Redis ([`scripts::BUDGET`]), from which each replica reserves a second of calls
 //! at a time.
 
+mod budget;
 mod conn;
+mod order;
 mod scripts;
 mod shards;
 pub mod wire;
@@ -49,12 +51,6 @@ use crate::metrics::{self, EndReason, StateOp};
 const FORWARD_WAIT: Duration = Duration::from_millis(400);
 /// How long a hook may wait on an unresponsive Redis before it answers 503.
 const HOOK_REDIS_BUDGET: Duration = Duration::from_millis(950);
-/// How long a grant from a shared budget window may be spent.
-const GRANT_FOR: Duration = Duration::from_millis(1500);
-/// How often each replica reserves calls from the shared budget windows.
-const BUDGET_EVERY: Duration = Duration::from_secs(1);
-/// How soon a replica whose grant ran out reserves again, before the next scheduled reservation.
-const BUDGET_STARVED_EVERY: Duration = Duration::from_millis(100);
 
 /// A hook could not be applied: Redis (or the chat's owner) did not answer in time.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
@@ -204,7 +200,7 @@ impl Replica {
         // Until the first reservation comes back, typing spends nothing: fail closed.
         let now = Instant::now();
         for i in 0..inner.budget_names.len() {
-            let nothing = SharedWindow { tokens: 0, first_tokens: 0, fraction: 1.0, window_used: 0 };
+            let nothing = SharedWindow { tokens: 0, first_tokens: 0, fraction: 1.0, window_used: 0, slot_calls: None };
             engine.budget_states().with(i, |b| b.set_shared_grant(nothing, now, now));
         }
         let subscribed = Arc::new(Notify::new());
@@ -214,7 +210,7 @@ impl Replica {
         tasks.spawn(write_records(inner.conn.clone(), commit_rx, stop.clone()));
         tasks.spawn(forget_ended(Arc::clone(&inner), ends_rx, stop.clone()));
         tasks.spawn(control_loop(Arc::clone(&inner), stop.clone()));
-        tasks.spawn(budget_loop(Arc::clone(&inner), stop));
+        tasks.spawn(budget::share(Arc::clone(&inner), stop));
         tracing::info!(replica = %inner.id, redis = %inner.target.shown(), cluster = inner.target.cluster, "joined the replicas on Redis");
         Ok(Self { inner })
     }
@@ -858,110 +854,6 @@ fn handle(inner: &Arc<Inner>, payload: &[u8]) {
             if let Ok(account) = AccountId::parse_any(&account) {
                 inner.engine.resume_account(&account);
             }
-        }
-    }
-}
-
-/// Reserves, once a second and per budget, the calls this replica expects to make in the next
-/// second from the budget's shared window, giving back what it did not spend of the last grant.
-async fn budget_loop(inner: Arc<Inner>, stop: CancellationToken) {
-    let n = inner.budget_names.len();
-    // Per budget: calls to give back (left of an earlier grant) and the second that grant was
-    // made in; and the second of the grant held now.
-    let mut give_back: Vec<(u32, i64)> = vec![(0, 0); n];
-    let mut held: Vec<i64> = vec![0; n];
-    // Per budget: when it last reserved, and its session count then; and this replica's share of
-    // its sessions as last seen.
-    let mut last: Vec<(Option<Instant>, usize)> = vec![(None, 0); n];
-    let mut shares: Vec<f64> = vec![1.0; n];
-    let window = inner.engine.budget_window();
-    let interval = inner.engine.refire_interval().as_secs_f64();
-    loop {
-        for (i, name) in inner.budget_names.iter().enumerate() {
-            let now = Instant::now();
-            let (at, sessions_then) = last.get(i).copied().unwrap_or((None, 0));
-            let starved = inner.engine.budget_states().with(i, |b| b.shared_starved()).unwrap_or(false);
-            let due = at.is_none_or(|t| {
-                let since = now.saturating_duration_since(t);
-                since >= BUDGET_EVERY || (starved && since >= BUDGET_STARVED_EVERY)
-            });
-            if !due {
-                continue;
-            }
-            let sessions = inner.engine.budget_sessions(i);
-            let cap = inner.engine.budget_states().with(i, |b| b.period_allowance(now)).unwrap_or(0);
-            let first_starved = inner.engine.budget_states().with(i, |b| b.shared_first_starved()).unwrap_or(false);
-            let fraction = shares.get(i).copied().unwrap_or(1.0);
-            // A second of this replica's refires with a margin, but not much more than its share
-            // of the budget (so that the others find room); first indicators apart: the sessions
-            // that joined since the last reservation, and any first call denied meanwhile.
-            #[allow(
-                clippy::cast_precision_loss,
-                clippy::cast_possible_truncation,
-                clippy::cast_sign_loss,
-                reason = "small counts"
-            )]
-            let (want, firsts) = {
-                let demand = (sessions as f64 / interval) * 1.25 + 4.0;
-                let fair = fraction * f64::from(cap) / window.as_secs_f64() * 1.2 + 1.0;
-                let firsts = sessions.saturating_sub(sessions_then) as u64 + if first_starved { 2 } else { 0 };
-                (demand.min(fair).ceil() as u64, firsts)
-            };
-            // What other calls leave of the window for first indicators.
-            let reserve = (cap / 10).max(2);
-            if let Some(l) = last.get_mut(i) {
-                *l = (Some(now), sessions);
-            }
-            let (back, back_second) = give_back.get(i).copied().unwrap_or((0, 0));
-            let keys = wire::budget_keys(name);
-            let args = [
-                // Grants are spent up to GRANT_FOR after the second they were made in: the
-                // window counts them for that much longer, so that any 60 s of calls fits.
-                (window.as_secs() + GRANT_FOR.as_secs() + 1).to_string(),
-                cap.to_string(),
-                want.to_string(),
-                back.to_string(),
-                back_second.to_string(),
-                inner.id.clone(),
-                sessions.to_string(),
-                (BUDGET_EVERY * 3).as_millis().to_string(),
-                firsts.to_string(),
-                reserve.to_string(),
-            ];
-            let mut conn = inner.conn.clone();
-            let reply: Result<(u32, i64, u64, u32, u32), _> =
-                conn::script(&mut conn, &scripts::BUDGET, &[&keys[0], &keys[1], &keys[2]], &args, StateOp::Budget)
-                    .await;
-            if let Ok((granted, second, total, used, first_granted)) = reply {
-                // This replica's share of the budget's sessions, smoothed by one per replica so
-                // that a replica with none yet can still light a newcomer at once.
-                let replicas = inner.shards.members().len().max(1);
-                #[allow(clippy::cast_precision_loss, reason = "small counts")]
-                let fraction = (sessions as f64 + 1.0) / (total.max(sessions as u64) as f64 + replicas as f64);
-                if let Some(f) = shares.get_mut(i) {
-                    *f = fraction;
-                }
-                let now = Instant::now();
-                let left = inner
-                    .engine
-                    .budget_states()
-                    .with(i, |b| {
-                        let window =
-                            SharedWindow { tokens: granted, first_tokens: first_granted, fraction, window_used: used };
-                        b.set_shared_grant(window, now + GRANT_FOR, now)
-                    })
-                    .unwrap_or(0);
-                // What is left of the grant held until now goes back, at the next reservation,
-                // to the second it was made in.
-                if let (Some(g), Some(h)) = (give_back.get_mut(i), held.get_mut(i)) {
-                    *g = (left, *h);
-                    *h = second;
-                }
-            }
-        }
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(BUDGET_STARVED_EVERY) => {}
         }
     }
 }

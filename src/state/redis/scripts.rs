@@ -65,11 +65,16 @@ return {members, out}
 /// for as many newcomers as came in the last window), so that a newcomer on any replica finds
 /// room even when slot holders spend the rest.
 ///
+/// With the head of this replica's slot order (when the budget is short enough for the
+/// replicas to exchange them), records it and returns the other live replicas' heads.
+///
 /// KEYS: window (hash second -> calls), load (hash replica -> "sessions:expiry ms"), firsts
-/// (hash second -> first indicators granted).
+/// (hash second -> first indicators granted), order (hash replica -> "expiry ms|head").
 /// ARGV: window seconds, cap per window, calls wanted, calls given back, the second they were
-/// granted in, me, my sessions, load ttl ms, first indicators wanted, the reserve.
-/// Returns {granted, second, total sessions, calls granted in the window, first indicators granted}.
+/// granted in, me, my sessions, load ttl ms, first indicators wanted, the reserve, my head (or
+/// empty).
+/// Returns {granted, second, total sessions, calls granted in the window, first indicators
+/// granted, first indicators granted in the window, {id, head, ...} of the others}.
 pub(crate) static BUDGET: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -123,7 +128,24 @@ for i = 1, #loads, 2 do
   end
 end
 if #gone > 0 then redis.call('HDEL', KEYS[2], unpack(gone)) end
-return {grant, now, total, used + grant + firsts, firsts}
+local heads = {}
+if ARGV[11] ~= '' then
+  redis.call('HSET', KEYS[4], ARGV[6], (nowms + tonumber(ARGV[8])) .. '|' .. ARGV[11])
+  redis.call('PEXPIRE', KEYS[4], tonumber(ARGV[8]) * 2)
+  local flat = redis.call('HGETALL', KEYS[4])
+  local stale = {}
+  for i = 1, #flat, 2 do
+    local exp, head = string.match(flat[i + 1], '^(%d+)|(.*)$')
+    if exp == nil or tonumber(exp) < nowms then
+      table.insert(stale, flat[i])
+    elseif flat[i] ~= ARGV[6] then
+      table.insert(heads, flat[i])
+      table.insert(heads, head)
+    end
+  end
+  if #stale > 0 then redis.call('HDEL', KEYS[4], unpack(stale)) end
+end
+return {grant, now, total, used + grant + firsts, firsts, recent_firsts + firsts, heads}
 ",
     )
 });

@@ -26,8 +26,8 @@ pub(crate) fn sessions_key(shard: usize) -> String {
 
 /// The shared window of budget `name` (hash second -> calls granted), the replicas' session
 /// counts, and the first indicators granted (hash second -> calls).
-pub(crate) fn budget_keys(name: &str) -> [String; 3] {
-    [format!("kt:{{b:{name}}}:win"), format!("kt:{{b:{name}}}:load"), format!("kt:{{b:{name}}}:firsts")]
+pub(crate) fn budget_keys(name: &str) -> [String; 4] {
+    ["win", "load", "firsts", "order"].map(|k| format!("kt:{{b:{name}}}:{k}"))
 }
 
 /// The channel of replica `id`.
