@@ -41,12 +41,19 @@ pub(crate) const CHILD_ENV: &str = "KEEPTYPING_BENCH_CHILD";
 pub(crate) const API_KEY: &str = "sk_bench_key";
 /// The hook token every system accepts.
 pub(crate) const HOOK_TOKEN: &str = "bench_hook_token";
+/// Environment variable naming a PEM file the children using keeptyping's client trust
+/// (its `upstream.ca_file`): the mock's certificate in TLS mode.
+pub(crate) const CA_FILE_ENV: &str = "KEEPTYPING_BENCH_CA_FILE";
 /// OnlyFans refire interval (keeptyping's default), used by the naive baseline.
 pub(crate) const INTERVAL: Duration = Duration::from_millis(3500);
 
 /// The typing client every system uses: keeptyping's own, with its default settings.
 pub(crate) fn client(base_url: &str) -> anyhow::Result<Arc<dyn Upstream>> {
-    let settings = UpstreamSettings { base_url: base_url.to_owned(), ..UpstreamSettings::default() };
+    let settings = UpstreamSettings {
+        base_url: base_url.to_owned(),
+        ca_file: std::env::var_os(CA_FILE_ENV).map(Into::into),
+        ..UpstreamSettings::default()
+    };
     let key = ApiKey {
         name: "default".to_owned(),
         budget: "default".to_owned(),

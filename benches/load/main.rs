@@ -57,7 +57,8 @@ pub(crate) struct Opts {
     pub(crate) storm_rate: f64,
     /// The mock's delay before every answer.
     pub(crate) mock_latency_ms: u64,
-    /// The mock serves HTTPS (a certificate made at its start, trusted through `SSL_CERT_FILE`).
+    /// The mock serves HTTPS (a certificate made at its start, trusted by keeptyping through
+    /// `upstream.ca_file`, by the naive baseline's plain client through `SSL_CERT_FILE`).
     pub(crate) tls: bool,
     /// In TLS mode, the mock offers HTTP/2 by ALPN as well.
     pub(crate) tls_h2: bool,
@@ -207,7 +208,9 @@ struct Bench {
     mock: String,
     bin: PathBuf,
     logs: PathBuf,
-    /// The mock's certificate (PEM) in TLS mode, trusted by every child through `SSL_CERT_FILE`.
+    /// The mock's certificate (PEM) in TLS mode: keeptyping's `upstream.ca_file`, the file the
+    /// children that use keeptyping's client read from `KEEPTYPING_BENCH_CA_FILE`, and
+    /// `SSL_CERT_FILE` for the naive baseline's plain reqwest client.
     cert: Option<PathBuf>,
     /// A driver instant and the mock's clock at that instant.
     clock: (Instant, f64),
@@ -359,7 +362,7 @@ impl Bench {
             .env("KEEPTYPING_BENCH_CALLS", calls.to_string())
             .env("KEEPTYPING_BENCH_CONCURRENCY", concurrency.to_string());
         if let Some(c) = &self.cert {
-            cmd.env("SSL_CERT_FILE", c);
+            cmd.env(child::CA_FILE_ENV, c);
         }
         let out = tokio::task::spawn_blocking(move || cmd.output()).await??;
         anyhow::ensure!(out.status.success(), "ceiling failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -385,9 +388,16 @@ impl Bench {
             Some((name, path)) => (name, PathBuf::from(path), PathBuf::from(path)),
             None => (system, self.bin.clone(), std::env::current_exe()?),
         };
+        // keeptyping trusts the mock through `upstream.ca_file`; another build of it (which may
+        // predate the key) and the naive baseline's plain client through `SSL_CERT_FILE`, which
+        // reqwest's verifier reads; the children using keeptyping's client through the key too.
         let trust = |cmd: &mut Command| {
             if let Some(c) = &self.cert {
-                cmd.env("SSL_CERT_FILE", c);
+                if name == "keeptyping" && !system.contains('@') {
+                    cmd.env("KEEPTYPING__UPSTREAM__CA_FILE", c);
+                } else {
+                    cmd.env("SSL_CERT_FILE", c).env(child::CA_FILE_ENV, c);
+                }
             }
         };
         match name {

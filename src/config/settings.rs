@@ -3,6 +3,7 @@
 //! `load.rs`.
 
 use super::values::{Count, Reserve, Share};
+use super::{ConfigError, invalid};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -287,6 +288,10 @@ pub struct UpstreamSettings {
     pub connect_timeout: Duration,
     /// Idle keep-alive connections kept per host.
     pub pool_max_idle_per_host: usize,
+    /// PEM file of root certificates trusted besides the system's: a private CA, or a test
+    /// upstream's self-signed certificate. Unset: the system's roots only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
     /// API keys beyond the `ONLYFANSAPI_API_KEY` shortcut.
     pub keys: Vec<ApiKeySettings>,
 }
@@ -298,8 +303,47 @@ impl Default for UpstreamSettings {
             timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(1),
             pool_max_idle_per_host: 256,
+            ca_file: None,
             keys: Vec::new(),
         }
+    }
+}
+
+impl UpstreamSettings {
+    /// The certificates of `ca_file`, each checked to be one a TLS client can trust; none when
+    /// `ca_file` is not set. Read when the configuration is validated and again when the
+    /// upstream client is built.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming `upstream.ca_file` when the file cannot be read, holds no
+    /// PEM certificate, or one of its certificates does not parse.
+    pub fn ca_roots(&self) -> Result<Vec<reqwest::Certificate>, ConfigError> {
+        use tokio_rustls::rustls::RootCertStore;
+        use tokio_rustls::rustls::pki_types::CertificateDer;
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+
+        const KEY: &str = "upstream.ca_file";
+        let Some(path) = &self.ca_file else {
+            return Ok(Vec::new());
+        };
+        let at = path.display();
+        let pem = std::fs::read(path).map_err(|e| invalid(KEY, format!("cannot read {at}: {e}")))?;
+        // Parsing into a root store is what the TLS client will do with them: a certificate
+        // refused here would be refused at startup.
+        let mut store = RootCertStore::empty();
+        let mut roots = Vec::new();
+        for der in CertificateDer::pem_slice_iter(&pem) {
+            let der = der.map_err(|e| invalid(KEY, format!("{at}: not a PEM certificate ({e})")))?;
+            store.add(der.clone()).map_err(|e| invalid(KEY, format!("{at}: not a valid certificate ({e})")))?;
+            roots.push(
+                reqwest::Certificate::from_der(&der)
+                    .map_err(|e| invalid(KEY, format!("{at}: not a valid certificate ({e})")))?,
+            );
+        }
+        if roots.is_empty() {
+            return Err(invalid(KEY, format!("{at} holds no PEM certificate (-----BEGIN CERTIFICATE-----)")));
+        }
+        Ok(roots)
     }
 }
 
@@ -424,5 +468,36 @@ impl Default for StateSettings {
             redis_url_env: None,
             redis_url_file: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::load;
+    use super::super::test_support::{env, write_toml};
+
+    #[test]
+    fn a_ca_file_that_is_missing_or_not_pem_is_refused_in_one_line_naming_the_key() {
+        let not_pem = write_toml("ca-not-pem", "this is not a certificate\n");
+        let bad_pem = write_toml("ca-bad-pem", "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n");
+        let garbage_der = write_toml("ca-bad-der", "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n");
+        let missing = not_pem.with_file_name("missing.pem");
+        for path in [&missing, &not_pem, &bad_pem, &garbage_der] {
+            let path = path.to_str().unwrap();
+            let err = load(None, &env(&[("KEEPTYPING__UPSTREAM__CA_FILE", path)])).unwrap_err().to_string();
+            assert!(err.starts_with("config: upstream.ca_file: "), "{path}: {err}");
+            assert!(err.contains(path), "{path}: {err}");
+            assert!(!err.contains('\n'), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_pem_ca_file_is_accepted_and_shown_by_check_config() {
+        let tls = crate::mock::Tls::self_signed(false).unwrap();
+        let ca = write_toml("ca-good", tls.cert_pem());
+        let cfg = load(None, &env(&[("KEEPTYPING__UPSTREAM__CA_FILE", ca.to_str().unwrap())])).unwrap();
+        assert_eq!(cfg.settings.upstream.ca_roots().unwrap().len(), 1);
+        let printed = cfg.settings.describe(&cfg.secrets);
+        assert!(printed.contains(&format!("ca_file = {:?}", ca.to_str().unwrap())), "{printed}");
     }
 }

@@ -46,6 +46,7 @@ impl Settings {
             Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
             _ => return Err(invalid("upstream.base_url", "must be an http(s) URL")),
         }
+        self.upstream.ca_roots()?;
         if self.engine.idle_timeout.is_zero() {
             return Err(invalid("engine.idle_timeout", "must be greater than zero"));
         }

@@ -97,9 +97,10 @@ pub async fn serve(listener: TcpListener, state: Arc<MockState>, token: Cancella
 }
 
 /// A TLS identity for the mock: a self-signed certificate made at start for `localhost` and
-/// `127.0.0.1`. Clients trust it through its PEM ([`Tls::cert_pem`]): keeptyping and the
-/// benchmarks through `SSL_CERT_FILE`. With `http2`, the mock offers `h2` by ALPN (as an edge
-/// that speaks HTTP/2 would) besides `http/1.1`; without it, HTTP/1.1 only.
+/// `127.0.0.1`. Clients trust it through its PEM ([`Tls::cert_pem`]): keeptyping through
+/// `upstream.ca_file`, other clients through their own setting (reqwest's reads
+/// `SSL_CERT_FILE`). With `http2`, the mock offers `h2` by ALPN (as an edge that speaks HTTP/2
+/// would) besides `http/1.1`; without it, HTTP/1.1 only.
 #[derive(Clone)]
 pub struct Tls {
     acceptor: tokio_rustls::TlsAcceptor,
@@ -359,7 +360,7 @@ pub struct MockArgs {
     #[arg(long, default_value_t = 0.0)]
     pub error_rate: f64,
     /// Serve HTTPS with a self-signed certificate made at start, written (PEM) to this file:
-    /// point a client's `SSL_CERT_FILE` at it to trust it.
+    /// keeptyping trusts it through `upstream.ca_file` (other clients: `SSL_CERT_FILE`).
     #[arg(long)]
     pub tls_cert_out: Option<std::path::PathBuf>,
     /// With `--tls-cert-out`: offer HTTP/2 by ALPN as well as HTTP/1.1.

@@ -65,21 +65,13 @@ struct Inner {
 }
 
 impl OnlyFansClient {
-    /// Builds the client for `settings` and the resolved `keys`.
+    /// Builds the client for `settings` and the resolved `keys`, trusting the certificates of
+    /// `upstream.ca_file` besides the system's roots when it is set.
     ///
     /// # Errors
-    /// When the TLS stack cannot be initialised or a key is not a valid header value.
+    /// When the base URL is not a URL, `upstream.ca_file` cannot be read or holds no valid
+    /// certificate, the TLS stack cannot be initialised, or a key is not a valid header value.
     pub fn build(settings: &UpstreamSettings, keys: &[ApiKey]) -> anyhow::Result<Self> {
-        Self::build_with_roots(settings, keys, &[])
-    }
-
-    /// [`OnlyFansClient::build`], trusting the PEM certificates of `extra_roots` besides the
-    /// system's (a private CA, or a test server's self-signed certificate).
-    ///
-    /// # Errors
-    /// When the TLS stack cannot be initialised, a certificate does not parse, the base URL is
-    /// not a URL or a key is not a valid header value.
-    pub fn build_with_roots(settings: &UpstreamSettings, keys: &[ApiKey], extra_roots: &[u8]) -> anyhow::Result<Self> {
         let base_url = settings.base_url.trim_end_matches('/').to_owned();
         let base = Url::parse(&base_url).map_err(|e| anyhow::anyhow!("upstream.base_url {base_url:?}: {e}"))?;
         let mut builder = reqwest::Client::builder()
@@ -94,8 +86,9 @@ impl OnlyFansClient {
         if base.scheme() == "http" {
             builder = builder.http1_only();
         }
-        if !extra_roots.is_empty() {
-            builder = builder.tls_certs_merge(reqwest::Certificate::from_pem_bundle(extra_roots)?);
+        let roots = settings.ca_roots()?;
+        if !roots.is_empty() {
+            builder = builder.tls_certs_merge(roots);
         }
         let http = builder.build()?;
         let mut auth = Vec::with_capacity(keys.len());
@@ -209,7 +202,50 @@ pub(crate) fn classify(e: &reqwest::Error) -> UpstreamError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::AccountScope;
     use crate::ids::{AccountId, ChatId};
+    use crate::mock::{MockConfig, MockUpstream, RecordQuery, Tls};
+
+    fn api_key() -> ApiKey {
+        ApiKey {
+            name: "default".to_owned(),
+            budget: "default".to_owned(),
+            accounts: AccountScope::All,
+            secret: "sk_test".to_owned().into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_self_signed_upstream_is_trusted_through_ca_file_and_refused_without() {
+        // Arrange: the mock on HTTPS with a certificate made now, which no system root signed.
+        let tls = Tls::self_signed(false).unwrap();
+        let mock =
+            MockUpstream::start_with("127.0.0.1:0".parse().unwrap(), MockConfig::default(), Some(&tls)).await.unwrap();
+        let dir = std::env::temp_dir().join(format!("kt-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca_file = dir.join("mock-ca.pem");
+        std::fs::write(&ca_file, tls.cert_pem()).unwrap();
+        let chat = SessionKey {
+            platform: Platform::Onlyfans,
+            account: AccountId::parse(Platform::Onlyfans, "acct_abc").unwrap(),
+            chat: ChatId::parse(Platform::Onlyfans, "123").unwrap(),
+        };
+        let without = UpstreamSettings { base_url: mock.url(), ..UpstreamSettings::default() };
+        let with = UpstreamSettings { ca_file: Some(ca_file), ..without.clone() };
+
+        // Act
+        let refused = OnlyFansClient::build(&without, &[api_key()]).unwrap().typing(&chat, 0).await;
+        let trusted = OnlyFansClient::build(&with, &[api_key()]).unwrap().typing(&chat, 0).await;
+
+        // Assert: only the call that trusted the file reached the mock.
+        match &refused.result {
+            Err(UpstreamError::Network(m)) => assert!(m.contains("certificate"), "{m}"),
+            other => panic!("expected a certificate error, got {other:?}"),
+        }
+        assert!(trusted.result.is_ok(), "{:?}", trusted.result);
+        assert_eq!(mock.state().records(&RecordQuery::default()).len(), 1);
+        mock.stop().await;
+    }
 
     #[test]
     fn paths_per_platform() {
