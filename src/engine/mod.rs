@@ -416,6 +416,11 @@ impl Engine {
         })
     }
 
+    /// Whether the live session of `key` holds a lit slot of its budget.
+    pub fn holds_slot(&self, key: &SessionKey) -> bool {
+        self.shared.table.collect_one(key, |s| s.slot).unwrap_or(false)
+    }
+
     /// Whether typing for `account` is paused now.
     pub fn is_paused(&self, account: &AccountId) -> bool {
         self.shared.readiness.blocks(account, Instant::now())

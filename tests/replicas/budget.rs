@@ -143,8 +143,8 @@ async fn on_a_redis_cluster_the_lit_slots_of_all_replicas_are_one_prefix() {
 /// The scarcity policy across replicas: 24 fans start one after another on random replicas,
 /// one of the last ones `high`, on a budget that keeps about six lit. Once the first indicators
 /// have left the window, the sessions lit on all replicas together must be what one process
-/// would light: the `high` one, then the oldest normal ones, whichever replica owns them; and
-/// the lit ones refire on time.
+/// would light: the `high` one, then the oldest normal ones, whichever replica owns them; every
+/// replica lists the same lit sessions; and the lit ones refire on time.
 pub async fn slot_order_across_replicas(redis: Redis, dir: &std::path::Path, label: &str) {
     let seed = seed();
     eprintln!("{label}: seed {seed} (KT_SEED to repeat)");
@@ -173,24 +173,45 @@ pub async fn slot_order_across_replicas(redis: Redis, dir: &std::path::Path, lab
         starts.push(a);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // The first indicators leave the window (6 s), and every replica has reserved since.
-    tokio::time::sleep(Duration::from_millis(WINDOW_MS as u64 + 3000)).await;
+    // The first indicators leave the shared window (counted over the window and 2 s more, the
+    // time a grant may be spent), and every replica has reserved twice since: the replicas merge
+    // what each saw at its last reservation, so while the room changes their prefixes may
+    // disagree for up to a second.
+    tokio::time::sleep(Duration::from_millis(WINDOW_MS as u64 + 6000)).await;
     // Who is lit, as each session's owner says, a few times over two seconds.
     let order: Vec<&String> = std::iter::once(high).chain(chats.iter().filter(|c| *c != high)).collect();
     let owners = crate::fleet::owners(&redis, &chats).await;
-    let sample_from = fleet.clock.now();
-    let mut samples = Vec::new();
-    for _ in 0..4 {
-        let mut lit = std::collections::BTreeSet::new();
-        for r in 0..3 {
+    // The lit sessions each replica lists, every session with its owner's word on its slot.
+    let listed = |r: usize| {
+        let hooks = hooks.clone();
+        let n = chats.len();
+        async move {
             let (status, v) = hooks.get(r, "/v1/typing/sessions").await;
             assert_eq!(status, 200, "{label}: sessions on replica {r}: {v}");
-            for s in v["sessions"].as_array().unwrap() {
-                if s["lit_slot"] == json!(true) {
-                    lit.insert(s["chat_id"].as_str().unwrap().to_owned());
-                }
-            }
+            let listed = v["sessions"].as_array().unwrap();
+            assert_eq!(listed.len(), n, "{label}: replica {r} lists {} sessions", listed.len());
+            listed
+                .iter()
+                .filter(|s| s["lit_slot"] == json!(true))
+                .map(|s| s["chat_id"].as_str().unwrap().to_owned())
+                .collect::<std::collections::BTreeSet<String>>()
         }
+    };
+    // Settled: the three replicas list the same lit sessions (within 5 s).
+    let settle = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let views = [listed(0).await, listed(1).await, listed(2).await];
+        if views.iter().all(|v| *v == views[0]) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < settle, "{label}: the replicas list different lit sessions: {views:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let sample_from = fleet.clock.now();
+    let mut samples = Vec::new();
+    for i in 0..4 {
+        // Through a different replica each time: the same list as one process would give.
+        let lit = listed(i % 3).await;
         let in_order: Vec<usize> =
             order.iter().enumerate().filter(|(_, c)| lit.contains(**c)).map(|(i, _)| i).collect();
         samples.push(in_order);

@@ -296,6 +296,7 @@ impl Replica {
             }
         });
         let wall = wire::wall_ms();
+        let mine = out.len();
         for shard in futures_util::future::join_all(reads).await {
             for (field, value) in shard.map_err(|_| Unavailable)? {
                 let (Some(key), Ok(r)) = (wire::parse_field(&field), serde_json::from_str::<Record>(&value)) else {
@@ -316,6 +317,39 @@ impl Replica {
                     expires_in_ms: end.saturating_sub(wall),
                     lit_slot: false,
                 });
+            }
+        }
+        // Whether a session holds a lit slot only its owner knows: ask each owner about its
+        // chats, all at once (a session whose owner does not answer in time shows none).
+        let mut by_owner: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, s) in out.iter().enumerate().skip(mine) {
+            let key = SessionKey { platform: s.platform, account: s.account_id.clone(), chat: s.chat_id.clone() };
+            if let Some(owner) = inner.shards.owner(shard_of(&key)) {
+                by_owner.entry(owner).or_default().push(i);
+            }
+        }
+        let asks = by_owner.into_iter().map(|(owner, at)| {
+            let chats: Vec<wire::WireKey> = at
+                .iter()
+                .filter_map(|i| out.get(*i))
+                .map(|s| wire::WireKey {
+                    platform: s.platform,
+                    account: s.account_id.as_str().to_owned(),
+                    chat: s.chat_id.as_str().to_owned(),
+                })
+                .collect();
+            async move {
+                let answer = inner.ask(&owner, |id, from| Message::LitQuery { id, from, chats }).await;
+                (at, answer)
+            }
+        });
+        for (at, answer) in futures_util::future::join_all(asks).await {
+            if let Ok(Answer::Lit(lit)) = answer {
+                for (i, l) in at.into_iter().zip(lit) {
+                    if let Some(s) = out.get_mut(i) {
+                        s.lit_slot = l;
+                    }
+                }
             }
         }
         Ok(out)
@@ -412,10 +446,19 @@ impl Inner {
     /// Sends `req` to `owner` and waits for its answer (`NotOwner` when none comes in time).
     async fn forward(&self, owner: &str, request: Request) -> Result<Answer, RedisFault> {
         let started = Instant::now();
+        let answer = self.ask(owner, |id, from| Message::Request { id, from, request }).await;
+        metrics::state_forwarded(started.elapsed());
+        answer
+    }
+
+    /// Sends replica `owner` the message `make` builds (from a fresh request id and this
+    /// replica's id) and waits for its answer; [`Answer::NotOwner`] when it does not answer
+    /// within [`FORWARD_WAIT`].
+    async fn ask(&self, owner: &str, make: impl FnOnce(u64, String) -> Message) -> Result<Answer, RedisFault> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.pending.insert(id, tx);
-        let msg = Message::Request { id, from: self.id.clone(), request };
+        let msg = make(id, self.id.clone());
         let body = serde_json::to_string(&msg).unwrap_or_default();
         let mut conn = self.bus.clone();
         let receivers: Result<i64, RedisFault> =
@@ -433,7 +476,6 @@ impl Inner {
             },
         };
         self.pending.remove(&id);
-        metrics::state_forwarded(started.elapsed());
         Ok(answer)
     }
 
@@ -833,6 +875,17 @@ fn handle(inner: &Arc<Inner>, payload: &[u8]) {
             tokio::spawn(async move {
                 let answer = inner.apply(request).await;
                 let body = serde_json::to_string(&Message::Reply { id, answer }).unwrap_or_default();
+                let mut conn = inner.bus.clone();
+                let _: Result<i64, _> =
+                    conn::query(&mut conn, redis::cmd("PUBLISH").arg(wire::channel(&from)).arg(body), StateOp::Forward)
+                        .await;
+            });
+        }
+        Message::LitQuery { id, from, chats } => {
+            let lit = chats.iter().map(|c| c.key().is_some_and(|k| inner.engine.holds_slot(&k))).collect();
+            let inner = Arc::clone(inner);
+            tokio::spawn(async move {
+                let body = serde_json::to_string(&Message::Reply { id, answer: Answer::Lit(lit) }).unwrap_or_default();
                 let mut conn = inner.bus.clone();
                 let _: Result<i64, _> =
                     conn::query(&mut conn, redis::cmd("PUBLISH").arg(wire::channel(&from)).arg(body), StateOp::Forward)

@@ -196,6 +196,8 @@ pub(crate) enum Answer {
     NotOwner,
     /// The owner could not record the change in Redis.
     Unavailable,
+    /// Whether each chat of a [`Message::LitQuery`] holds a lit slot, in its order.
+    Lit(Vec<bool>),
 }
 
 /// [`StartOutcome`] on the wire.
@@ -256,6 +258,8 @@ pub(crate) enum Message {
     Request { id: u64, from: String, request: Request },
     /// The answer to request `id`.
     Reply { id: u64, answer: Answer },
+    /// Which of `chats` hold a lit slot on the receiver (their owner), answered like a request.
+    LitQuery { id: u64, from: String, chats: Vec<WireKey> },
     /// Shards were released: run the control step now rather than at the next renewal.
     Rebalance,
     /// A webhook paused an account on every replica.
