@@ -416,6 +416,18 @@ impl Engine {
         })
     }
 
+    /// How long the cap on `key` still lasts (its session reached `engine.max_lifetime` and
+    /// starts keep coming), if it is capped: for the replica taking it over.
+    pub fn cap_left(&self, key: &SessionKey) -> Option<Duration> {
+        let now = Instant::now();
+        self.shared.table.cap_until(key).filter(|u| *u > now).map(|u| u - now)
+    }
+
+    /// Caps `key` for `left`, as the replica it comes from had it capped.
+    pub fn adopt_cap(&self, key: SessionKey, left: Duration) {
+        self.shared.table.cap(key, Instant::now() + left);
+    }
+
     /// Whether the live session of `key` holds a lit slot of its budget.
     pub fn holds_slot(&self, key: &SessionKey) -> bool {
         self.shared.table.collect_one(key, |s| s.slot).unwrap_or(false)
@@ -592,6 +604,8 @@ impl Engine {
                 out.push((key, recorded(&session, interval, Instant::now())));
             }
         }
+        // Caps go with their chats: the next owner has them from the records.
+        self.shared.table.uncap_where(&which);
         metrics::sessions_active(self.shared.table.len());
         out
     }

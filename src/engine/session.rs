@@ -354,6 +354,18 @@ impl SessionTable {
         self.capped.insert(key, until);
     }
 
+    /// When the cap on `key` ends, if it is capped.
+    pub fn cap_until(&self, key: &SessionKey) -> Option<Instant> {
+        if self.capped.is_empty() { None } else { self.capped.get(key).map(|u| *u) }
+    }
+
+    /// Lifts the caps on the keys `which` selects.
+    pub fn uncap_where(&self, which: impl Fn(&SessionKey) -> bool) {
+        if !self.capped.is_empty() {
+            self.capped.retain(|k, _| !which(k));
+        }
+    }
+
     /// Lifts the cap on `key`. Returns whether it was capped.
     pub fn uncap(&self, key: &SessionKey) -> bool {
         !self.capped.is_empty() && self.capped.remove(key).is_some()

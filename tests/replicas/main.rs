@@ -28,6 +28,7 @@ mod fleet;
 mod servers;
 
 mod budget;
+mod capped;
 mod cost;
 mod failover;
 mod rolling;

@@ -503,6 +503,8 @@ impl Inner {
                     Ok(StartOutcome::Started | StartOutcome::Refreshed | StartOutcome::Paused(_)) => {
                         self.save(&key, shard).await
                     }
+                    // The cap moved on with this start's lease.
+                    Ok(StartOutcome::Capped) => self.commit(shard, wire::field(&key), self.cap_value(&key)).await,
                     _ => true,
                 };
                 if recorded { Answer::from(outcome) } else { Answer::Unavailable }
@@ -510,9 +512,10 @@ impl Inner {
             Request::Stop { holder, .. } => {
                 let outcome = self.engine.stop(&key, holder.as_deref());
                 let recorded = match outcome {
-                    StopOutcome::Stopped => self.commit(shard, wire::field(&key), None).await,
+                    // A stop also lifts a cap, which only the record may still hold (a cap that
+                    // had lapsed here).
+                    StopOutcome::Stopped | StopOutcome::NotFound => self.commit(shard, wire::field(&key), None).await,
                     StopOutcome::Released { .. } => self.save(&key, shard).await,
-                    StopOutcome::NotFound => true,
                 };
                 if recorded { Answer::from(outcome) } else { Answer::Unavailable }
             }
@@ -530,6 +533,13 @@ impl Inner {
     async fn save(&self, key: &SessionKey, shard: usize) -> bool {
         let value = self.engine.record(key).map(|r| self.record_value(&r, wire::wall_ms()));
         self.commit(shard, wire::field(key), value).await
+    }
+
+    /// The record of `key`'s cap, if it is capped here.
+    fn cap_value(&self, key: &SessionKey) -> Option<String> {
+        let left = self.engine.cap_left(key)?;
+        let c = wire::wall_ms() + u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
+        serde_json::to_string(&wire::Cap { c }).ok()
     }
 
     /// The record of a live session as stored, at wall time `now`.
@@ -589,6 +599,13 @@ impl Inner {
         let mut adopted = 0;
         let mut over = Vec::new();
         for (field, value) in flat {
+            if let (Some(key), Ok(cap)) = (wire::parse_field(&field), serde_json::from_str::<wire::Cap>(&value)) {
+                match cap.c.checked_sub(now).filter(|left| *left > 0) {
+                    Some(left) => self.engine.adopt_cap(key, Duration::from_millis(left)),
+                    None => over.push(field),
+                }
+                continue;
+            }
             let (Some(key), Ok(record)) = (wire::parse_field(&field), serde_json::from_str::<Record>(&value)) else {
                 over.push(field);
                 continue;
@@ -825,7 +842,8 @@ async fn forget_ended(inner: Arc<Inner>, mut ends: mpsc::UnboundedReceiver<Sessi
                 None => return,
             },
         };
-        let _ = inner.commits.send(Commit { shard: shard_of(&key), field: wire::field(&key), value: None, done: None });
+        let value = inner.cap_value(&key);
+        let _ = inner.commits.send(Commit { shard: shard_of(&key), field: wire::field(&key), value, done: None });
     }
 }
 

@@ -124,6 +124,13 @@ impl Record {
     }
 }
 
+/// A capped chat as its shard records it: its session reached `engine.max_lifetime`, and starts
+/// are answered `capped` until `c` (wall-clock ms; each capped start moves it on).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct Cap {
+    pub(crate) c: u64,
+}
+
 /// A chat on the wire.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct WireKey {
