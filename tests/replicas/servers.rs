@@ -1,6 +1,7 @@
 //! Real `redis-server` processes for the tests: one server, or a local three-master Redis
 //! Cluster, each on free loopback ports with persistence off (`--save '' --appendonly no`), in a
-//! temporary directory, killed on drop. `redis-cli` reads them (INFO, keys) and pauses them.
+//! temporary directory, killed on drop, and restarted on the same ports when a test says so.
+//! `redis-cli` reads them (INFO, keys); signals freeze and thaw them.
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
@@ -74,7 +75,8 @@ pub struct RedisServer {
 
 impl RedisServer {
     /// A standalone server on a free port, up and answering PING. `DEBUG` is allowed from
-    /// loopback (`--enable-debug-command local`) so that a test can freeze it.
+    /// loopback (`--enable-debug-command local`), e.g. `DEBUG SLEEP`; the freeze tests use
+    /// [`Redis::freeze`], which stops every node at one instant.
     pub async fn start(dir: &Path) -> Self {
         require_redis_tools();
         // A free port can be taken before Redis binds it: then try another.
@@ -191,7 +193,6 @@ impl Redis {
         let mut args: Vec<String> = vec!["--cluster".into(), "create".into()];
         args.extend(nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)));
         args.extend(["--cluster-replicas", "0", "--cluster-yes"].map(str::to_owned));
-        let port = nodes[0].port;
         let out = tokio::task::spawn_blocking(move || {
             Command::new("redis-cli").args(&args).stdin(Stdio::null()).output().unwrap()
         })
@@ -203,13 +204,7 @@ impl Redis {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        let deadline = Instant::now() + Duration::from_secs(20);
-        for node in &nodes {
-            while !node.cli(&["CLUSTER", "INFO"]).await.contains("cluster_state:ok") {
-                assert!(Instant::now() < deadline, "the cluster (node {port}...) never reached cluster_state:ok");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
+        wait_cluster_ok(&nodes, Duration::from_secs(20)).await;
         Self::Cluster(nodes)
     }
 
@@ -232,11 +227,47 @@ impl Redis {
         }
     }
 
-    pub fn single_mut(&mut self) -> &mut RedisServer {
+    /// SIGKILL of every node: the data is gone with them (no persistence).
+    pub fn kill(&mut self) {
         match self {
-            Self::Single(s) => s,
-            Self::Cluster(_) => panic!("a standalone Redis was expected"),
+            Self::Single(s) => s.kill(),
+            Self::Cluster(nodes) => nodes.iter_mut().for_each(RedisServer::kill),
         }
+    }
+
+    /// Starts every node again on its port, empty. A cluster's nodes keep their config files
+    /// (`nodes.conf`: node ids, slots, epochs), so they re-form the same cluster by themselves;
+    /// this waits until every node reports `cluster_state:ok` again (a master that restarts
+    /// waits about 2 s before it declares the cluster ok).
+    pub async fn restart(&mut self) {
+        match self {
+            Self::Single(s) => s.restart().await,
+            Self::Cluster(nodes) => {
+                for node in nodes.iter_mut() {
+                    node.restart().await;
+                }
+                wait_cluster_ok(nodes, Duration::from_secs(20)).await;
+            }
+        }
+    }
+
+    /// SIGSTOP of every node at once (one `kill` for all): Redis answers nothing, keeps its
+    /// data, and on a cluster no node sees another one go quiet. Undone by [`Redis::thaw`] (or
+    /// by the SIGKILL on drop).
+    pub fn freeze(&self) {
+        self.signal_every_node("STOP");
+    }
+
+    /// SIGCONT of every node at once: they all answer again from the same instant.
+    pub fn thaw(&self) {
+        self.signal_every_node("CONT");
+    }
+
+    fn signal_every_node(&self, sig: &str) {
+        let pids: Vec<String> =
+            self.nodes().iter().map(|n| n.child.as_ref().expect("a running redis-server").0.id().to_string()).collect();
+        let ok = Command::new("kill").arg(format!("-{sig}")).args(&pids).status().unwrap();
+        assert!(ok.success(), "kill -{sig} {pids:?}");
     }
 
     /// A command on the node holding its key (cluster redirections followed).
@@ -256,6 +287,21 @@ impl Redis {
             }
         }
         all
+    }
+}
+
+/// Waits up to `within` until every node reports `cluster_state:ok`.
+async fn wait_cluster_ok(nodes: &[RedisServer], within: Duration) {
+    let deadline = Instant::now() + within;
+    for node in nodes {
+        while !node.cli(&["CLUSTER", "INFO"]).await.contains("cluster_state:ok") {
+            assert!(
+                Instant::now() < deadline,
+                "the cluster never reached cluster_state:ok on node {} within {within:?}",
+                node.port
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 

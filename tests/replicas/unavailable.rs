@@ -1,15 +1,17 @@
 //! Redis unavailable: hooks answer 503 `state_unavailable` with `Retry-After` within 1 s,
 //! `/readyz` stays 200, owners stop refiring once their leases lapse, and when Redis is back
 //! the sessions it still holds resume within one interval and new starts work. Two ways: Redis
-//! frozen (`DEBUG SLEEP`, no data lost) and Redis killed and restarted empty.
+//! frozen for 4 s (SIGSTOP, then SIGCONT: no data lost) and Redis killed and restarted empty.
+//! Each runs on a single Redis and on a local three-master Redis Cluster, where every node is
+//! frozen and thawed at the same instant (one signal to all three, so that no node answers
+//! before the others), or killed at once and restarted on its port with its `nodes.conf`, so
+//! that the same cluster re-forms with every node empty.
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::json;
 
 use crate::checker::{Rules, Spell, by_chat, check};
-use crate::child::Kill;
 use crate::fleet::{ACCOUNT, Answer, Fleet, Hooks, Params, TempDir, chats, serial};
 use crate::servers::Redis;
 
@@ -78,28 +80,34 @@ async fn start_until_works(hooks: &Hooks, chat: &str, within: Duration, label: &
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn while_redis_is_frozen_hooks_answer_503_owners_stop_and_everything_resumes() {
     let _serial = serial().await;
-    let label = "Redis frozen";
     let dir = TempDir::new("redis-frozen");
     let redis = Redis::single(&dir.0).await;
+    redis_frozen(redis, &dir.0, "Redis frozen").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_redis_cluster_while_every_node_is_frozen_hooks_answer_503_owners_stop_and_everything_resumes() {
+    let _serial = serial().await;
+    let dir = TempDir::new("redis-frozen-cluster");
+    let redis = Redis::cluster(&dir.0).await;
+    redis_frozen(redis, &dir.0, "Redis frozen, cluster").await;
+}
+
+/// The frozen-Redis test itself, on a single Redis or on a cluster (every node frozen).
+pub async fn redis_frozen(redis: Redis, dir: &std::path::Path, label: &str) {
     let params = Params::default();
     let (interval, lifetime, lease) = (params.interval_ms as f64, params.lifetime_ms as f64, params.lease_ms as f64);
-    let mut fleet = Fleet::start(&redis, &dir.0, 3, params.clone()).await;
+    let mut fleet = Fleet::start(&redis, dir, 3, params.clone()).await;
     fleet.wait_shards_settled(&[0, 1, 2], 3, Duration::from_secs(6)).await;
     let hooks = fleet.hooks();
     let chats = chats(8_100_000, 30);
     hooks.start_all(&chats).await;
     tokio::time::sleep(Duration::from_millis(2000)).await;
 
-    // Act: Redis sleeps 4 s (it answers nothing, its data stays).
-    let port = redis.nodes()[0].port;
+    // Act: Redis (every node of a cluster) is frozen for 4 s: it answers nothing, its data
+    // stays.
     let frozen = fleet.clock.now();
-    let sleeper = Kill(
-        Command::new("redis-cli")
-            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "DEBUG", "SLEEP", "4"])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    redis.freeze();
     tokio::time::sleep(Duration::from_millis(100)).await;
     probe(&hooks, 8_190_000, &chats, label, "at once").await;
     assert_ready(&fleet, label).await;
@@ -108,9 +116,11 @@ async fn while_redis_is_frozen_hooks_answer_503_owners_stop_and_everything_resum
     probe(&hooks, 8_190_010, &chats, label, "after the lease").await;
     assert_ready(&fleet, label).await;
     assert!(fleet.clock.now() < frozen + 3500.0, "{label}: the probes outlasted the freeze");
-    let mut sleeper = sleeper;
-    tokio::task::block_in_place(|| sleeper.0.wait().unwrap());
+    let until = frozen + 4000.0 - fleet.clock.now();
+    tokio::time::sleep(Duration::from_millis(until.max(0.0) as u64)).await;
+    // Nothing can answer before this instant.
     let back = fleet.clock.now();
+    redis.thaw();
     tokio::time::sleep(Duration::from_millis((2.0 * interval) as u64 + 500)).await;
 
     let calls = fleet.calls(frozen - interval).await;
@@ -183,21 +193,35 @@ async fn while_redis_is_frozen_hooks_answer_503_owners_stop_and_everything_resum
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_redis_is_killed_hooks_answer_503_and_after_a_restart_new_starts_work() {
     let _serial = serial().await;
-    let label = "Redis killed";
     let dir = TempDir::new("redis-killed");
-    let mut redis = Redis::single(&dir.0).await;
+    let redis = Redis::single(&dir.0).await;
+    redis_killed(redis, &dir.0, "Redis killed").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_redis_cluster_when_every_node_is_killed_hooks_answer_503_and_after_a_restart_new_starts_work() {
+    let _serial = serial().await;
+    let dir = TempDir::new("redis-killed-cluster");
+    let redis = Redis::cluster(&dir.0).await;
+    redis_killed(redis, &dir.0, "Redis killed, cluster").await;
+}
+
+/// The killed-Redis test itself, on a single Redis or on a cluster (every node killed, then
+/// restarted empty).
+pub async fn redis_killed(mut redis: Redis, dir: &std::path::Path, label: &str) {
     let params = Params::default();
     let (interval, lifetime, lease) = (params.interval_ms as f64, params.lifetime_ms as f64, params.lease_ms as f64);
-    let mut fleet = Fleet::start(&redis, &dir.0, 3, params.clone()).await;
+    let mut fleet = Fleet::start(&redis, dir, 3, params.clone()).await;
     fleet.wait_shards_settled(&[0, 1, 2], 3, Duration::from_secs(6)).await;
     let hooks = fleet.hooks();
     let chats = chats(8_200_000, 30);
     hooks.start_all(&chats).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
-    // Act: SIGKILL Redis; hooks fail fast, readiness holds, owners stop once their leases lapse.
+    // Act: SIGKILL Redis (every node of a cluster); hooks fail fast, readiness holds, owners
+    // stop once their leases lapse.
     let killed = fleet.clock.now();
-    redis.single_mut().kill();
+    redis.kill();
     tokio::time::sleep(Duration::from_millis(100)).await;
     probe(&hooks, 8_290_000, &chats, label, "at once").await;
     assert_ready(&fleet, label).await;
@@ -206,7 +230,8 @@ async fn when_redis_is_killed_hooks_answer_503_and_after_a_restart_new_starts_wo
     probe(&hooks, 8_290_010, &chats, label, "after the lease").await;
     assert_ready(&fleet, label).await;
     let restarting = fleet.clock.now();
-    redis.single_mut().restart().await;
+    // Every node starts again, empty; a cluster re-forms from its nodes' config files.
+    redis.restart().await;
     let back = fleet.clock.now();
 
     // New starts work again once the replicas reconnect.
@@ -219,9 +244,12 @@ async fn when_redis_is_killed_hooks_answer_503_and_after_a_restart_new_starts_wo
     let old_after: usize = calls.iter().filter(|c| c.t > back && chats.contains(&c.chat)).count();
     let fresh_calls = calls.iter().filter(|c| c.chat == "8299999").count();
     eprintln!(
-        "{label}: first successful start {:.0} ms after Redis was up again (refusals before: {failed:?}); calls later than lease + 200 ms \
+        "{label}: Redis down for {:.0} ms, up again {:.0} ms after its restart began; first successful start \
+         {:.0} ms after Redis was up again (refusals before: {failed:?}); calls later than lease + 200 ms \
          while it was down: {}; the new chat's calls: {fresh_calls}; calls for the sessions lost with Redis's \
          data after the restart: {old_after}",
+        restarting - killed,
+        back - restarting,
         fresh.at - back,
         during.len()
     );

@@ -45,10 +45,26 @@ impl std::fmt::Debug for Conn {
     }
 }
 
+/// Whether a command on a single server's connection failed only because the connection could
+/// not be made. After an outage the connection manager keeps the error of its last failed
+/// reconnection and gives it to the next command even when Redis answers again, then
+/// reconnects: without a second try, the first command after Redis is back fails (on a
+/// cluster, the publishing connection is used for nothing else, so that command was a
+/// forwarded hook's reply, lost). Such a command never reached Redis, so sending it once more
+/// is safe; both tries together stay within [`OP_TIMEOUT`].
+fn refused(e: &redis::RedisError) -> bool {
+    e.is_connection_refusal()
+}
+
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
-            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Single(c) => Box::pin(async move {
+                match c.req_packed_command(cmd).await {
+                    Err(e) if refused(&e) => c.req_packed_command(cmd).await,
+                    answer => answer,
+                }
+            }),
             Self::Cluster(c) => c.req_packed_command(cmd),
         }
     }
@@ -60,7 +76,12 @@ impl ConnectionLike for Conn {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
-            Self::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Self::Single(c) => Box::pin(async move {
+                match c.req_packed_commands(cmd, offset, count).await {
+                    Err(e) if refused(&e) => c.req_packed_commands(cmd, offset, count).await,
+                    answers => answers,
+                }
+            }),
             Self::Cluster(c) => c.req_packed_commands(cmd, offset, count),
         }
     }
