@@ -610,6 +610,29 @@ impl Engine {
         out
     }
 
+    /// Makes the sessions `which` selects that missed a refire due at once: this replica holds
+    /// their shard's lease again (Redis answered again after an outage, during which refires
+    /// were skipped for want of a valid lease), so they need not wait out another interval.
+    pub fn hasten(&self, which: impl Fn(&SessionKey) -> bool) -> usize {
+        let now = Instant::now();
+        let mut hastened = 0;
+        for (key, generation) in self.shared.table.keys_where(|k, _| which(k)) {
+            let interval = self.shared.platform(key.platform).refire_interval;
+            let due = self.shared.table.with_generation(&key, generation, |s| {
+                let due = s.last_sent.map_or(now, |t| (t + interval).max(now)).min(s.expires_at().max(now));
+                (!s.in_flight && due < s.next_due).then(|| {
+                    s.next_due = due;
+                    due
+                })
+            });
+            if let Some(Some(due)) = due {
+                hastened += 1;
+                let _ = self.shared.commands.send(Command::Due { key, generation, due });
+            }
+        }
+        hastened
+    }
+
     /// The chats of every live session that `which` selects.
     pub fn live_keys(&self, which: impl Fn(&SessionKey) -> bool) -> Vec<SessionKey> {
         self.shared.table.keys_where(|k, _| which(k)).into_iter().map(|(k, _)| k).collect()

@@ -501,6 +501,13 @@ impl Scheduler {
 
     /// Asks the budget for a token; launches on success, queues on refusal.
     fn try_pay(&mut self, r: Ready, entry: Entry, now: Instant, count: bool) -> Paid {
+        // With replicas, a call this replica may not send is not paid for either (the budget's
+        // tokens are for the calls that leave); `fire` asks again right before sending.
+        if self.shared.ownership.get().is_some_and(|o| !o.may_send(&entry.key, now)) {
+            metrics::refire_skipped(SkipReason::NotOwner);
+            self.reschedule(entry, now);
+            return Paid::Skipped;
+        }
         let Some(permit) = self.take_permit() else {
             // Keep the entry first in line and wait for a permit.
             if count {

@@ -49,6 +49,8 @@ struct Share {
     lit: Option<order::Lit>,
     /// The fraction of a call accrued but not yet asked for.
     owed: f64,
+    /// The last reservation did not reach Redis.
+    failed: bool,
 }
 
 impl Default for Share {
@@ -63,6 +65,7 @@ impl Default for Share {
             total: 0,
             lit: None,
             owed: 0.0,
+            failed: false,
         }
     }
 }
@@ -180,7 +183,10 @@ async fn reserve(inner: &Inner, i: usize, share: &mut Share) {
     let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
     let mut conn = inner.conn.clone();
     let reply: Result<Reply, _> = conn::script(&mut conn, &scripts::BUDGET, &key_refs, &args, StateOp::Budget).await;
-    let Ok((granted, second, total, used, first_granted, recent_firsts, heads)) = reply else { return };
+    let Ok((granted, second, total, used, first_granted, recent_firsts, heads)) = reply else {
+        share.failed = true;
+        return;
+    };
     share.total = total;
     share.recent_firsts = recent_firsts;
     // This replica's share of the budget: with the orders exchanged, its share of the merged
@@ -209,6 +215,10 @@ async fn reserve(inner: &Inner, i: usize, share: &mut Share) {
     let now = Instant::now();
     let grant = SharedWindow { tokens: granted, first_tokens: first_granted, fraction, window_used: used, slot_calls };
     let left = engine.budget_states().with(i, |b| b.set_shared_grant(grant, now + GRANT_FOR, now)).unwrap_or(0);
+    if std::mem::take(&mut share.failed) {
+        // Refires skipped for want of a grant while Redis did not answer leave now.
+        engine.hasten(|_| true);
+    }
     // What is left of the grant held until now goes back, at the next reservation, to the
     // second it was made in.
     share.give_back = (left, share.held);

@@ -49,6 +49,8 @@ use crate::metrics::{self, EndReason, StateOp};
 /// chat (the owner may have died or handed the shard over meanwhile); a live owner answers in
 /// milliseconds.
 const FORWARD_WAIT: Duration = Duration::from_millis(400);
+/// How often the control step looks again while Redis does not answer.
+const RECOVERY_EVERY: Duration = Duration::from_millis(100);
 /// How long a hook may wait on an unresponsive Redis before it answers 503.
 const HOOK_REDIS_BUDGET: Duration = Duration::from_millis(950);
 
@@ -736,6 +738,9 @@ impl Inner {
                     let _ = self.commits.send(Commit { shard, field: wire::field(&key), value, done: None });
                 }
             }
+            // Refires skipped meanwhile for want of a valid lease leave now.
+            let hastened = self.engine.hasten(mine);
+            tracing::info!(sessions = hastened, "refires missed while Redis did not answer leave now");
         }
         // Shards this replica should own under the members just read, and that nobody owns: the
         // next step runs at once rather than a quarter lease later (a replica just left).
@@ -763,9 +768,12 @@ async fn control_loop(inner: Arc<Inner>, stop: CancellationToken) {
             return;
         }
         inner.control_step(&[], false).await;
+        // While Redis does not answer, look again soon: the leases (and typing) come back as
+        // soon as it does, not a quarter lease later.
+        let next = if inner.redis_ok.load(Ordering::Acquire) { every } else { every.min(RECOVERY_EVERY) };
         tokio::select! {
             () = stop.cancelled() => return,
-            () = tokio::time::sleep(every) => {}
+            () = tokio::time::sleep(next) => {}
             () = inner.kick.notified() => {}
         }
     }
