@@ -39,21 +39,28 @@ async fn on_a_redis_cluster_typing_from_all_replicas_stays_within_the_share() {
     budget_across_replicas(redis, &dir.0, "budget, cluster").await;
 }
 
-/// The test itself, on a single Redis or on a cluster.
-pub async fn budget_across_replicas(redis: Redis, dir: &std::path::Path, label: &str) {
-    let seed = seed();
-    eprintln!("{label}: seed {seed} (KT_SEED to repeat)");
-    let mut rng = StdRng::seed_from_u64(seed);
+/// Three replicas on a budget ten times faster than life (a 6 s window, refires every 350 ms),
+/// the mock counting the same window; with the refire interval and indicator lifetime (ms).
+async fn short_budget(redis: &Redis, dir: &std::path::Path) -> (Fleet, f64, f64) {
     let params = Params { interval_ms: 350, lifetime_ms: 400, upstream_timeout_ms: 150, ..Params::default() }
         .env("KEEPTYPING__BUDGET__WINDOW", "6s")
         .env("KEEPTYPING__BUDGET__LIMIT_PER_MINUTE", &LIMIT.to_string())
         .env("KEEPTYPING__BUDGET__BURST", "10");
     let (interval, lifetime) = (params.interval_ms as f64, params.lifetime_ms as f64);
-    let mut fleet = Fleet::start(&redis, dir, 3, params.clone()).await;
+    let fleet = Fleet::start(redis, dir, 3, params).await;
     let limits = json!({"limit_per_minute": LIMIT, "window_ms": WINDOW_MS as u64});
     let set = fleet.http.post(format!("{}/_mock/config", fleet.mock_url)).json(&limits).send().await.unwrap();
     assert!(set.status().is_success());
     fleet.wait_shards_settled(&[0, 1, 2], 3, Duration::from_secs(6)).await;
+    (fleet, interval, lifetime)
+}
+
+/// The test itself, on a single Redis or on a cluster.
+pub async fn budget_across_replicas(redis: Redis, dir: &std::path::Path, label: &str) {
+    let seed = seed();
+    eprintln!("{label}: seed {seed} (KT_SEED to repeat)");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (mut fleet, interval, lifetime) = short_budget(&redis, dir).await;
     let hooks = fleet.hooks();
 
     // The chat tool's own traffic on the same key, straight to the mock, throughout.
@@ -149,16 +156,7 @@ pub async fn slot_order_across_replicas(redis: Redis, dir: &std::path::Path, lab
     let seed = seed();
     eprintln!("{label}: seed {seed} (KT_SEED to repeat)");
     let mut rng = StdRng::seed_from_u64(seed);
-    let params = Params { interval_ms: 350, lifetime_ms: 400, upstream_timeout_ms: 150, ..Params::default() }
-        .env("KEEPTYPING__BUDGET__WINDOW", "6s")
-        .env("KEEPTYPING__BUDGET__LIMIT_PER_MINUTE", &LIMIT.to_string())
-        .env("KEEPTYPING__BUDGET__BURST", "10");
-    let (interval, lifetime) = (params.interval_ms as f64, params.lifetime_ms as f64);
-    let mut fleet = Fleet::start(&redis, dir, 3, params.clone()).await;
-    let limits = json!({"limit_per_minute": LIMIT, "window_ms": WINDOW_MS as u64});
-    let set = fleet.http.post(format!("{}/_mock/config", fleet.mock_url)).json(&limits).send().await.unwrap();
-    assert!(set.status().is_success());
-    fleet.wait_shards_settled(&[0, 1, 2], 3, Duration::from_secs(6)).await;
+    let (mut fleet, interval, lifetime) = short_budget(&redis, dir).await;
     let hooks = fleet.hooks();
     let chats = chats(9_200_000, 24);
     let high = &chats[20];

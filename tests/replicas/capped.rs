@@ -12,9 +12,8 @@ async fn a_capped_chat_stays_capped_when_its_owner_dies_and_a_stop_lifts_the_cap
     let _serial = serial().await;
     let dir = TempDir::new("capped");
     let redis = Redis::single(&dir.0).await;
-    let params = Params::default()
-        .env("KEEPTYPING__ENGINE__MAX_LIFETIME", "3s")
-        .env("KEEPTYPING__ENGINE__IDLE_TIMEOUT", "3s");
+    let params =
+        Params::default().env("KEEPTYPING__ENGINE__MAX_LIFETIME", "3s").env("KEEPTYPING__ENGINE__IDLE_TIMEOUT", "3s");
     let lease = params.lease_ms;
     let mut fleet = Fleet::start(&redis, &dir.0, 3, params).await;
     fleet.wait_shards_settled(&[0, 1, 2], 3, Duration::from_secs(6)).await;
