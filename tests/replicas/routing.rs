@@ -340,3 +340,63 @@ async fn on_a_redis_cluster_starts_and_stops_on_random_replicas_answer_as_one_pr
     let redis = Redis::cluster(&dir.0).await;
     random_replicas(redis, &dir.0, "random replicas, cluster").await;
 }
+
+/// A forwarded hook whose answer is lost on the way back is sent again with the same hook id:
+/// the owner answers the second try with the first one's answer instead of applying it twice
+/// (a start answered `started` twice, not `started` then `refreshed`). The test plays the
+/// forwarding replica itself: it listens on a channel of its own and publishes the same start to
+/// the chat's owner twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hook_sent_twice_to_its_owner_is_applied_once_and_answered_alike() {
+    let _serial = serial().await;
+    let dir = TempDir::new("resend");
+    let redis = Redis::single(&dir.0).await;
+    let mut fleet = Fleet::start(&redis, &dir.0, 3, Params::default()).await;
+    fleet.wait_shards_settled(&[0, 1, 2], 3, Duration::from_secs(6)).await;
+    let hooks = fleet.hooks();
+    // The chat's owner: start it once, read who owns it, stop it again.
+    let chat = "5600001".to_owned();
+    assert_eq!(hooks.start(0, &chat).await.status, 200);
+    let owner = owners(&redis, std::slice::from_ref(&chat)).await.get(&chat).cloned().expect("an owner");
+    assert_eq!(hooks.stop(0, &chat).await.outcome(), "stopped");
+    let port = redis.nodes()[0].port;
+    let mut listener = std::process::Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "SUBSCRIBE", "kt:r:resend-probe"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("redis-cli");
+    let out = listener.stdout.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(out)).map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let _listener = Kill(listener);
+    let next_line = || lines.recv_timeout(Duration::from_secs(2)).expect("redis-cli printed nothing in 2 s");
+    // Subscribed once redis-cli has printed the confirmation (three lines).
+    for _ in 0..3 {
+        next_line();
+    }
+    let request = |id: u64| {
+        json!({"Request": {"id": id, "from": "resend-probe", "hook": 4242, "request": {"Start": {
+            "key": {"platform": "onlyfans", "account": ACCOUNT, "chat": chat},
+            "holder": null, "priority": "normal", "ttl_ms": null, "preferred_key": null
+        }}}})
+        .to_string()
+    };
+    let mut replies = Vec::new();
+    for id in [1, 2] {
+        redis.cli(&["PUBLISH", &format!("kt:r:{owner}"), &request(id)]).await;
+        // "message", the channel, the payload.
+        let got: Vec<String> = (0..3).map(|_| next_line()).collect();
+        replies.push(got[2].clone());
+    }
+    eprintln!("resend: the owner {owner} answered {replies:?}");
+    let answer = |r: &str| serde_json::from_str::<serde_json::Value>(r).unwrap()["Reply"]["answer"].clone();
+    assert_eq!(answer(&replies[0]), json!({"Started": "Started"}), "{replies:?}");
+    assert_eq!(answer(&replies[1]), answer(&replies[0]), "the second try was applied again: {replies:?}");
+    fleet.assert_no_panics();
+}

@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 use futures_util::StreamExt;
-use tokio::sync::{Notify, RwLock, mpsc, oneshot};
+use tokio::sync::{Notify, OnceCell, RwLock, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -98,6 +98,9 @@ struct Inner {
     /// so that no hook lands between the hand-over's snapshot and the release.
     locks: Vec<RwLock<()>>,
     pending: DashMap<u64, oneshot::Sender<Answer>>,
+    /// Hooks forwarded here, by sender and hook id, with their answers: a hook sent again
+    /// (its answer was lost on the way back) gets the same answer, not a second application.
+    answered: Answered,
     next_id: AtomicU64,
     commits: mpsc::UnboundedSender<Commit>,
     /// Runs the control step now (a shard was released somewhere).
@@ -111,6 +114,9 @@ struct Inner {
     /// while, whoever rendezvous hashing prefers).
     orphaned: std::sync::Mutex<HashMap<usize, Instant>>,
 }
+
+/// Answers to forwarded hooks by sender and hook id, each with when it was first asked.
+type Answered = DashMap<(String, u64), (Instant, Arc<OnceCell<Answer>>)>;
 
 /// One change to a session record, written with the others of the moment.
 struct Commit {
@@ -188,7 +194,8 @@ impl Replica {
             shards: Shards::new(),
             locks: (0..SHARDS).map(|_| RwLock::new(())).collect(),
             pending: DashMap::new(),
-            next_id: AtomicU64::new(1),
+            answered: DashMap::new(),
+            next_id: AtomicU64::new(wire::wall_ms() << 16),
             commits,
             kick: Notify::new(),
             redis_ok: AtomicBool::new(true),
@@ -406,6 +413,9 @@ impl Inner {
         // A dead or frozen owner is replaced within its lease and one control step.
         let started = Instant::now();
         let deadline = started + self.lease + self.lease / 2 + FORWARD_WAIT;
+        // Every try of this hook carries the same id, so that an owner that applied it and whose
+        // answer was lost answers a second try alike.
+        let hook = self.next_id.fetch_add(1, Ordering::Relaxed);
         loop {
             if !self.redis_ok.load(Ordering::Acquire) {
                 return Err(Unavailable);
@@ -418,7 +428,7 @@ impl Inner {
                     answer => return Ok(answer),
                 }
             } else if let Some(owner) = self.shards.owner(shard).filter(|o| *o != self.id) {
-                match self.forward(&owner, req.clone()).await {
+                match self.forward(&owner, hook, req.clone()).await {
                     Ok(Answer::NotOwner) => {
                         // No answer: the owner is gone or slow, or Redis stopped answering after
                         // the publish. Only the first is worth waiting for.
@@ -446,9 +456,9 @@ impl Inner {
     }
 
     /// Sends `req` to `owner` and waits for its answer (`NotOwner` when none comes in time).
-    async fn forward(&self, owner: &str, request: Request) -> Result<Answer, RedisFault> {
+    async fn forward(&self, owner: &str, hook: u64, request: Request) -> Result<Answer, RedisFault> {
         let started = Instant::now();
-        let answer = self.ask(owner, |id, from| Message::Request { id, from, request }).await;
+        let answer = self.ask(owner, |id, from| Message::Request { id, from, hook, request }).await;
         metrics::state_forwarded(started.elapsed());
         answer
     }
@@ -479,6 +489,34 @@ impl Inner {
         };
         self.pending.remove(&id);
         Ok(answer)
+    }
+
+    /// [`Self::apply`] for hook `hook` of replica `from`, once: a second try of the same hook
+    /// gets the first one's answer (a `NotOwner` or `Unavailable` answer is not kept: the next
+    /// try applies it afresh).
+    async fn apply_once(&self, from: &str, hook: u64, req: Request) -> Answer {
+        if hook == 0 {
+            return self.apply(req).await;
+        }
+        let cell = Arc::clone(
+            &self
+                .answered
+                .entry((from.to_owned(), hook))
+                .or_insert_with(|| (Instant::now(), Arc::new(OnceCell::new())))
+                .1,
+        );
+        let answer = cell.get_or_init(|| self.apply(req)).await.clone();
+        if matches!(answer, Answer::NotOwner | Answer::Unavailable) {
+            self.answered.remove(&(from.to_owned(), hook));
+        }
+        answer
+    }
+
+    /// Forgets the answers kept for second tries once no try can come any more.
+    fn forget_answers(&self) {
+        let keep = self.lease * 2 + HOOK_REDIS_BUDGET;
+        let now = Instant::now();
+        self.answered.retain(|_, (at, _)| now.saturating_duration_since(*at) < keep);
     }
 
     /// Applies `req` to this replica's engine, if it serves the chat's shard, and records the
@@ -768,6 +806,7 @@ async fn control_loop(inner: Arc<Inner>, stop: CancellationToken) {
             return;
         }
         inner.control_step(&[], false).await;
+        inner.forget_answers();
         // While Redis does not answer, look again soon: the leases (and typing) come back as
         // soon as it does, not a quarter lease later.
         let next = if inner.redis_ok.load(Ordering::Acquire) { every } else { every.min(RECOVERY_EVERY) };
@@ -896,10 +935,10 @@ async fn listen(inner: Arc<Inner>, stop: CancellationToken, subscribed: Arc<Noti
 fn handle(inner: &Arc<Inner>, payload: &[u8]) {
     let Ok(msg) = serde_json::from_slice::<Message>(payload) else { return };
     match msg {
-        Message::Request { id, from, request } => {
+        Message::Request { id, from, hook, request } => {
             let inner = Arc::clone(inner);
             tokio::spawn(async move {
-                let answer = inner.apply(request).await;
+                let answer = inner.apply_once(&from, hook, request).await;
                 let body = serde_json::to_string(&Message::Reply { id, answer }).unwrap_or_default();
                 let mut conn = inner.bus.clone();
                 let _: Result<i64, _> =

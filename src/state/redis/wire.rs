@@ -261,8 +261,15 @@ impl From<StopOutcome> for Answer {
 /// A message on a replica's channel or on [`ALL`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) enum Message {
-    /// A hook for the receiver to apply, answered on `from`'s channel with `id`.
-    Request { id: u64, from: String, request: Request },
+    /// A hook for the receiver to apply, answered on `from`'s channel with `id`. Every try of
+    /// one hook carries the same `hook` (0 from a replica that does not number its hooks).
+    Request {
+        id: u64,
+        from: String,
+        #[serde(default)]
+        hook: u64,
+        request: Request,
+    },
     /// The answer to request `id`.
     Reply { id: u64, answer: Answer },
     /// Which of `chats` hold a lit slot on the receiver (their owner), answered like a request.
