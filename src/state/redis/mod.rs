@@ -350,6 +350,7 @@ impl Replica {
         let inner = &self.inner;
         inner.leaving.store(true, Ordering::Release);
         let owned = inner.shards.owned();
+        inner.send_due_before_hand_over(&owned).await;
         for s in &owned {
             inner.hand_over(*s).await;
         }
@@ -520,6 +521,26 @@ impl Inner {
         }
     }
 
+    /// Before `shards` are handed over: the calls of their sessions that would fall due before
+    /// the replicas taking them over can send leave now, so that no chat waits for the hand-over
+    /// (see [`Engine::send_due_within`]). The others are told at once and take a released shard
+    /// at their next control step at the latest, a quarter lease on: that is the horizon. The
+    /// calls must have left well within it, for the rest of the hand-over to fit in it too.
+    async fn send_due_before_hand_over(&self, shards: &[usize]) {
+        if shards.is_empty() {
+            return;
+        }
+        let horizon = self.lease / 4;
+        let started = Instant::now();
+        let sent = self.engine.send_due_within(|k| shards.contains(&shard_of(k)), horizon, horizon / 2).await;
+        tracing::debug!(
+            shards = shards.len(),
+            sent,
+            took_ms = started.elapsed().as_millis(),
+            "sent the calls due within the hand-over"
+        );
+    }
+
     /// Stops serving `shard`, takes its sessions out of the engine and records each with its
     /// next deadline, so that the replica taking it over keeps their cadence.
     async fn hand_over(&self, shard: usize) {
@@ -605,6 +626,7 @@ impl Inner {
             if let Ok(mut o) = self.orphaned.lock() {
                 *o = orphaned;
             }
+            self.send_due_before_hand_over(&release).await;
             for s in &release {
                 self.hand_over(*s).await;
             }
