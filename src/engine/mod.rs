@@ -567,21 +567,19 @@ impl Engine {
         out
     }
 
-    /// Sends now the next call of every session `which` selects that falls due within `horizon`,
-    /// and waits (at most `wait`) until each has left. Before a hand-over: a call that would fall
-    /// due while no replica refires the chat leaves before it instead, and the replica taking the
+    /// Brings forward the next call of every session `which` selects that falls due within
+    /// `horizon`, and waits until each has left. Before a hand-over: a call that would fall due
+    /// while no replica refires the chat leaves before it instead, and the replica taking the
     /// session over sends the next one a full interval after it.
     ///
-    /// Each call goes through the scheduler like any refire: its budget pays for it or it waits
-    /// in its queue as usual, and it leaves only while [`Ownership`] allows. Returns how many
-    /// left; the others (refused by the budget, their account paused, ended meanwhile) keep their
-    /// deadline, and their record says when they are due.
-    pub async fn send_due_within(
-        &self,
-        which: impl Fn(&SessionKey) -> bool,
-        horizon: Duration,
-        wait: Duration,
-    ) -> usize {
+    /// The calls leave in the order they were due, over the first half of the horizon (one due
+    /// in 400 ms leaves in 200 ms): not all at once, so that they do not come due together at
+    /// every interval afterwards. Each goes through the scheduler like any refire: its budget
+    /// pays for it or it waits in its queue as usual, and it leaves only while [`Ownership`]
+    /// allows. Waits at most three quarters of the horizon; returns how many left. The others
+    /// (refused by the budget, their account paused, ended meanwhile) keep their place, and
+    /// their record says when they are due.
+    pub async fn send_due_within(&self, which: impl Fn(&SessionKey) -> bool, horizon: Duration) -> usize {
         let s = &self.shared;
         let now = Instant::now();
         let until = now + horizon;
@@ -602,26 +600,27 @@ impl Engine {
             // Checked again under the entry's lock: the scheduler may have launched it meanwhile.
             let moved = s.table.with_generation(&key, generation, |sess| {
                 if !due_soon(sess) {
-                    return false;
+                    return None;
                 }
-                sess.next_due = now;
-                sess.not_before = Some(now);
-                true
+                let at = now + sess.next_due.saturating_duration_since(now) / 2;
+                sess.next_due = at;
+                sess.not_before = Some(at);
+                Some(at)
             });
-            if moved == Some(true) {
-                let _ = s.commands.send(Command::Due { key: key.clone(), generation, due: now });
-                pending.push((key, generation));
+            if let Some(Some(due)) = moved {
+                let _ = s.commands.send(Command::Due { key: key.clone(), generation, due });
+                pending.push((key, generation, due));
             }
         }
-        let deadline = now + wait;
+        let deadline = now + horizon * 3 / 4;
         let mut sent = 0;
         loop {
             // Settled: it left (it is recorded as the last call), or the scheduler did something
-            // else with it (skipped it, ended it); a launched call that has not left yet, or one
-            // waiting for its budget or an in-flight permit, is still pending.
-            pending.retain(|(key, generation)| {
+            // else with it (skipped it, ended it); one not launched yet, launched but not left
+            // yet, or waiting for its budget or an in-flight permit, is still pending.
+            pending.retain(|(key, generation, due)| {
                 let state = s.table.with_generation(key, *generation, |sess| {
-                    (sess.last_sent.is_some_and(|t| t >= now), sess.in_flight || sess.next_due == now)
+                    (sess.last_sent.is_some_and(|t| t >= now), sess.in_flight || sess.next_due == *due)
                 });
                 match state {
                     Some((true, _)) => {

@@ -519,13 +519,14 @@ impl Inner {
     }
 
     /// Before `shards` are handed over: the calls of their sessions that would fall due before
-    /// the replicas taking them over can send leave now, so that no chat waits for the hand-over
-    /// (see [`Engine::send_due_within`]). The others are told at once and take a released shard
-    /// at their next control step at the latest, a quarter lease on: that is the horizon. The
-    /// calls must have left well within it, for the rest of the hand-over to fit in it too.
+    /// the replicas taking them over can send leave before it, so that no chat waits for the
+    /// hand-over (see [`Engine::send_due_within`]). The others are told at once and take a
+    /// released shard at their next control step at the latest, a quarter lease on: that is the
+    /// horizon. The calls leave within its first half; the rest of the hand-over (records,
+    /// release, adoption: tens of milliseconds) fits in the other half.
     async fn send_due_before_hand_over(&self, shards: &[usize]) {
         let horizon = self.lease / 4;
-        let sent = self.engine.send_due_within(|k| shards.contains(&shard_of(k)), horizon, horizon / 2).await;
+        let sent = self.engine.send_due_within(|k| shards.contains(&shard_of(k)), horizon).await;
         tracing::debug!(shards = shards.len(), sent, "sent the calls due within the hand-over");
     }
 
