@@ -157,6 +157,12 @@ pub(crate) struct FaultReport {
     /// calls less the indicator's 4 s lifetime).
     pub(crate) roll_dark_max_ms: f64,
     pub(crate) roll_coverage_p1: f64,
+    /// For reference, the same gaps in steady state: the longest gap between two calls of one chat
+    /// that lies wholly within the 5 s before the `kill -9` (no replica moving), and the p99 over
+    /// chats. The scheduler sends each call one interval after the last one left; this is what
+    /// the client, the network and the mock add to that.
+    pub(crate) steady_gap_max_ms: f64,
+    pub(crate) steady_gap_p99_ms: f64,
     /// Pairs of calls of one chat closer than half an interval (two replicas refiring it), over
     /// the whole run, and within the `kill -9` hand-over.
     pub(crate) duplicates: usize,
@@ -188,6 +194,9 @@ impl FaultReport {
             self.duplicates_in_kill_window,
             self.after_stop,
             self.stop_ms.p99,
+        ) + &format!(
+            "\nSteady state (the 5 s before the kill -9): longest gap {:.0} ms, p99 {:.0} ms.\n",
+            self.steady_gap_max_ms, self.steady_gap_p99_ms
         )
     }
 }
@@ -202,6 +211,11 @@ fn longest_gap(calls: &[f64], from: f64, to: f64) -> f64 {
         }
     }
     longest
+}
+
+/// Longest gap of `calls` (sorted) that lies wholly within `[from, to]`.
+fn longest_gap_within(calls: &[f64], from: f64, to: f64) -> f64 {
+    calls.windows(2).filter(|w| w[0] >= from && w[1] <= to).map(|w| w[1] - w[0]).fold(0.0, f64::max)
 }
 
 /// Share of `[from, to]` during which an indicator lit by one of `calls` was showing.
@@ -302,9 +316,11 @@ impl crate::Bench {
         let tsv = self.http.get(format!("{}/_mock/requests.tsv?kind=typing", self.mock)).send().await?.text().await?;
         let calls = crate::analysis::parse(&tsv, (crate::MAIN_BASE, n), (crate::STORM_BASE, 0));
         let (mut kill_gaps, mut roll_gaps, mut covs) = (Vec::new(), Vec::new(), Vec::new());
+        let mut steady_gaps = Vec::new();
         let mut refire_after_kill = Vec::new();
         let (mut duplicates, mut dup_kill, mut after_stop) = (0, 0, 0);
         for (chat, c) in calls.main.iter().enumerate() {
+            steady_gaps.push(longest_gap_within(c, kill_from - 5000.0, kill_from));
             kill_gaps.push(longest_gap(c, kill_from, kill_to));
             if let Some(first) = c.iter().find(|t| **t >= kill_from) {
                 refire_after_kill.push(first - kill_from);
@@ -334,6 +350,7 @@ impl crate::Bench {
         let kill = crate::Quantiles::of(kill_gaps);
         let refire = crate::Quantiles::of(refire_after_kill);
         let roll = crate::Quantiles::of(roll_gaps);
+        let steady = crate::Quantiles::of(steady_gaps);
         covs.sort_by(f64::total_cmp);
         #[allow(clippy::cast_precision_loss, reason = "chat counts")]
         let mean = covs.iter().sum::<f64>() / covs.len().max(1) as f64;
@@ -350,6 +367,8 @@ impl crate::Bench {
             roll_coverage: mean,
             roll_dark_max_ms: (roll.max - crate::analysis::LIFETIME_MS).max(0.0),
             roll_coverage_p1: crate::analysis::quantile(&covs, 0.01),
+            steady_gap_max_ms: steady.max,
+            steady_gap_p99_ms: steady.p99,
             duplicates,
             duplicates_in_kill_window: dup_kill,
             after_stop,

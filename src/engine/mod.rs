@@ -633,6 +633,77 @@ impl Engine {
         hastened
     }
 
+    /// Brings forward the next call of every session `which` selects that falls due within
+    /// `horizon`, and waits until each has left. Before a hand-over: a call that would fall due
+    /// while no replica refires the chat leaves before it instead, and the replica taking the
+    /// session over sends the next one a full interval after it.
+    ///
+    /// The calls leave in the order they were due, over the first half of the horizon (one due
+    /// in 400 ms leaves in 200 ms): not all at once, so that they do not come due together at
+    /// every interval afterwards. Each goes through the scheduler like any refire: its budget
+    /// pays for it or it waits in its queue as usual, and it leaves only while [`Ownership`]
+    /// allows. Waits at most three quarters of the horizon; returns how many left. The others
+    /// (refused by the budget, their account paused, ended meanwhile) keep their place, and
+    /// their record says when they are due.
+    pub async fn send_due_within(&self, which: impl Fn(&SessionKey) -> bool, horizon: Duration) -> usize {
+        let s = &self.shared;
+        let now = Instant::now();
+        let until = now + horizon;
+        // A refire coming due: not a first call (due at once anyway), not one on the wire, and
+        // not a deadline clamped to the end of a lease or lifetime (that one ends the session, or
+        // waits for its `not_before` if a start extended the lease).
+        let due_soon = |sess: &Session| {
+            sess.first_sent
+                && !sess.in_flight
+                && sess.next_due > now
+                && sess.next_due <= until
+                && sess.next_due < sess.expires_at()
+                && sess.not_before.is_none_or(|t| t <= sess.next_due)
+        };
+        let picked = s.table.keys_where(|k, sess| which(k) && due_soon(sess) && !s.readiness.blocks(&k.account, now));
+        let mut pending = Vec::with_capacity(picked.len());
+        for (key, generation) in picked {
+            // Checked again under the entry's lock: the scheduler may have launched it meanwhile.
+            let moved = s.table.with_generation(&key, generation, |sess| {
+                if !due_soon(sess) {
+                    return None;
+                }
+                let at = now + sess.next_due.saturating_duration_since(now) / 2;
+                sess.next_due = at;
+                sess.not_before = Some(at);
+                Some(at)
+            });
+            if let Some(Some(due)) = moved {
+                let _ = s.commands.send(Command::Due { key: key.clone(), generation, due });
+                pending.push((key, generation, due));
+            }
+        }
+        let deadline = now + horizon * 3 / 4;
+        let mut sent = 0;
+        loop {
+            // Settled: it left (it is recorded as the last call), or the scheduler did something
+            // else with it (skipped it, ended it); one not launched yet, launched but not left
+            // yet, or waiting for its budget or an in-flight permit, is still pending.
+            pending.retain(|(key, generation, due)| {
+                let state = s.table.with_generation(key, *generation, |sess| {
+                    (sess.last_sent.is_some_and(|t| t >= now), sess.in_flight || sess.next_due == *due)
+                });
+                match state {
+                    Some((true, _)) => {
+                        sent += 1;
+                        false
+                    }
+                    Some((false, waiting)) => waiting,
+                    None => false,
+                }
+            });
+            if pending.is_empty() || Instant::now() >= deadline {
+                return sent;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
     /// The chats of every live session that `which` selects.
     pub fn live_keys(&self, which: impl Fn(&SessionKey) -> bool) -> Vec<SessionKey> {
         self.shared.table.keys_where(|k, _| which(k)).into_iter().map(|(k, _)| k).collect()

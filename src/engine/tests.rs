@@ -662,3 +662,98 @@ async fn no_call_leaves_once_the_drain_has_begun_whatever_the_interleaving() {
         assert_eq!(left, 0, "round {round}: {left} calls left after the drain began");
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn calls_due_within_a_hand_over_leave_before_it_and_the_next_is_a_full_interval_later() {
+    let h = harness();
+    h.engine.start(start_cmd("1")).unwrap();
+    sleep(Duration::from_millis(1000)).await;
+    h.engine.start(start_cmd("2")).unwrap();
+    // "1" is due at 3500 ms, "2" at 4500 ms: only "1" falls within the next 500 ms, and it
+    // leaves halfway to its time.
+    sleep(Duration::from_millis(2200)).await;
+    let sent = h.engine.send_due_within(|_| true, Duration::from_millis(500)).await;
+    assert_eq!(sent, 1);
+    assert_eq!(offsets(&h, "1"), vec![0, 3350]);
+    assert_eq!(offsets(&h, "2"), vec![1000]);
+    // Handed over now, "1" is due a full interval after the call that just left.
+    let recorded: std::collections::HashMap<String, Duration> = h
+        .engine
+        .evict(|k| k.chat.as_str() == "1", false)
+        .into_iter()
+        .map(|(k, r)| (k.chat.to_string(), r.due_in))
+        .collect();
+    let due_in = recorded["1"];
+    assert!(due_in > Duration::from_millis(3450) && due_in <= Duration::from_millis(3500), "due in {due_in:?}");
+    // Left here, "2" keeps its cadence.
+    sleep(Duration::from_millis(4000)).await;
+    assert_eq!(offsets(&h, "1"), vec![0, 3350]);
+    assert_eq!(offsets(&h, "2"), vec![1000, 4500]);
+}
+
+/// Lets typing calls leave while `allowed` is set.
+struct Switch(std::sync::atomic::AtomicBool);
+
+impl Ownership for Switch {
+    fn may_send(&self, _key: &SessionKey, _now: Instant) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn calls_sent_ahead_of_a_hand_over_are_fenced_by_ownership() {
+    let h = harness();
+    let switch = Arc::new(Switch(std::sync::atomic::AtomicBool::new(true)));
+    h.engine.set_ownership(switch.clone());
+    h.engine.start(start_cmd("1")).unwrap();
+    sleep(Duration::from_millis(3200)).await;
+    switch.0.store(false, std::sync::atomic::Ordering::Relaxed);
+    let started = Instant::now();
+    let sent = h.engine.send_due_within(|_| true, Duration::from_millis(500)).await;
+    assert_eq!(sent, 0);
+    // It would have left at 3350 ms: the wait ends there.
+    assert!(
+        started.elapsed() <= Duration::from_millis(160),
+        "waited {:?} for a call that cannot leave",
+        started.elapsed()
+    );
+    assert_eq!(offsets(&h, "1"), vec![0]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn calls_sent_ahead_of_a_hand_over_are_paid_by_the_budget() {
+    // 60 typing calls a minute for 20 fans: the budget is spent all along.
+    let h = short_budget(120);
+    let chats: Vec<String> = (0..20).map(|i| format!("{}", 100 + i)).collect();
+    for chat in &chats {
+        h.engine.start(start_cmd(chat)).unwrap();
+        sleep(Duration::from_millis(150)).await;
+    }
+    for _ in 0..10 {
+        sleep(Duration::from_secs(3)).await;
+        let started = Instant::now();
+        h.engine.send_due_within(|_| true, Duration::from_millis(3500)).await;
+        assert!(started.elapsed() <= Duration::from_millis(2626), "waited {:?}", started.elapsed());
+    }
+    sleep(Duration::from_secs(60)).await;
+    let end = Instant::now();
+    let mut at = h.t0;
+    while at <= end {
+        let n = calls_within(&h, &chats, at, Duration::from_secs(60));
+        assert!(n <= 60, "{n} calls in the 60 s up to {:?} on a 60 per minute budget", at - h.t0);
+        at += Duration::from_millis(500);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_session_ending_within_a_hand_over_gets_no_extra_call() {
+    let h = harness();
+    let cmd = StartCommand { ttl: Some(Duration::from_millis(2000)), ..start_cmd("1") };
+    h.engine.start(cmd).unwrap();
+    sleep(Duration::from_millis(1700)).await;
+    let sent = h.engine.send_due_within(|_| true, Duration::from_millis(500)).await;
+    assert_eq!(sent, 0);
+    sleep(Duration::from_millis(1000)).await;
+    assert_eq!(offsets(&h, "1"), vec![0]);
+    assert_eq!(h.engine.active_count(), 0);
+}

@@ -389,9 +389,7 @@ impl Replica {
         let inner = &self.inner;
         inner.leaving.store(true, Ordering::Release);
         let owned = inner.shards.owned();
-        for s in &owned {
-            inner.hand_over(*s).await;
-        }
+        inner.hand_over(&owned).await;
         inner.control_step(&owned, true).await;
         tracing::info!(shards = owned.len(), "handed every shard over to the other replicas");
     }
@@ -608,25 +606,58 @@ impl Inner {
         }
     }
 
-    /// Stops serving `shard`, takes its sessions out of the engine and records each with its
-    /// next deadline, so that the replica taking it over keeps their cadence.
-    async fn hand_over(&self, shard: usize) {
-        self.shards.set_serving(shard, false);
-        let Some(lock) = self.locks.get(shard) else { return };
-        let _exclusive = lock.write().await;
-        let evicted = self.engine.evict(|k| shard_of(k) == shard, false);
+    /// Before `shards` are handed over: the calls of their sessions that would fall due before
+    /// the replicas taking them over can send leave before it, so that no chat waits for the
+    /// hand-over (see [`Engine::send_due_within`]). The others are told at once and take a
+    /// released shard at their next control step at the latest, a quarter lease on: that is the
+    /// horizon. The calls leave within its first half; the rest of the hand-over (records,
+    /// release, adoption: tens of milliseconds) fits in the other half.
+    async fn send_due_before_hand_over(&self, shards: &[usize]) {
+        let horizon = self.lease / 4;
+        let sent = self.engine.send_due_within(|k| shards.contains(&shard_of(k)), horizon).await;
+        tracing::debug!(shards = shards.len(), sent, "sent the calls due within the hand-over");
+    }
+
+    /// Stops serving `shards`, takes their sessions out of the engine and records each with its
+    /// next deadline, so that the replicas taking them over keep their cadence; then drops the
+    /// leases (the caller releases them in Redis). All shards go together: one pass over the
+    /// sessions and one batch of records, so that the hand-over is over sooner.
+    async fn hand_over(&self, shards: &[usize]) {
+        if shards.is_empty() {
+            return;
+        }
+        self.send_due_before_hand_over(shards).await;
+        let mut handed = [false; SHARDS];
+        for &s in shards {
+            self.shards.set_serving(s, false);
+            if let Some(h) = handed.get_mut(s) {
+                *h = true;
+            }
+        }
+        // In shard order, as any other hand-over running meanwhile takes them.
+        let mut exclusive = Vec::with_capacity(shards.len());
+        for (s, lock) in self.locks.iter().enumerate() {
+            if handed[s] {
+                exclusive.push(lock.write().await);
+            }
+        }
+        let evicted = self.engine.evict(|k| handed[shard_of(k)], false);
         let now = wire::wall_ms();
         let mut waits = Vec::with_capacity(evicted.len());
         for (key, r) in &evicted {
             let value = self.record_value(r, now);
             let (tx, rx) = oneshot::channel();
-            let _ = self.commits.send(Commit { shard, field: wire::field(key), value: Some(value), done: Some(tx) });
+            let commit = Commit { shard: shard_of(key), field: wire::field(key), value: Some(value), done: Some(tx) };
+            let _ = self.commits.send(commit);
             waits.push(rx);
         }
         for w in waits {
             let _ = w.await;
         }
-        self.shards.drop_lease(shard);
+        for &s in shards {
+            self.shards.drop_lease(s);
+        }
+        drop(exclusive);
     }
 
     /// Reads the records of `shard` and takes its sessions over.
@@ -700,9 +731,7 @@ impl Inner {
             if let Ok(mut o) = self.orphaned.lock() {
                 *o = orphaned;
             }
-            for s in &release {
-                self.hand_over(*s).await;
-            }
+            self.hand_over(&release).await;
         }
         let list = |v: &[usize]| v.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
         let sent = Instant::now();
