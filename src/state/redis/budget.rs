@@ -96,16 +96,19 @@ async fn reserve(inner: &Inner, i: usize, share: &mut Share) {
     let engine = &inner.engine;
     let now = Instant::now();
     let starved = engine.budget_states().with(i, |b| b.shared_starved()).unwrap_or(false);
+    // Sessions came in (shards taken over, a burst of starts) since the last reservation: the
+    // grant held was sized for fewer.
+    let sessions = engine.budget_sessions(i);
+    let grew = sessions > share.sessions_then + (share.sessions_then / 8).max(10);
     let due = share.last.is_none_or(|t| {
         let since = now.saturating_duration_since(t);
-        since >= BUDGET_EVERY || (starved && since >= BUDGET_STARVED_EVERY)
+        since >= BUDGET_EVERY || ((starved || grew) && since >= BUDGET_STARVED_EVERY)
     });
     if !due {
         return;
     }
     let window = engine.budget_window();
     let interval = engine.refire_interval().as_secs_f64();
-    let sessions = engine.budget_sessions(i);
     let cap = engine.budget_states().with(i, |b| b.period_allowance(now)).unwrap_or(0);
     let first_starved = engine.budget_states().with(i, |b| b.shared_first_starved()).unwrap_or(false);
     // Grants are spent up to GRANT_FOR after the second they were made in: the window counts
@@ -153,8 +156,11 @@ async fn reserve(inner: &Inner, i: usize, share: &mut Share) {
             }
             None => {
                 share.owed = 0.0;
+                // This replica's share as of now (its sessions may have grown since the last
+                // reservation), against every replica's as last seen.
+                let fraction = (sessions as f64 + 1.0) / (share.total.max(sessions as u64) as f64 + replicas as f64);
                 let demand = (sessions as f64 / interval) * 1.25 + 4.0;
-                let fair = share.fraction * f64::from(cap) / window.as_secs_f64() * 1.2 + 1.0;
+                let fair = fraction * f64::from(cap) / window.as_secs_f64() * 1.2 + 1.0;
                 demand.min(fair).ceil()
             }
         };
