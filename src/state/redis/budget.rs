@@ -49,6 +49,8 @@ struct Share {
     lit: Option<order::Lit>,
     /// The fraction of a call accrued but not yet asked for.
     owed: f64,
+    /// The window's cap as last in force (the smallest any replica reported).
+    cap_in_force: Option<u32>,
     /// The last reservation did not reach Redis.
     failed: bool,
 }
@@ -65,6 +67,7 @@ impl Default for Share {
             total: 0,
             lit: None,
             owed: 0.0,
+            cap_in_force: None,
             failed: false,
         }
     }
@@ -72,8 +75,9 @@ impl Default for Share {
 
 /// What the `BUDGET` script answers: calls granted, the second they were granted in, every
 /// replica's sessions, calls granted in the window, first indicators granted now and in the
-/// window, and the other replicas' slot-order heads (id, head, id, head, ...).
-type Reply = (u32, i64, u64, u32, u32, u32, Vec<String>);
+/// window, the other replicas' slot-order heads (id, head, id, head, ...), and the cap in force
+/// (the smallest any live replica reported).
+type Reply = (u32, i64, u64, u32, u32, u32, Vec<String>, u32);
 
 /// Shares every budget until `stop`.
 pub(super) async fn share(inner: Arc<Inner>, stop: CancellationToken) {
@@ -110,7 +114,13 @@ async fn reserve(inner: &Inner, i: usize, share: &mut Share) {
     let window = engine.budget_window();
     let interval = engine.refire_interval().as_secs_f64();
     let cap = engine.budget_states().with(i, |b| b.period_allowance(now)).unwrap_or(0);
+    // What slot holders may spend is judged on the cap the window enforces, the same on every
+    // replica (as of the last reservation), not on this replica's own reading.
+    let enforced = share.cap_in_force.map_or(cap, |c| c.min(cap));
     let first_starved = engine.budget_states().with(i, |b| b.shared_first_starved()).unwrap_or(false);
+    // The whole share: what first indicators may use of the window.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "a small positive count")]
+    let share_cap = engine.budget_states().with(i, |b| b.typing_per_minute().floor() as u32).unwrap_or(0);
     // Grants are spent up to GRANT_FOR after the second they were made in: the window counts
     // them for that much longer, so that any `window` of calls fits.
     let counted = window.as_secs() + GRANT_FOR.as_secs() + 1;
@@ -121,7 +131,7 @@ async fn reserve(inner: &Inner, i: usize, share: &mut Share) {
     // process keeps room for as many newcomers as came in the last window).
     #[allow(clippy::cast_precision_loss, reason = "small counts")]
     let room = order::milli(
-        f64::from(cap.saturating_sub(reserve).saturating_sub(share.recent_firsts)) * window.as_secs_f64()
+        f64::from(enforced.saturating_sub(reserve).saturating_sub(share.recent_firsts)) * window.as_secs_f64()
             / counted as f64,
     );
     let per_session = window.as_secs_f64() / interval;
@@ -185,16 +195,18 @@ async fn reserve(inner: &Inner, i: usize, share: &mut Share) {
         firsts.to_string(),
         reserve.to_string(),
         order::encode(&head),
+        share_cap.to_string(),
     ];
     let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
     let mut conn = inner.conn.clone();
     let reply: Result<Reply, _> = conn::script(&mut conn, &scripts::BUDGET, &key_refs, &args, StateOp::Budget).await;
-    let Ok((granted, second, total, used, first_granted, recent_firsts, heads)) = reply else {
+    let Ok((granted, second, total, used, first_granted, recent_firsts, heads, cap_in_force)) = reply else {
         share.failed = true;
         return;
     };
     share.total = total;
     share.recent_firsts = recent_firsts;
+    share.cap_in_force = Some(cap_in_force);
     // This replica's share of the budget: with the orders exchanged, its share of the merged
     // lit prefix, and its slot capacity the calls of its own sessions within it; otherwise its
     // share of the budget's sessions. Either is smoothed by one session per replica, so that a

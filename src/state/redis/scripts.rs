@@ -58,9 +58,15 @@ return {members, out}
 /// Reserves typing calls from a budget's shared window: gives back what this replica did not
 /// spend of its previous grant, drops seconds older than the window, and grants up to the
 /// calls asked for, within what the window has left under its cap. Also records this
-/// replica's session count and returns the total over live replicas (their share of the slots).
+/// replica's session count and cap, and returns the total of sessions over live replicas (their
+/// share of the slots). The cap in force is the smallest any live replica reported: each reads
+/// the tool's traffic from its own answers, and the window must leave room for the most
+/// cautious (first indicators on a replica whose cap is lower than what the others filled the
+/// window to would otherwise find no room).
 ///
-/// First indicators are granted from the whole window; other calls only up to the cap less a
+/// First indicators are granted from the whole share (as one process lets them use the whole
+/// window, whatever the headroom rule leaves the others), unless a replica's budget is paused
+/// (a cap of 0); other calls only up to the cap less a
 /// reserve and less the first indicators granted within the window (as one process keeps room
 /// for as many newcomers as came in the last window), so that a newcomer on any replica finds
 /// room even when slot holders spend the rest.
@@ -68,13 +74,14 @@ return {members, out}
 /// With the head of this replica's slot order (when the budget is short enough for the
 /// replicas to exchange them), records it and returns the other live replicas' heads.
 ///
-/// KEYS: window (hash second -> calls), load (hash replica -> "sessions:expiry ms"), firsts
+/// KEYS: window (hash second -> calls), load (hash replica -> "sessions:expiry ms:cap"), firsts
 /// (hash second -> first indicators granted), order (hash replica -> "expiry ms|head").
 /// ARGV: window seconds, cap per window, calls wanted, calls given back, the second they were
 /// granted in, me, my sessions, load ttl ms, first indicators wanted, the reserve, my head (or
-/// empty).
+/// empty), the share per window (`budget.typing_share` of the limit).
 /// Returns {granted, second, total sessions, calls granted in the window, first indicators
-/// granted, first indicators granted in the window, {id, head, ...} of the others}.
+/// granted, first indicators granted in the window, {id, head, ...} of the others, the cap in
+/// force}.
 pub(crate) static BUDGET: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -101,10 +108,25 @@ local function sum_recent(key)
   if #old > 0 then redis.call('HDEL', key, unpack(old)) end
   return total
 end
+redis.call('HSET', KEYS[2], ARGV[6], ARGV[7] .. ':' .. (nowms + tonumber(ARGV[8])) .. ':' .. ARGV[2])
+local loads = redis.call('HGETALL', KEYS[2])
+local total = 0
+local cap = tonumber(ARGV[2])
+local gone = {}
+for i = 1, #loads, 2 do
+  local n, exp, c = string.match(loads[i + 1], '^(%d+):(%d+):?(%d*)$')
+  if n == nil or tonumber(exp) < nowms then
+    table.insert(gone, loads[i])
+  else
+    total = total + tonumber(n)
+    if c ~= '' then cap = math.min(cap, tonumber(c)) end
+  end
+end
+if #gone > 0 then redis.call('HDEL', KEYS[2], unpack(gone)) end
 local used = sum_recent(KEYS[1])
 local recent_firsts = sum_recent(KEYS[3])
-local cap = tonumber(ARGV[2])
-local firsts = math.max(0, math.min(tonumber(ARGV[9]), cap - used))
+local firsts = 0
+if cap > 0 then firsts = math.max(0, math.min(tonumber(ARGV[9]), tonumber(ARGV[12]) - used)) end
 local room = cap - tonumber(ARGV[10]) - recent_firsts - used - firsts
 local grant = math.max(0, math.min(tonumber(ARGV[3]), room))
 if grant + firsts > 0 then
@@ -115,19 +137,6 @@ if firsts > 0 then
   redis.call('HINCRBY', KEYS[3], now, firsts)
   redis.call('PEXPIRE', KEYS[3], win * 1000 + 5000)
 end
-redis.call('HSET', KEYS[2], ARGV[6], ARGV[7] .. ':' .. (nowms + tonumber(ARGV[8])))
-local loads = redis.call('HGETALL', KEYS[2])
-local total = 0
-local gone = {}
-for i = 1, #loads, 2 do
-  local n, exp = string.match(loads[i + 1], '(%d+):(%d+)')
-  if tonumber(exp) < nowms then
-    table.insert(gone, loads[i])
-  else
-    total = total + tonumber(n)
-  end
-end
-if #gone > 0 then redis.call('HDEL', KEYS[2], unpack(gone)) end
 local heads = {}
 if ARGV[11] ~= '' then
   redis.call('HSET', KEYS[4], ARGV[6], (nowms + tonumber(ARGV[8])) .. '|' .. ARGV[11])
@@ -145,7 +154,7 @@ if ARGV[11] ~= '' then
   end
   if #stale > 0 then redis.call('HDEL', KEYS[4], unpack(stale)) end
 end
-return {grant, now, total, used + grant + firsts, firsts, recent_firsts + firsts, heads}
+return {grant, now, total, used + grant + firsts, firsts, recent_firsts + firsts, heads, cap}
 ",
     )
 });
