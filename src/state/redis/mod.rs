@@ -669,6 +669,7 @@ impl Inner {
         let now = wire::wall_ms();
         let mut adopted = 0;
         let mut over = Vec::new();
+        let mut overdue = Vec::new();
         for (field, value) in flat {
             if let (Some(key), Ok(cap)) = (wire::parse_field(&field), serde_json::from_str::<wire::Cap>(&value)) {
                 match cap.c.checked_sub(now).filter(|left| *left > 0) {
@@ -686,7 +687,21 @@ impl Inner {
                 continue;
             }
             let preferred = self.engine.keys().by_name(&record.k);
-            if self.engine.adopt(key, &record.adopted(now, false, preferred)) {
+            let session = record.adopted(now, false, preferred);
+            if session.due_in.is_zero() {
+                overdue.push((key, session));
+            } else if self.engine.adopt(key, &session) {
+                adopted += 1;
+            }
+        }
+        // Sessions already due (their replica died and stopped refiring them) go out spread
+        // over a quarter interval, as a burst of starts is, not in one burst that would then
+        // come due together at every interval.
+        let spread = self.engine.refire_interval() / 4;
+        let n = u32::try_from(overdue.len()).unwrap_or(u32::MAX).max(1);
+        for (i, (key, mut session)) in (0u32..).zip(overdue) {
+            session.due_in = spread * i / n;
+            if self.engine.adopt(key, &session) {
                 adopted += 1;
             }
         }
