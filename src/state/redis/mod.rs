@@ -510,6 +510,14 @@ impl Inner {
         answer
     }
 
+    /// Answers request `id` of replica `from` on its channel.
+    async fn reply(&self, from: &str, id: u64, answer: Answer) {
+        let body = serde_json::to_string(&Message::Reply { id, answer }).unwrap_or_default();
+        let mut conn = self.bus.clone();
+        let _: Result<i64, _> =
+            conn::query(&mut conn, redis::cmd("PUBLISH").arg(wire::channel(from)).arg(body), StateOp::Forward).await;
+    }
+
     /// Forgets the answers kept for second tries once no try can come any more.
     fn forget_answers(&self) {
         let keep = self.lease * 2 + HOOK_REDIS_BUDGET;
@@ -983,23 +991,13 @@ fn handle(inner: &Arc<Inner>, payload: &[u8]) {
             let inner = Arc::clone(inner);
             tokio::spawn(async move {
                 let answer = inner.apply_once(&from, hook, request).await;
-                let body = serde_json::to_string(&Message::Reply { id, answer }).unwrap_or_default();
-                let mut conn = inner.bus.clone();
-                let _: Result<i64, _> =
-                    conn::query(&mut conn, redis::cmd("PUBLISH").arg(wire::channel(&from)).arg(body), StateOp::Forward)
-                        .await;
+                inner.reply(&from, id, answer).await;
             });
         }
         Message::LitQuery { id, from, chats } => {
             let lit = chats.iter().map(|c| c.key().is_some_and(|k| inner.engine.holds_slot(&k))).collect();
             let inner = Arc::clone(inner);
-            tokio::spawn(async move {
-                let body = serde_json::to_string(&Message::Reply { id, answer: Answer::Lit(lit) }).unwrap_or_default();
-                let mut conn = inner.bus.clone();
-                let _: Result<i64, _> =
-                    conn::query(&mut conn, redis::cmd("PUBLISH").arg(wire::channel(&from)).arg(body), StateOp::Forward)
-                        .await;
-            });
+            tokio::spawn(async move { inner.reply(&from, id, Answer::Lit(lit)).await });
         }
         Message::Reply { id, answer } => {
             if let Some((_, tx)) = inner.pending.remove(&id) {
