@@ -213,6 +213,36 @@ fn longest_gap(calls: &[f64], from: f64, to: f64) -> f64 {
     longest
 }
 
+/// Prints, for the gaps longer than an interval (plus 20 ms) that end during the rolling
+/// restart, how many end after each restart event and how late, so that a late hand-over shows
+/// which step it follows.
+fn late_gaps_by_event(calls: &[Vec<f64>], from: f64, events: &[(f64, String)], interval_ms: f64) {
+    let mut by: Vec<(usize, f64, f64, f64, f64)> = vec![(0, f64::INFINITY, 0.0, f64::INFINITY, 0.0); events.len()];
+    for c in calls {
+        for w in c.windows(2) {
+            let over = w[1] - w[0] - interval_ms;
+            if w[1] < from || over <= 20.0 {
+                continue;
+            }
+            if let Some(i) = events.iter().rposition(|(t, _)| *t <= w[1]) {
+                let e = &mut by[i];
+                let after = w[1] - events[i].0;
+                *e = (e.0 + 1, e.1.min(after), e.2.max(after), e.3.min(over), e.4.max(over));
+            }
+        }
+    }
+    for ((t, name), (count, a0, a1, o0, o1)) in events.iter().zip(by) {
+        if count > 0 {
+            eprintln!(
+                "late gaps after {name} (at {:.0} ms): {count}, ending {a0:.0}..{a1:.0} ms after it, {o0:.0}..{o1:.0} ms over the interval",
+                t - from
+            );
+        } else {
+            eprintln!("late gaps after {name} (at {:.0} ms): none", t - from);
+        }
+    }
+}
+
 /// Longest gap of `calls` (sorted) that lies wholly within `[from, to]`.
 fn longest_gap_within(calls: &[f64], from: f64, to: f64) -> f64 {
     calls.windows(2).filter(|w| w[0] >= from && w[1] <= to).map(|w| w[1] - w[0]).fold(0.0, f64::max)
@@ -282,15 +312,19 @@ impl crate::Bench {
         sleep(Duration::from_secs(4)).await;
         // Rolling restart: each replica drained (SIGTERM) and replaced in turn.
         let roll_from = self.mock_ms(Instant::now());
+        let mut events = Vec::new();
         for r in 0..REPLICAS {
             let (mut p, _) = replicas.remove(r);
+            events.push((self.mock_ms(Instant::now()), format!("r{r} TERM")));
             p.signal("TERM")?;
             anyhow::ensure!(
                 p.wait_exit(std::time::Duration::from_secs(20))?,
                 "replica r{r} did not exit after SIGTERM"
             );
+            events.push((self.mock_ms(Instant::now()), format!("r{r} exited")));
             drop(p);
             replicas.insert(r, self.replica(r, &redis, n, "2s").await?);
+            events.push((self.mock_ms(Instant::now()), format!("r{r} ready")));
             sleep(Duration::from_secs(2)).await;
         }
         let roll_to = self.mock_ms(Instant::now());
@@ -347,6 +381,7 @@ impl crate::Bench {
             }
             after_stop += c.iter().filter(|t| **t > stop_at[chat] + crate::analysis::AFTER_STOP_SLACK_MS).count();
         }
+        late_gaps_by_event(&calls.main, roll_from, &events, interval_ms);
         let kill = crate::Quantiles::of(kill_gaps);
         let refire = crate::Quantiles::of(refire_after_kill);
         let roll = crate::Quantiles::of(roll_gaps);

@@ -176,6 +176,13 @@ pub(crate) enum Command {
         /// The session's generation.
         generation: u64,
     },
+    /// What a budget may spend moved (a replica's grant from a shared window came): its slots
+    /// are balanced again and the calls waiting for it ask again at once, not when the budget
+    /// as it was would have paid them.
+    Granted {
+        /// The budget.
+        budget: BudgetIndex,
+    },
 }
 
 /// State shared by the handle, the scheduler and the fire tasks.
@@ -717,6 +724,23 @@ impl Engine {
         })
     }
 
+    /// What a replica's grant from a shared budget must pay for until its next reservation, on
+    /// budget `budget`: the refires that fall due within `horizon` (or are due and waiting),
+    /// however their deadlines bunch (sessions taken over after a crash, a burst of starts); and
+    /// the sessions started since `since` (sessions taken over keep their start, and are not
+    /// counted).
+    pub fn budget_demand(&self, budget: BudgetIndex, horizon: Duration, since: Option<Instant>) -> (usize, usize) {
+        let until = Instant::now() + horizon;
+        self.shared.table.fold((0, 0), |(due, new), s| {
+            if s.budget != budget {
+                return (due, new);
+            }
+            let is_due = s.first_sent && !s.in_flight && s.next_due <= until;
+            let is_new = since.is_none_or(|t| s.started_at >= t);
+            (due + usize::from(is_due), new + usize::from(is_new))
+        })
+    }
+
     /// The members of budget `b` in its slot order (`high` first, then by start), each with its
     /// typing calls per budget period: what replicas sharing the budget exchange so that their
     /// lit slots together are one prefix of that order.
@@ -737,6 +761,12 @@ impl Engine {
     /// The budgets (to share them between replicas).
     pub fn budget_states(&self) -> &Budgets {
         &self.shared.budgets
+    }
+
+    /// Tells the scheduler that budget `budget` may spend more or less than before (a grant
+    /// from a shared window came): see [`Command::Granted`].
+    pub fn budget_granted(&self, budget: BudgetIndex) {
+        let _ = self.shared.commands.send(Command::Granted { budget });
     }
 
     /// `budget.window`: the period budgets count calls over.

@@ -328,6 +328,13 @@ impl Scheduler {
                 self.slots.promote(budget, generation);
                 self.mark(budget);
             }
+            Command::Granted { budget } => {
+                self.mark(budget);
+                let q = self.queue(budget);
+                if !q.is_empty() {
+                    q.wake = Some(Instant::now());
+                }
+            }
         }
     }
 

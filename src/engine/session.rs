@@ -418,6 +418,11 @@ impl SessionTable {
         self.map.iter().filter_map(|e| f(e.key(), e.value())).collect()
     }
 
+    /// Folds `f` over every session.
+    pub fn fold<T>(&self, init: T, mut f: impl FnMut(T, &Session) -> T) -> T {
+        self.map.iter().fold(init, |acc, e| f(acc, e.value()))
+    }
+
     /// Keys (and generations) of every session `pred` accepts.
     pub fn keys_where(&self, mut pred: impl FnMut(&SessionKey, &Session) -> bool) -> Vec<(SessionKey, u64)> {
         self.map.iter().filter(|e| pred(e.key(), e.value())).map(|e| (e.key().clone(), e.generation)).collect()

@@ -757,3 +757,48 @@ async fn a_session_ending_within_a_hand_over_gets_no_extra_call() {
     assert_eq!(offsets(&h, "1"), vec![0]);
     assert_eq!(h.engine.active_count(), 0);
 }
+
+/// Sessions taken over by a replica whose grant from a shared budget window was sized for the
+/// few sessions it had: their calls leave when the grant for them comes, at their deadlines, not
+/// when the budget as it was would have paid them.
+#[tokio::test(start_paused = true)]
+async fn sessions_taken_over_refire_on_time_once_the_grant_for_them_comes() {
+    let budget = BudgetSettings { limit_per_minute: Count::of(60_000), ..BudgetSettings::default() };
+    let h =
+        harness_with(EngineSettings { idle_timeout: Duration::from_secs(600), ..EngineSettings::default() }, budget);
+    let grant = |tokens: u32, fraction: f64| crate::budget::SharedWindow {
+        tokens,
+        first_tokens: 0,
+        fraction,
+        window_used: 0,
+        slot_calls: None,
+    };
+    // A replica alone with no session yet: a few calls and a tiny share of the budget.
+    let now = Instant::now();
+    h.engine.budget_states().with(0, |b| b.set_shared_grant(grant(4, 0.001), now + Duration::from_secs(5), now));
+    let chats: Vec<String> = (0..200).map(|i| (1000 + i).to_string()).collect();
+    for (i, chat) in chats.iter().enumerate() {
+        let adopted = Adopted {
+            holders: vec![(None, Duration::from_secs(600))],
+            priority: Priority::Normal,
+            age: Duration::from_secs(10),
+            lifetime_left: Duration::from_secs(3000),
+            due_in: Duration::from_millis(200 + 5 * i as u64),
+            preferred_key: None,
+        };
+        assert!(h.engine.adopt(key(chat), &adopted));
+    }
+    // Its next reservation, 100 ms on, is sized for them.
+    sleep(Duration::from_millis(100)).await;
+    let now = Instant::now();
+    h.engine.budget_states().with(0, |b| b.set_shared_grant(grant(400, 0.5), now + Duration::from_secs(5), now));
+    h.engine.budget_granted(0);
+    sleep(Duration::from_secs(2)).await;
+    for (i, chat) in chats.iter().enumerate() {
+        let due = h.t0 + Duration::from_millis(200 + 5 * i as u64);
+        let calls = h.fake.calls_for(chat);
+        let first = calls.first().unwrap_or_else(|| panic!("chat {chat} was never refired"));
+        let late = first.saturating_duration_since(due);
+        assert!(late <= Duration::from_millis(20), "chat {chat} refired {late:?} after its deadline");
+    }
+}

@@ -82,20 +82,23 @@ type Reply = (u32, i64, u64, u32, u32, u32, Vec<String>, u32);
 /// Shares every budget until `stop`.
 pub(super) async fn share(inner: Arc<Inner>, stop: CancellationToken) {
     let mut shares: Vec<Share> = inner.budget_names.iter().map(|_| Share::default()).collect();
+    let mut adopted = false;
     loop {
         for (i, share) in shares.iter_mut().enumerate() {
-            reserve(&inner, i, share).await;
+            reserve(&inner, i, share, adopted).await;
         }
-        tokio::select! {
+        adopted = tokio::select! {
             () = stop.cancelled() => return,
-            () = tokio::time::sleep(BUDGET_STARVED_EVERY) => {}
-        }
+            () = tokio::time::sleep(BUDGET_STARVED_EVERY) => false,
+            () = inner.regrant.notified() => true,
+        };
     }
 }
 
-/// One reservation for budget `i`, when one is due: once a second, or sooner when a call was
-/// denied for want of a grant.
-async fn reserve(inner: &Inner, i: usize, share: &mut Share) {
+/// One reservation for budget `i`, when one is due: once a second, sooner when a call was
+/// denied for want of a grant or sessions came in, and at once when they came in with shards
+/// just taken over (`adopted`), whose calls may be due right away.
+async fn reserve(inner: &Inner, i: usize, share: &mut Share, adopted: bool) {
     let Some(name) = inner.budget_names.get(i) else { return };
     let engine = &inner.engine;
     let now = Instant::now();
@@ -106,11 +109,14 @@ async fn reserve(inner: &Inner, i: usize, share: &mut Share) {
     let grew = sessions > share.sessions_then + (share.sessions_then / 8).max(10);
     let due = share.last.is_none_or(|t| {
         let since = now.saturating_duration_since(t);
-        since >= BUDGET_EVERY || ((starved || grew) && since >= BUDGET_STARVED_EVERY)
+        since >= BUDGET_EVERY || ((starved || grew) && since >= BUDGET_STARVED_EVERY) || (grew && adopted)
     });
     if !due {
         return;
     }
+    // The calls due before the next reservation, and the sessions that started since the last
+    // one (first indicators to come: as many again, as one process keeps room for).
+    let (due, started) = engine.budget_demand(i, BUDGET_EVERY + BUDGET_STARVED_EVERY, share.last);
     let window = engine.budget_window();
     let interval = engine.refire_interval().as_secs_f64();
     let cap = engine.budget_states().with(i, |b| b.period_allowance(now)).unwrap_or(0);
@@ -169,12 +175,14 @@ async fn reserve(inner: &Inner, i: usize, share: &mut Share) {
                 // This replica's share as of now (its sessions may have grown since the last
                 // reservation), against every replica's as last seen.
                 let fraction = (sessions as f64 + 1.0) / (share.total.max(sessions as u64) as f64 + replicas as f64);
-                let demand = (sessions as f64 / interval) * 1.25 + 4.0;
+                // The calls due before the next reservation, however their deadlines bunch, or
+                // a second of the sessions' average rate if that is more.
+                let demand = (sessions as f64 / interval).max(due as f64) * 1.25 + 4.0;
                 let fair = fraction * f64::from(cap) / window.as_secs_f64() * 1.2 + 1.0;
                 demand.min(fair).ceil()
             }
         };
-        let firsts = sessions.saturating_sub(share.sessions_then) as u64 + if first_starved { 2 } else { 0 };
+        let firsts = started as u64 + if first_starved { 2 } else { 0 };
         (want as u64, firsts)
     };
     let head =
@@ -233,6 +241,7 @@ async fn reserve(inner: &Inner, i: usize, share: &mut Share) {
     let now = Instant::now();
     let grant = SharedWindow { tokens: granted, first_tokens: first_granted, fraction, window_used: used, slot_calls };
     let left = engine.budget_states().with(i, |b| b.set_shared_grant(grant, now + GRANT_FOR, now)).unwrap_or(0);
+    engine.budget_granted(i);
     if std::mem::take(&mut share.failed) {
         // Refires skipped for want of a grant while Redis did not answer leave now.
         engine.hasten(|_| true);

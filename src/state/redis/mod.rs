@@ -105,6 +105,9 @@ struct Inner {
     commits: mpsc::UnboundedSender<Commit>,
     /// Runs the control step now (a shard was released somewhere).
     kick: Notify,
+    /// Notified when shards were taken over: their sessions' calls need a grant from the
+    /// shared budget windows at once, not at the next reservation.
+    regrant: Notify,
     /// Whether the last control step reached Redis.
     redis_ok: AtomicBool,
     /// Set when this replica drains: it takes no shard any more.
@@ -198,6 +201,7 @@ impl Replica {
             next_id: AtomicU64::new(wire::wall_ms() << 16),
             commits,
             kick: Notify::new(),
+            regrant: Notify::new(),
             redis_ok: AtomicBool::new(true),
             leaving: AtomicBool::new(false),
             budget_names,
@@ -668,12 +672,13 @@ impl Inner {
         drop(exclusive);
     }
 
-    /// Reads the records of `shard` and takes its sessions over.
-    async fn adopt(&self, shard: usize) -> usize {
+    /// Reads the records of `shard` and takes its sessions over; returns how many, how many of
+    /// them were already due, and how long the most overdue one had waited.
+    async fn adopt(&self, shard: usize) -> (usize, usize, Duration) {
         let mut conn = self.conn.clone();
         let flat: Result<Vec<(String, String)>, _> =
             conn::query(&mut conn, redis::cmd("HGETALL").arg(wire::sessions_key(shard)), StateOp::Adopt).await;
-        let Ok(flat) = flat else { return 0 };
+        let Ok(flat) = flat else { return (0, 0, Duration::ZERO) };
         let now = wire::wall_ms();
         let mut adopted = 0;
         let mut over = Vec::new();
@@ -697,17 +702,22 @@ impl Inner {
             let preferred = self.engine.keys().by_name(&record.k);
             let session = record.adopted(now, false, preferred);
             if session.due_in.is_zero() {
-                overdue.push((key, session));
+                overdue.push((Duration::from_millis(now.saturating_sub(record.d)), key, session));
             } else if self.engine.adopt(key, &session) {
                 adopted += 1;
             }
         }
-        // Sessions already due (their replica died and stopped refiring them) go out spread
-        // over a quarter interval, as a burst of starts is, not in one burst that would then
-        // come due together at every interval.
-        let spread = self.engine.refire_interval() / 4;
+        // Sessions already due go out most overdue first, spread over as long as the most
+        // overdue one has waited, and at most half an interval. After a crash (a lease's worth
+        // of deadlines overdue) that keeps them nearly as spread as they were, rather than in a
+        // burst that would come due together at every interval afterwards; the last still
+        // leaves within `state.lease` + one interval of the crash. After a hand-over that took
+        // longer than its horizon (a few sessions, overdue by milliseconds) it is at once.
+        overdue.sort_by_key(|(late, ..)| std::cmp::Reverse(*late));
+        let spread = overdue.first().map_or(Duration::ZERO, |(late, ..)| *late).min(self.engine.refire_interval() / 2);
+        let late = (overdue.len(), overdue.first().map_or(Duration::ZERO, |(late, ..)| *late));
         let n = u32::try_from(overdue.len()).unwrap_or(u32::MAX).max(1);
-        for (i, (key, mut session)) in (0u32..).zip(overdue) {
+        for (i, (_, key, mut session)) in (0u32..).zip(overdue) {
             session.due_in = spread * i / n;
             if self.engine.adopt(key, &session) {
                 adopted += 1;
@@ -716,7 +726,7 @@ impl Inner {
         for field in over {
             let _ = self.commits.send(Commit { shard, field, value: None, done: None });
         }
-        adopted
+        (adopted, late.0, late.1)
     }
 
     /// One control step: hands over the shards another live replica should own, renews this
@@ -799,9 +809,9 @@ impl Inner {
             if owner.as_deref() == Some(me) && !leave {
                 self.shards.renew(s, until);
                 if !was_mine {
-                    let n = self.adopt(s).await;
+                    let (n, overdue, late) = self.adopt(s).await;
                     adopted_shards += 1;
-                    tracing::info!(shard = s, sessions = n, "took the shard over");
+                    tracing::info!(shard = s, sessions = n, overdue, most_overdue = ?late, "took the shard over");
                 }
                 self.shards.set_serving(s, true);
             } else if was_mine {
@@ -816,6 +826,7 @@ impl Inner {
         }
         if adopted_shards > 0 {
             metrics::state_adopted(adopted_shards);
+            self.regrant.notify_one();
         }
         if recovered {
             // Redis may have lost what it held (a restart without persistence, a failover to a
