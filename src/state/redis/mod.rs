@@ -708,13 +708,13 @@ impl Inner {
             }
         }
         // Sessions already due go out most overdue first, spread over as long as the most
-        // overdue one has waited, and at most half an interval. After a crash (a lease's worth
-        // of deadlines overdue) that keeps them nearly as spread as they were, rather than in a
-        // burst that would come due together at every interval afterwards; the last still
-        // leaves within `state.lease` + one interval of the crash. After a hand-over that took
-        // longer than its horizon (a few sessions, overdue by milliseconds) it is at once.
+        // overdue one has waited, and at most a quarter interval. After a crash (a lease's worth
+        // of deadlines overdue) that is not one burst that would come due together at every
+        // interval afterwards, and the fans wait little longer than the lease; after a hand-over
+        // that took longer than its horizon (a few sessions, overdue by milliseconds) it is at
+        // once.
         overdue.sort_by_key(|(late, ..)| std::cmp::Reverse(*late));
-        let spread = overdue.first().map_or(Duration::ZERO, |(late, ..)| *late).min(self.engine.refire_interval() / 2);
+        let spread = overdue.first().map_or(Duration::ZERO, |(late, ..)| *late).min(self.engine.refire_interval() / 4);
         let late = (overdue.len(), overdue.first().map_or(Duration::ZERO, |(late, ..)| *late));
         let n = u32::try_from(overdue.len()).unwrap_or(u32::MAX).max(1);
         for (i, (_, key, mut session)) in (0u32..).zip(overdue) {
