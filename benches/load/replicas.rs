@@ -213,32 +213,45 @@ fn longest_gap(calls: &[f64], from: f64, to: f64) -> f64 {
     longest
 }
 
+/// The gaps longer than an interval (plus 20 ms) that end after one rolling-restart event and
+/// before the next.
+#[derive(Clone, Copy)]
+struct LateGaps {
+    count: usize,
+    /// How long after the event the first and the last of them ended, in ms.
+    ending: (f64, f64),
+    /// By how much the least and the most late exceeded the interval, in ms.
+    over: (f64, f64),
+}
+
 /// Prints, for the gaps longer than an interval (plus 20 ms) that end during the rolling
 /// restart, how many end after each restart event and how late, so that a late hand-over shows
 /// which step it follows.
 fn late_gaps_by_event(calls: &[Vec<f64>], from: f64, events: &[(f64, String)], interval_ms: f64) {
-    let mut by: Vec<(usize, f64, f64, f64, f64)> = vec![(0, f64::INFINITY, 0.0, f64::INFINITY, 0.0); events.len()];
-    for c in calls {
-        for w in c.windows(2) {
-            let over = w[1] - w[0] - interval_ms;
-            if w[1] < from || over <= 20.0 {
-                continue;
-            }
-            if let Some(i) = events.iter().rposition(|(t, _)| *t <= w[1]) {
-                let e = &mut by[i];
-                let after = w[1] - events[i].0;
-                *e = (e.0 + 1, e.1.min(after), e.2.max(after), e.3.min(over), e.4.max(over));
-            }
+    let none = LateGaps { count: 0, ending: (f64::INFINITY, 0.0), over: (f64::INFINITY, 0.0) };
+    let mut by = vec![none; events.len()];
+    for w in calls.iter().flat_map(|c| c.windows(2)) {
+        let over = w[1] - w[0] - interval_ms;
+        if w[1] < from || over <= 20.0 {
+            continue;
+        }
+        if let Some(i) = events.iter().rposition(|(t, _)| *t <= w[1]) {
+            let after = w[1] - events[i].0;
+            let g = &mut by[i];
+            g.count += 1;
+            g.ending = (g.ending.0.min(after), g.ending.1.max(after));
+            g.over = (g.over.0.min(over), g.over.1.max(over));
         }
     }
-    for ((t, name), (count, a0, a1, o0, o1)) in events.iter().zip(by) {
-        if count > 0 {
-            eprintln!(
-                "late gaps after {name} (at {:.0} ms): {count}, ending {a0:.0}..{a1:.0} ms after it, {o0:.0}..{o1:.0} ms over the interval",
-                t - from
-            );
+    for ((t, name), g) in events.iter().zip(by) {
+        let at = t - from;
+        if g.count == 0 {
+            eprintln!("late gaps after {name} (at {at:.0} ms): none");
         } else {
-            eprintln!("late gaps after {name} (at {:.0} ms): none", t - from);
+            eprintln!(
+                "late gaps after {name} (at {at:.0} ms): {}, ending {:.0}..{:.0} ms after it, {:.0}..{:.0} ms over the interval",
+                g.count, g.ending.0, g.ending.1, g.over.0, g.over.1
+            );
         }
     }
 }

@@ -714,9 +714,10 @@ impl Inner {
         // that took longer than its horizon (a few sessions, overdue by milliseconds) it is at
         // once.
         overdue.sort_by_key(|(late, ..)| std::cmp::Reverse(*late));
-        let spread = overdue.first().map_or(Duration::ZERO, |(late, ..)| *late).min(self.engine.refire_interval() / 4);
-        let late = (overdue.len(), overdue.first().map_or(Duration::ZERO, |(late, ..)| *late));
-        let n = u32::try_from(overdue.len()).unwrap_or(u32::MAX).max(1);
+        let most_overdue = overdue.first().map_or(Duration::ZERO, |(late, ..)| *late);
+        let spread = most_overdue.min(self.engine.refire_interval() / 4);
+        let overdue_count = overdue.len();
+        let n = u32::try_from(overdue_count).unwrap_or(u32::MAX).max(1);
         for (i, (_, key, mut session)) in (0u32..).zip(overdue) {
             session.due_in = spread * i / n;
             if self.engine.adopt(key, &session) {
@@ -726,7 +727,7 @@ impl Inner {
         for field in over {
             let _ = self.commits.send(Commit { shard, field, value: None, done: None });
         }
-        (adopted, late.0, late.1)
+        (adopted, overdue_count, most_overdue)
     }
 
     /// One control step: hands over the shards another live replica should own, renews this
