@@ -46,8 +46,11 @@ const LAUNCH_CHUNK: usize = 32;
 /// millisecond apart; hooks sent one by one by chatters rarely come this close.
 const BURST_WINDOW: Duration = Duration::from_millis(2);
 
-/// Second calls of a burst that share one offset (see [`Scheduler::spread_offset`]).
-const SPREAD_GROUP: u64 = 3;
+/// Second calls of a burst that share one offset (see [`Scheduler::spread_offset`]): as many as
+/// one launch chunk, the calls the scheduler sends in one pass anyway. A burst of up to this many
+/// keeps its deadlines together, as a plain timer per session would; a larger one is cut into
+/// groups of this size.
+const SPREAD_GROUP: u64 = LAUNCH_CHUNK as u64;
 
 #[derive(Debug)]
 struct Entry {
@@ -204,8 +207,10 @@ pub struct Scheduler {
     launched: usize,
     /// When the last first call was launched.
     last_first: Option<Instant>,
-    /// Second calls spread so far (the position in the spreading sequence).
-    spread_seq: u64,
+    /// The current burst's first calls launched before the last one (0 for a call alone).
+    burst_member: u64,
+    /// Groups of second calls spread so far (the position in the spreading sequence).
+    spread_groups: u64,
     tasks: TaskTracker,
     /// The typing calls launched in this pass: they leave together as one task (see
     /// [`Scheduler::flush`]).
@@ -238,7 +243,8 @@ impl Scheduler {
             blocked: false,
             launched: 0,
             last_first: None,
-            spread_seq: 0,
+            burst_member: 0,
+            spread_groups: 0,
             tasks: TaskTracker::new(),
             batch: Vec::new(),
         }
@@ -679,9 +685,11 @@ impl Scheduler {
         // A first call right after another one: the session started in a burst, and its second
         // call comes a little early so that the burst does not stay together.
         let in_burst = self.last_first.is_some_and(|t| now.saturating_duration_since(t) < BURST_WINDOW);
+        let member = if in_burst { self.burst_member + 1 } else { 0 };
+        let offset = self.spread_offset(member, interval);
         let launched = self.shared.table.with_generation(&entry.key, entry.generation, |s| {
             let first = !s.first_sent;
-            let offset = if first && in_burst { self.spread_offset(interval) } else { Duration::ZERO };
+            let offset = if first { offset } else { Duration::ZERO };
             s.in_flight = true;
             s.first_sent = true;
             let not_before = now + interval - offset;
@@ -694,7 +702,8 @@ impl Scheduler {
         };
         if first {
             self.last_first = Some(now);
-            self.spread_seq += u64::from(in_burst);
+            self.burst_member = member;
+            self.spread_groups += u64::from(starts_group(member));
         }
         self.launched += 1;
         metrics::refire_lateness(now.saturating_duration_since(entry.due));
@@ -732,14 +741,18 @@ impl Scheduler {
         }
     }
 
-    /// The next offset of a burst's second calls: spread over `[0, burst_spread(interval))` by a
-    /// golden-ratio sequence, so any run of consecutive bursts covers the range evenly.
-    ///
-    /// Members of a burst share an offset by [`SPREAD_GROUP`]: a few calls leaving together cost
-    /// one wake-up of the process instead of one each, and are far too few to hold the cores.
-    fn spread_offset(&self, interval: Duration) -> Duration {
+    /// How much sooner than one interval the second call of the burst's `member`-th first call
+    /// comes. The burst's first [`SPREAD_GROUP`] calls keep the full interval; each further group
+    /// shares one offset in `[0, burst_spread(interval))`, the next of a golden-ratio sequence, so
+    /// any run of consecutive groups covers the range evenly. A group's calls leaving together
+    /// cost one wake-up of the process instead of one each, and are too few to hold the cores.
+    fn spread_offset(&self, member: u64, interval: Duration) -> Duration {
+        if member < SPREAD_GROUP {
+            return Duration::ZERO;
+        }
+        let group = self.spread_groups + u64::from(starts_group(member));
         #[allow(clippy::cast_precision_loss, reason = "a sequence position; only its fraction matters")]
-        let u = ((self.spread_seq / SPREAD_GROUP) as f64 * 0.618_033_988_749_895).fract();
+        let u = (group as f64 * 0.618_033_988_749_895).fract();
         super::burst_spread(interval).mul_f64(u)
     }
 
@@ -766,4 +779,9 @@ impl Scheduler {
         let in_flight = &self.shared.in_flight;
         in_flight.resize(in_flight.target(rate));
     }
+}
+
+/// Whether the burst's `member`-th first call opens a new group of spread second calls.
+fn starts_group(member: u64) -> bool {
+    member >= SPREAD_GROUP && member % SPREAD_GROUP == 0
 }

@@ -367,7 +367,6 @@ async fn a_burst_of_starts_spreads_its_second_calls_once() {
     let interval = Duration::from_millis(3500);
     let spread = burst_spread(interval);
     let tick = EngineSettings::default().tick;
-    let mut seconds = std::collections::BTreeSet::new();
     for chat in 0..n {
         let calls = h.fake.calls_for(&chat.to_string());
         assert_eq!(calls.len(), 3, "chat {chat}: {calls:?}");
@@ -379,10 +378,29 @@ async fn a_burst_of_starts_spreads_its_second_calls_once() {
         // ... and every later one keeps the full interval.
         let third = calls[2].duration_since(calls[1]);
         assert!(third >= interval && third <= interval + tick, "chat {chat}: third call after {third:?}");
-        seconds.insert(calls[1].duration_since(h.t0).as_millis());
     }
-    // The burst does not come due together again: its second calls cover the spread.
-    assert!(seconds.len() >= 30, "second calls in only {} distinct milliseconds", seconds.len());
+    // The burst does not come due together again: its second calls leave in groups of at most
+    // one launch chunk (32), each group at its own instant.
+    let mut by_ms = std::collections::BTreeMap::<u128, usize>::new();
+    for chat in 0..n {
+        let calls = h.fake.calls_for(&chat.to_string());
+        *by_ms.entry(calls[1].duration_since(calls[0]).as_millis()).or_default() += 1;
+    }
+    assert_eq!(by_ms.len(), 4, "100 second calls in groups of 32: {by_ms:?}");
+    assert!(by_ms.values().all(|&k| k <= 32), "a group larger than a launch chunk: {by_ms:?}");
+    assert_eq!(by_ms.get(&3500), Some(&32), "the burst's first group keeps the interval: {by_ms:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_small_burst_of_starts_keeps_its_deadlines_together() {
+    let h = harness();
+    for chat in 0..20 {
+        h.engine.start(start_cmd(&chat.to_string())).unwrap();
+    }
+    sleep(Duration::from_millis(7600)).await;
+    for chat in 0..20 {
+        assert_eq!(offsets(&h, &chat.to_string()), vec![0, 3500, 7000], "chat {chat}");
+    }
 }
 
 #[tokio::test(start_paused = true)]
