@@ -30,11 +30,11 @@ pub(crate) async fn fire(
     budget: BudgetIndex,
     launched_at: Instant,
 ) {
-    // The session keeps a token for this call: a stop (or the drain) that lands while the
+    // The session keeps a token for its calls: a stop (or the drain) that lands while the
     // request still waits for a pooled connection or for CPU drops it before it is written.
     // The token is in place before the drain flag is read: a drain that starts meanwhile either
-    // finds the token (and cancels it) or is seen here.
-    let cancel = CancellationToken::new();
+    // finds the token (and cancels it) or is seen here. One token serves every call of the
+    // session (one call is in flight at a time, and a session whose token is cancelled has ended).
     let sent = Instant::now();
     // With replicas, only the owner of the chat's shard sends, and only while its lease holds by
     // this process's own clock: a replica that lost its lease (frozen, cut off from Redis) stays
@@ -46,10 +46,10 @@ pub(crate) async fn fire(
             return;
         }
     }
-    let Some(moved) = shared.table.with_generation(&key, generation, |s| {
-        s.cancel_in_flight = Some(cancel.clone());
+    let Some((cancel, moved)) = shared.table.with_generation(&key, generation, |s| {
+        let cancel = s.cancel_in_flight.get_or_insert_with(CancellationToken::new).clone();
         s.last_sent = Some(sent);
-        follow_send_time(s, launched_at, sent)
+        (cancel, follow_send_time(s, launched_at, sent))
     }) else {
         return;
     };

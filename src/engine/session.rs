@@ -87,7 +87,9 @@ pub struct Session {
     /// Number of times the indicator lapsed while composing.
     pub gaps: u32,
     /// Cancels the typing call in flight, if any: a call still waiting for a connection when the
-    /// session ends is dropped before it is written.
+    /// session ends is dropped before it is written. Made by the session's first call and shared
+    /// by all of them (one is in flight at a time); cancelled only when the session ends or the
+    /// drain begins.
     pub cancel_in_flight: Option<CancellationToken>,
     /// When its last typing call was handed to the upstream client (a replica taking the
     /// session over keeps the cadence from there).
