@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use crate::accounts::Accounts;
 use crate::api::{self, ApiState, Tokens};
 use crate::budget::Budgets;
-use crate::config::{Backend, Config, DEFAULT_NAME};
+use crate::config::{Backend, Config, Count, DEFAULT_NAME, EngineSettings, Settings};
 use crate::engine::{Engine, EngineConfig, KeyRing, Scheduler};
 use crate::ids::AccountId;
 use crate::server::{self, Limits};
@@ -86,7 +86,7 @@ impl App {
         let budgets = Budgets::new(&budget_names, &settings.budget, Instant::now());
         let keys = KeyRing::new(&secrets.api_keys, &budgets);
         let engine_cfg = EngineConfig {
-            engine: settings.engine.clone(),
+            engine: EngineSettings { max_in_flight: socket_budget(&settings), ..settings.engine.clone() },
             platforms: settings.platforms.clone(),
             budget: settings.budget.clone(),
             unavailable_pause: settings.accounts.unavailable_pause,
@@ -259,6 +259,25 @@ impl App {
 
 /// This replica's id: `KEEPTYPING_REPLICA_ID` (the chart sets the pod name), else the host name
 /// and the process id.
+/// `engine.max_in_flight`, or less when the open-file limit (raised to its hard limit first)
+/// would not hold that many connections besides both listeners' (see [`crate::limits`]).
+fn socket_budget(settings: &Settings) -> Count {
+    let configured = settings.engine.max_in_flight.as_usize();
+    let connections = settings.server.max_connections.as_usize() + settings.admin.max_connections.as_usize();
+    let open_files = crate::limits::raise_open_file_limit();
+    let budget = crate::limits::socket_budget(configured, connections, open_files);
+    if budget < configured {
+        tracing::warn!(
+            max_in_flight = configured,
+            open_files,
+            used_instead = budget,
+            "engine.max_in_flight does not fit the open-file limit besides the listeners' connections; \
+             raise the limit (ulimit -n) or lower engine.max_in_flight"
+        );
+    }
+    Count::of(u32::try_from(budget).unwrap_or(u32::MAX))
+}
+
 fn replica_id() -> String {
     if let Some(id) = std::env::var("KEEPTYPING_REPLICA_ID").ok().filter(|v| !v.trim().is_empty()) {
         return id.trim().to_owned();

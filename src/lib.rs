@@ -9,7 +9,7 @@
 //!                                               └──►  budget (token buckets per budget name)
 //! api  ──►  accounts (client sessions, auth-attempt watcher on tokio-cron-scheduler, webhook
 //!           signatures)  ──►  upstream
-//! config, metrics, shutdown, ids: leaves that anything may use
+//! config, metrics, shutdown, ids, limits: leaves that anything may use
 //! mock: a stand-in OnlyFansAPI for tests, the demo and benchmarks; demo: the one-command tour
 //! server: the bounded accept loop both listeners run (header read timeout, connection cap)
 //! app: wires it all together; main.rs only parses the command line
@@ -26,6 +26,7 @@ pub mod config;
 pub mod demo;
 pub mod engine;
 pub mod ids;
+pub mod limits;
 pub mod metrics;
 pub mod mock;
 pub mod server;

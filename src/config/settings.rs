@@ -187,7 +187,7 @@ impl Default for EngineSettings {
             idle_timeout: Duration::from_secs(30),
             max_lifetime: Duration::from_secs(600),
             max_sessions: Count::of(100_000),
-            max_in_flight: Count::of(1024),
+            max_in_flight: Count::of(16_384),
             tick: Duration::from_millis(5),
         }
     }
@@ -302,7 +302,7 @@ impl Default for UpstreamSettings {
             base_url: "https://app.onlyfansapi.com".to_owned(),
             timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(1),
-            pool_max_idle_per_host: 256,
+            pool_max_idle_per_host: 16_384,
             ca_file: None,
             keys: Vec::new(),
         }
