@@ -5,8 +5,9 @@
 //! - a token bucket refilled at `typing_share x limit / 60` tokens per second, as deep as
 //!   `burst` or one second of refill, whichever is more (so a large key is never throttled by a
 //!   small burst);
-//! - a sliding 60-second window of grants, hard-capped at `typing_share x limit`, so that no
-//!   60-second window ever carries more typing calls than the share, whatever the burst;
+//! - a sliding 60-second window of grants (counted per 100 ms, see `budget/window.rs`), hard-capped at
+//!   `typing_share x limit`, so that no 60-second window ever carries more typing calls than
+//!   the share, whatever the burst;
 //! - upstream feedback: `limit_minute` replaces the configured limit; `remaining_minute` at or
 //!   below `reserve x limit` pauses typing, and above it typing may spend per minute what it
 //!   spent in the last minute plus the headroom left above the reserve (so typing backs off as
@@ -22,7 +23,7 @@
 //! Everything here is pure: every method takes `now`, and the jitter is an argument, so the
 //! logic is tested without sleeping. [`Budgets`] wraps the states in short `std` mutexes.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -31,6 +32,9 @@ use tokio::time::Instant;
 
 use crate::config::BudgetSettings;
 use crate::upstream::RateLimits;
+
+mod window;
+use window::GrantWindow;
 
 /// The window the upstream limit is expressed over (`budget.window`; only tests shorten it).
 pub const WINDOW: Duration = Duration::from_secs(60);
@@ -183,10 +187,10 @@ pub struct BudgetState {
     bucket: TokenBucket,
     /// The period the limit is counted over (60 s).
     period: Duration,
-    /// Grant instants within the last `period`, oldest first.
-    window: VecDeque<Instant>,
-    /// First-indicator grant instants within the last `period`, oldest first.
-    firsts: VecDeque<Instant>,
+    /// Grants within the last `period`.
+    window: GrantWindow,
+    /// First-indicator grants within the last `period`.
+    firsts: GrantWindow,
     paused_until: Option<(Instant, PauseReason)>,
     /// A reserve pause ended: the next call probes the upstream, whatever its class, so that
     /// a fresh `remaining_minute` can lift the brake.
@@ -261,8 +265,8 @@ impl BudgetState {
             burst: f64::from(settings.burst.get()),
             bucket: TokenBucket::starting_at_floor(depth(f64::from(settings.burst.get()), rate), rate, now),
             period,
-            window: VecDeque::new(),
-            firsts: VecDeque::new(),
+            window: GrantWindow::new(period, now),
+            firsts: GrantWindow::new(period, now),
             paused_until: None,
             probe_due: false,
             consecutive_429: 0,
@@ -368,12 +372,8 @@ impl BudgetState {
     }
 
     fn forget_old(&mut self, now: Instant) {
-        let period = self.period;
-        for q in [&mut self.window, &mut self.firsts] {
-            while q.front().is_some_and(|t| now.saturating_duration_since(*t) >= period) {
-                q.pop_front();
-            }
-        }
+        self.window.advance(now);
+        self.firsts.advance(now);
     }
 
     /// Typing calls per `period` that lit slots may spend now: the rate in force, less what
@@ -428,9 +428,9 @@ impl BudgetState {
         if self.probe_due && self.bucket.try_take(0.0, now).is_ok() {
             self.take_shared(class);
             self.probe_due = false;
-            self.window.push_back(now);
+            self.window.push(now);
             if class == Class::First {
-                self.firsts.push_back(now);
+                self.firsts.push(now);
             }
             return Ok(());
         }
@@ -445,14 +445,14 @@ impl BudgetState {
             Class::Spare => (cap - reserved, self.priority_floor()),
         };
         if self.window.len() >= allowed {
-            let frees = self.window.get(self.window.len() - allowed).copied().unwrap_or(now);
-            return Err(Denied::Empty { retry_at: frees + self.period });
+            let frees = self.window.frees_at(self.window.len() + 1 - allowed).unwrap_or(now + self.period);
+            return Err(Denied::Empty { retry_at: frees });
         }
         self.bucket.try_take(floor, now).map_err(|retry_at| Denied::Empty { retry_at })?;
         self.take_shared(class);
-        self.window.push_back(now);
+        self.window.push(now);
         if class == Class::First {
-            self.firsts.push_back(now);
+            self.firsts.push(now);
         }
         Ok(())
     }
@@ -579,16 +579,14 @@ impl BudgetState {
             typing_per_minute: self.typing_per_minute(),
             effective_typing_per_minute: self.effective_rate(now) * self.period.as_secs_f64(),
             tokens: self.bucket.tokens(now),
-            // Grants are pushed in time order: count the recent tail without walking the window.
-            sent_last_minute: self.window.len()
-                - self.window.partition_point(|t| now.saturating_duration_since(*t) >= self.period),
+            sent_last_minute: self.window.len_at(now),
             paused: paused.is_some(),
             paused_for_ms: paused.map(|(u, _)| u128_to_u64(u.saturating_duration_since(now).as_millis())),
             pause_reason: paused.map(|(_, r)| r),
             capacity_fans: capacity / per_fan,
             sessions_lit: slots.0,
             sessions_waiting: slots.1,
-            first_indicators_last_minute: self.firsts.len(),
+            first_indicators_last_minute: self.firsts.len_at(now),
             limit_day: self.daily.map(|(l, _)| l),
             remaining_day: self.daily.map(|(_, r)| r),
         }
@@ -931,7 +929,9 @@ mod tests {
         }
         b.try_acquire(Class::Slot, t0).unwrap();
         assert!((b.slot_capacity(t0) - 490.0).abs() < 1e-9, "five first indicators in the last minute");
-        assert!((b.slot_capacity(t0 + WINDOW) - 495.0).abs() < 1e-9, "forgotten a minute later");
+        // Counted per 600th of the window (see `window`): forgotten once their slot has left it.
+        assert!((b.slot_capacity(t0 + WINDOW) - 490.0).abs() < 1e-9, "still within the minute's last slot");
+        assert!((b.slot_capacity(t0 + WINDOW + WINDOW / 600) - 495.0).abs() < 1e-9, "forgotten a minute later");
     }
 
     #[test]
