@@ -234,15 +234,16 @@ pub(crate) fn write(
             "cpu_per_refire_vs_naive": r(|s| s.cpu_s_per_1k_refires),
             "memory_per_session_vs_naive": r(|s| s.bytes_per_session),
             "lateness_p99_vs_naive": r(|s| s.lateness_p99_ms),
-            "cpu_per_call_vs_ceiling": k.cpu_s_per_1k_refires / ceiling,
+            // No ceiling run (`--ceiling-calls 0`): no ratio, rather than one against infinity.
+            "cpu_per_call_vs_ceiling": if ceiling.is_finite() { k.cpu_s_per_1k_refires / ceiling } else { f64::NAN },
         });
         let _ = writeln!(
             md,
-            "| {n} | {:.2} | {:.2} | {:.2} | {:.2} |",
-            row["cpu_per_refire_vs_naive"].as_f64().unwrap_or(f64::NAN),
-            row["memory_per_session_vs_naive"].as_f64().unwrap_or(f64::NAN),
-            row["lateness_p99_vs_naive"].as_f64().unwrap_or(f64::NAN),
-            row["cpu_per_call_vs_ceiling"].as_f64().unwrap_or(f64::NAN),
+            "| {n} | {} | {} | {} | {} |",
+            ratio(&row["cpu_per_refire_vs_naive"]),
+            ratio(&row["memory_per_session_vs_naive"]),
+            ratio(&row["lateness_p99_vs_naive"]),
+            ratio(&row["cpu_per_call_vs_ceiling"]),
         );
         ratios.push(row);
     }
@@ -337,4 +338,10 @@ pub(crate) fn write(
     std::fs::write(dir.join("load-latest.json"), &text)?;
     eprintln!("wrote {}", dir.join(format!("load-{stamp}.json")).display());
     Ok(())
+}
+
+/// A ratio for the report: two decimals, or `n/a` when one side was not measured (a NaN, which
+/// the JSON holds as `null`).
+fn ratio(v: &serde_json::Value) -> String {
+    v.as_f64().filter(|r| r.is_finite()).map_or_else(|| "n/a".to_owned(), |r| format!("{r:.2}"))
 }
