@@ -257,8 +257,6 @@ impl App {
     }
 }
 
-/// This replica's id: `KEEPTYPING_REPLICA_ID` (the chart sets the pod name), else the host name
-/// and the process id.
 /// `engine.max_in_flight`, or less when the open-file limit (raised to its hard limit first)
 /// would not hold that many connections besides both listeners' (see [`crate::limits`]).
 fn socket_budget(settings: &Settings) -> Count {
@@ -278,6 +276,8 @@ fn socket_budget(settings: &Settings) -> Count {
     Count::of(u32::try_from(budget).unwrap_or(u32::MAX))
 }
 
+/// This replica's id: `KEEPTYPING_REPLICA_ID` (the chart sets the pod name), else the host name
+/// and the process id.
 fn replica_id() -> String {
     if let Some(id) = std::env::var("KEEPTYPING_REPLICA_ID").ok().filter(|v| !v.trim().is_empty()) {
         return id.trim().to_owned();

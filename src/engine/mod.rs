@@ -800,7 +800,8 @@ fn recorded(s: &Session, interval: Duration, now: Instant) -> Recorded {
 /// otherwise refire together for as long as they live: every interval a burst of calls, each
 /// waiting behind the others, and every hook request arriving meanwhile waiting behind them
 /// all. Spreading the second calls once spreads every later one; the indicator stays lit (an
-/// early call only refreshes it sooner) and later calls keep the full interval.
+/// early call only refreshes it sooner) and later calls keep the full interval. A burst's first
+/// group of calls (one launch chunk) is not spread: so few leave together harmlessly.
 pub fn burst_spread(interval: Duration) -> Duration {
     interval / 16
 }

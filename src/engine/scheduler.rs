@@ -682,8 +682,9 @@ impl Scheduler {
     /// Launches the typing call of `entry` now.
     fn launch(&mut self, entry: Entry, permit: OwnedSemaphorePermit, now: Instant) {
         let interval = self.shared.platform(entry.key.platform).refire_interval;
-        // A first call right after another one: the session started in a burst, and its second
-        // call comes a little early so that the burst does not stay together.
+        // A first call right after another one: the session started in a burst. Past the
+        // burst's first group its second call comes a little early, so that a large burst does
+        // not stay together.
         let in_burst = self.last_first.is_some_and(|t| now.saturating_duration_since(t) < BURST_WINDOW);
         let member = if in_burst { self.burst_member + 1 } else { 0 };
         let offset = self.spread_offset(member, interval);
