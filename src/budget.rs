@@ -428,10 +428,7 @@ impl BudgetState {
         if self.probe_due && self.bucket.try_take(0.0, now).is_ok() {
             self.take_shared(class);
             self.probe_due = false;
-            self.window.push(now);
-            if class == Class::First {
-                self.firsts.push(now);
-            }
+            self.record(class, now);
             return Ok(());
         }
         self.sync_rate(now);
@@ -450,11 +447,16 @@ impl BudgetState {
         }
         self.bucket.try_take(floor, now).map_err(|retry_at| Denied::Empty { retry_at })?;
         self.take_shared(class);
+        self.record(class, now);
+        Ok(())
+    }
+
+    /// Counts a grant of `class` at `now` in the window (and among first indicators).
+    fn record(&mut self, class: Class, now: Instant) {
         self.window.push(now);
         if class == Class::First {
             self.firsts.push(now);
         }
-        Ok(())
     }
 
     fn take_shared(&mut self, class: Class) {

@@ -47,19 +47,21 @@ impl GrantWindow {
         u64::try_from(since).unwrap_or(u64::MAX)
     }
 
+    /// The slots entered between the last advance and `now` (empty if none): entering slot `s`
+    /// reuses the place of slot `s - RING`, which has left the period.
+    fn entering(&self, now: Instant) -> std::ops::RangeInclusive<u64> {
+        let cur = self.slot(now).max(self.head);
+        (self.head + 1)..=cur.min(self.head + RING as u64)
+    }
+
     /// Forgets the grants that left the period by `now`.
     pub(super) fn advance(&mut self, now: Instant) {
-        let cur = self.slot(now);
-        if cur <= self.head {
-            return;
-        }
-        // Entering slot `s` reuses the place of slot `s - RING`, which has left the period.
-        for s in (self.head + 1)..=cur.min(self.head + RING as u64) {
+        for s in self.entering(now) {
             let i = Self::index(s);
             self.total -= u64::from(self.counts[i]);
             self.counts[i] = 0;
         }
-        self.head = cur;
+        self.head = self.slot(now).max(self.head);
     }
 
     /// Records one grant at `now`.
@@ -77,12 +79,7 @@ impl GrantWindow {
 
     /// Grants within the period at `now`, without forgetting the others.
     pub(super) fn len_at(&self, now: Instant) -> usize {
-        let cur = self.slot(now);
-        let gone: u64 = if cur <= self.head {
-            0
-        } else {
-            ((self.head + 1)..=cur.min(self.head + RING as u64)).map(|s| u64::from(self.counts[Self::index(s)])).sum()
-        };
+        let gone: u64 = self.entering(now).map(|s| u64::from(self.counts[Self::index(s)])).sum();
         usize::try_from(self.total - gone).unwrap_or(usize::MAX)
     }
 

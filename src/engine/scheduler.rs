@@ -687,10 +687,9 @@ impl Scheduler {
         // not stay together.
         let in_burst = self.last_first.is_some_and(|t| now.saturating_duration_since(t) < BURST_WINDOW);
         let member = if in_burst { self.burst_member + 1 } else { 0 };
-        let offset = self.spread_offset(member, interval);
         let launched = self.shared.table.with_generation(&entry.key, entry.generation, |s| {
             let first = !s.first_sent;
-            let offset = if first { offset } else { Duration::ZERO };
+            let offset = if first { self.spread_offset(member, interval) } else { Duration::ZERO };
             s.in_flight = true;
             s.first_sent = true;
             let not_before = now + interval - offset;
