@@ -7,7 +7,8 @@
 //! overloaded process open a connection per waiting call. So the limit follows demand and
 //! observed latency: four times the calls the live sessions need in flight (counting at least
 //! [`LATENCY_FLOOR`] per call), plus [`HEADROOM`] for bursts (a batch of starts launches its
-//! first calls at once), never above `engine.max_in_flight`, the socket budget. Over HTTP/1.1 every call in flight holds one
+//! first calls at once), never above `engine.max_in_flight`, the socket budget. Before the first
+//! answer the latency is unknown and the limit is that budget. Over HTTP/1.1 every call in flight holds one
 //! connection, so the connections to the upstream stay below that limit plus the idle pool
 //! (`upstream.pool_max_idle_per_host`); over HTTP/2 one connection carries them all.
 //!
@@ -92,8 +93,14 @@ impl InFlight {
         Duration::from_micros(self.latency_us.load(Ordering::Relaxed))
     }
 
-    /// The limit for `rate` calls per second at the observed latency.
+    /// The limit for `rate` calls per second at the observed latency. Until a first answer has
+    /// come, the latency is not known, and the limit is the socket budget: a slow upstream's
+    /// first answers take its whole latency, and a limit sized for a fast one would hold the
+    /// first calls of every session back until then.
     pub(crate) fn target(&self, rate: f64) -> usize {
+        if self.latency_us.load(Ordering::Relaxed) == 0 {
+            return self.max;
+        }
         let needed = (rate * self.latency().max(LATENCY_FLOOR).as_secs_f64() * FACTOR).ceil();
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "finite, non-negative, capped")]
         let needed = needed.min(1e9) as usize;
@@ -125,6 +132,8 @@ mod tests {
     fn follows_littles_law_between_headroom_and_the_budget() {
         let f = InFlight::new(8192);
         assert_eq!(f.limit(), HEADROOM);
+        // No answer yet: the latency is unknown, and nothing but the budget holds calls back.
+        assert_eq!(f.target(30_000.0 / 3.5), 8192);
         for _ in 0..200 {
             f.observe(Duration::from_millis(200));
         }

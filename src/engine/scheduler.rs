@@ -261,11 +261,18 @@ impl Scheduler {
         let timer = tokio::time::sleep_until(Instant::now() + GAUGE_PERIOD);
         tokio::pin!(timer);
         let mut armed: Option<Instant> = None;
+        let mut burst_goes_on = false;
         loop {
             // A full chunk means more may be due: yield once, then go on.
             let pass = Instant::now();
+            if burst_goes_on {
+                self.last_first = Some(pass);
+            }
             self.balance(pass);
             let more = self.process(pass);
+            // A burst cut into chunks is still one burst: the wait for the next chunk (longer
+            // the busier the runtime) must not end it.
+            burst_goes_on = more && self.last_first.is_some_and(|t| t >= pass);
             self.flush();
             // Refires due within a tick of this pass wait for the next one (see `engine.tick`); a
             // start wakes the loop at once through `rx` and takes whatever is due with it.

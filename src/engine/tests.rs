@@ -392,6 +392,54 @@ async fn a_burst_of_starts_spreads_its_second_calls_once() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_burst_of_starts_stays_one_burst_on_a_busy_runtime() {
+    let h = harness();
+    // Another task that holds the runtime for 3 ms whenever it runs: every time the scheduler
+    // yields between two launch chunks, the next chunk starts later than a burst's window.
+    let busy = tokio::spawn(async {
+        for _ in 0..10 {
+            tokio::time::advance(Duration::from_millis(3)).await;
+            tokio::task::yield_now().await;
+        }
+    });
+    let n = 100;
+    for chat in 0..n {
+        h.engine.start(start_cmd(&chat.to_string())).unwrap();
+    }
+    busy.await.unwrap();
+    sleep(Duration::from_millis(7600)).await;
+    let mut by_ms = std::collections::BTreeMap::<u128, usize>::new();
+    for chat in 0..n {
+        let calls = h.fake.calls_for(&chat.to_string());
+        assert!(calls.len() >= 2, "chat {chat}: {calls:?}");
+        *by_ms.entry(calls[1].duration_since(calls[0]).as_millis()).or_default() += 1;
+    }
+    // The chunks are one burst: its second calls are spread as if no chunk had waited.
+    assert_eq!(by_ms.len(), 4, "100 second calls in groups of 32: {by_ms:?}");
+    // Its first group keeps the interval (counted from when the calls left, a little after
+    // they were launched on the busy runtime).
+    let (&ms, &k) = by_ms.last_key_value().unwrap();
+    assert!(ms >= 3500 && k == 32, "the burst's first group keeps the interval: {by_ms:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_upstream_does_not_hold_first_calls_back() {
+    let h = harness();
+    // Nothing has been answered yet, so the upstream's latency is not known: the first calls of
+    // a batch larger than the in-flight limit's headroom leave at once, not one answer later.
+    *h.fake.latency.lock().unwrap() = Duration::from_millis(500);
+    let n = 300;
+    for chat in 0..n {
+        h.engine.start(start_cmd(&chat.to_string())).unwrap();
+    }
+    sleep(Duration::from_millis(100)).await;
+    for chat in 0..n {
+        let calls = h.fake.calls_for(&chat.to_string());
+        assert_eq!(calls, vec![h.t0], "chat {chat}: its first call waited");
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_small_burst_of_starts_keeps_its_deadlines_together() {
     let h = harness();
     for chat in 0..20 {
