@@ -10,6 +10,7 @@
 # Any KEEPTYPING__* variable set by the caller reaches `serve`. With NAIVE_BIN=path/to/the/load/bench
 # binary (target/release/deps/load-*), the naive baseline runs instead of `serve`, for comparison. Prints perf's task-clock and
 # context-switches lines and the number of typing calls the mock received. With
+# MOCK_LATENCY_MS=N the mock answers each typing call after N ms. With
 # PERF_RECORD=FILE it then records 8 s of a cpu-clock call-graph profile into FILE
 # (`perf report -i FILE --no-children --sort dso,symbol`).
 set -euo pipefail
@@ -17,7 +18,7 @@ SESSIONS=${1:-10000}
 BIN=${2:-target/release/keeptyping}
 MOCK_PORT=18188 HOOK_PORT=18180 ADMIN_PORT=18190
 command -v perf >/dev/null || { echo "perf is required (apt-get install linux-perf)" >&2; exit 2; }
-"$BIN" mock-upstream --listen 127.0.0.1:$MOCK_PORT --limit-per-minute 0 >/dev/null 2>&1 &
+"$BIN" mock-upstream --listen 127.0.0.1:$MOCK_PORT --limit-per-minute 0 --latency-ms "${MOCK_LATENCY_MS:-0}" >/dev/null 2>&1 &
 MOCK=$!
 RUST_LOG=warn KEEPTYPING__SERVER__LISTEN=127.0.0.1:$HOOK_PORT KEEPTYPING__ADMIN__LISTEN=127.0.0.1:$ADMIN_PORT \
   KEEPTYPING__UPSTREAM__BASE_URL=http://127.0.0.1:$MOCK_PORT ONLYFANSAPI_API_KEY=sk_wakeups KEEPTYPING_HOOK_TOKEN=bench_hook_token \
@@ -40,11 +41,13 @@ t0 = time.time()
 for b in range(0, n, per):
     while time.time() < t0 + (b // per) * 3.5 / 50:
         time.sleep(0.001)
-    events = [{"action": "start", "account_id": "acct_0123456789abcdef0123456789abcdef", "chat_id": str(100000 + i)}
-              for i in range(b, min(n, b + per))]
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/typing/batch", data=json.dumps({"events": events}).encode(),
-                                 headers={"authorization": "Bearer bench_hook_token", "content-type": "application/json"})
-    urllib.request.urlopen(req).read()
+    # A batch request carries at most 500 events.
+    for c in range(b, min(n, b + per), 500):
+        events = [{"action": "start", "account_id": "acct_0123456789abcdef0123456789abcdef", "chat_id": str(100000 + i)}
+                  for i in range(c, min(n, b + per, c + 500))]
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/typing/batch", data=json.dumps({"events": events}).encode(),
+                                     headers={"authorization": "Bearer bench_hook_token", "content-type": "application/json"})
+        urllib.request.urlopen(req).read()
 PY
 sleep 5
 perf stat -e task-clock,context-switches -p $SERVE -- sleep 10 2>&1 | grep -E "task-clock|context-switches"
