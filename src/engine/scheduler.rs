@@ -35,11 +35,22 @@ use crate::metrics::{self, EndReason, SkipReason};
 /// How often the budget and in-flight gauges are refreshed.
 const GAUGE_PERIOD: Duration = Duration::from_secs(1);
 
-/// Calls launched in one pass before the scheduler yields to the runtime. A burst (a batch of
-/// starts, a queue released after a budget pause) is launched in chunks, with every task that
-/// became ready meanwhile (hook requests above all) polled between two chunks, instead of
-/// queueing behind the whole burst.
+/// Calls that leave together as one task (see [`Scheduler::flush`]); also the fewest a pass
+/// launches before it may yield.
 const LAUNCH_CHUNK: usize = 32;
+
+/// How long one pass may go on launching, past its first chunk, before the scheduler yields to
+/// the runtime. A burst (a batch of starts, a queue released after a budget pause) is launched
+/// over several passes, with every task that became ready meanwhile (hook requests above all)
+/// polled between two, instead of queueing behind the whole burst. Bounded by time rather than
+/// by count: on a busy runtime a yield waits behind every ready task, and a scheduler that
+/// yielded after each chunk launched fewer calls a second the busier the process was.
+#[cfg(not(test))]
+const PASS_BUDGET: Duration = Duration::from_micros(500);
+/// The engine's tests run on a clock that stands still during a pass: there a pass ends after
+/// one chunk, as it does on a loaded runtime, so that they see the scheduler yield.
+#[cfg(test)]
+const PASS_BUDGET: Duration = Duration::ZERO;
 
 /// First calls launched closer together than this belong to one burst (see
 /// [`super::burst_spread`]). A batch of starts launches its first calls a fraction of a
@@ -410,8 +421,8 @@ impl Scheduler {
         }
     }
 
-    /// Acts on what is due at `now`, up to [`LAUNCH_CHUNK`] launches. Returns whether the chunk
-    /// filled up (more may be due).
+    /// Acts on what is due at `now`, for at least [`LAUNCH_CHUNK`] launches and at most
+    /// [`PASS_BUDGET`]. Returns whether it stopped early (more may be due).
     fn process(&mut self, now: Instant) -> bool {
         self.launched = 0;
         if self.blocked {
@@ -423,7 +434,7 @@ impl Scheduler {
                 if self.blocked {
                     return false;
                 }
-                if self.chunk_full() {
+                if self.chunk_full(now) {
                     return true;
                 }
             }
@@ -436,15 +447,19 @@ impl Scheduler {
             if self.blocked {
                 return false;
             }
-            if self.chunk_full() {
+            if self.chunk_full(now) {
                 return true;
             }
         }
         false
     }
 
-    fn chunk_full(&self) -> bool {
-        self.launched >= LAUNCH_CHUNK
+    /// Sends each full chunk on its way, and says whether the pass begun at `pass` is over.
+    fn chunk_full(&mut self, pass: Instant) -> bool {
+        if self.batch.len() >= LAUNCH_CHUNK {
+            self.flush();
+        }
+        self.launched >= LAUNCH_CHUNK && pass.elapsed() >= PASS_BUDGET
     }
 
     fn verdict(&self, entry: &Entry, now: Instant) -> Verdict {
@@ -576,7 +591,7 @@ impl Scheduler {
     fn drain_budget(&mut self, b: usize, now: Instant) {
         self.waiting[b].wake = None;
         loop {
-            if self.chunk_full() {
+            if self.chunk_full(now) {
                 // The rest of the queue goes on in the next pass.
                 let w = &mut self.waiting[b];
                 if !w.is_empty() {
