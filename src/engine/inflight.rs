@@ -8,7 +8,8 @@
 //! observed latency: four times the calls the live sessions need in flight (counting at least
 //! [`LATENCY_FLOOR`] per call), plus [`HEADROOM`] for bursts (a batch of starts launches its
 //! first calls at once), never above `engine.max_in_flight`, the socket budget. Before the first
-//! answer the latency is unknown and the limit is that budget. Over HTTP/1.1 every call in flight holds one
+//! answer the latency is unknown: the limit doubles every 5 ms that the scheduler waits for a
+//! permit, so that a slow upstream does not hold the first calls back for its whole latency. Over HTTP/1.1 every call in flight holds one
 //! connection, so the connections to the upstream stay below that limit plus the idle pool
 //! (`upstream.pool_max_idle_per_host`); over HTTP/2 one connection carries them all.
 //!
@@ -30,7 +31,7 @@ const FACTOR: f64 = 4.0;
 
 /// Latency below which the estimate is not taken at its word: on loopback an answer takes
 /// 0.1 ms, and a limit sized for that would bind as soon as the machine is busy.
-const LATENCY_FLOOR: Duration = Duration::from_millis(5);
+pub(crate) const LATENCY_FLOOR: Duration = Duration::from_millis(5);
 
 /// Weight of a new latency sample in the moving average, as a shift: 1/16.
 const EWMA_SHIFT: u32 = 4;
@@ -93,14 +94,26 @@ impl InFlight {
         Duration::from_micros(self.latency_us.load(Ordering::Relaxed))
     }
 
-    /// The limit for `rate` calls per second at the observed latency. Until a first answer has
-    /// come, the latency is not known, and the limit is the socket budget: a slow upstream's
-    /// first answers take its whole latency, and a limit sized for a fast one would hold the
-    /// first calls of every session back until then.
-    pub(crate) fn target(&self, rate: f64) -> usize {
-        if self.latency_us.load(Ordering::Relaxed) == 0 {
-            return self.max;
+    /// Whether an answer has told the latency yet.
+    pub(crate) fn latency_known(&self) -> bool {
+        self.latency_us.load(Ordering::Relaxed) != 0
+    }
+
+    /// Doubles the limit (up to `engine.max_in_flight`) while no answer has told the latency:
+    /// the scheduler calls it every [`LATENCY_FLOOR`] that it waits for a permit. A slow
+    /// upstream's first answers take its whole latency, and a limit sized for a fast one would
+    /// hold every first call beyond it back until then; a fast one answers before the first
+    /// doubling, and a burst of starts then reuses a few connections instead of opening one each.
+    pub(crate) fn grow_while_unknown(&self) {
+        if self.latency_known() {
+            return;
         }
+        let limit = self.limit.load(Ordering::Relaxed);
+        self.resize(limit.saturating_mul(2).min(self.max));
+    }
+
+    /// The limit for `rate` calls per second at the observed latency.
+    pub(crate) fn target(&self, rate: f64) -> usize {
         let needed = (rate * self.latency().max(LATENCY_FLOOR).as_secs_f64() * FACTOR).ceil();
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "finite, non-negative, capped")]
         let needed = needed.min(1e9) as usize;
@@ -116,7 +129,7 @@ impl InFlight {
             self.sem.add_permits(target - limit);
             self.limit.store(target, Ordering::Relaxed);
             tracing::debug!(limit = target, latency = ?self.latency(), "in-flight limit raised");
-        } else if target < limit - limit / 4 {
+        } else if target < limit - limit / 4 && self.latency_known() {
             let gone = self.sem.forget_permits(limit - target);
             self.limit.store(limit - gone, Ordering::Relaxed);
             tracing::debug!(limit = limit - gone, latency = ?self.latency(), "in-flight limit lowered");
@@ -132,8 +145,12 @@ mod tests {
     fn follows_littles_law_between_headroom_and_the_budget() {
         let f = InFlight::new(8192);
         assert_eq!(f.limit(), HEADROOM);
-        // No answer yet: the latency is unknown, and nothing but the budget holds calls back.
-        assert_eq!(f.target(30_000.0 / 3.5), 8192);
+        // No answer yet: while the scheduler waits for a permit the limit doubles, and it is
+        // not lowered.
+        f.grow_while_unknown();
+        assert_eq!(f.limit(), 2 * HEADROOM);
+        f.resize(1);
+        assert_eq!(f.limit(), 2 * HEADROOM);
         for _ in 0..200 {
             f.observe(Duration::from_millis(200));
         }
@@ -141,6 +158,9 @@ mod tests {
         let t = f.target(30_000.0 / 3.5);
         assert_eq!(t, 6_858 + HEADROOM, "{t}");
         f.resize(t);
+        assert_eq!(f.limit(), t);
+        // Known now: no more doubling.
+        f.grow_while_unknown();
         assert_eq!(f.limit(), t);
         // Never above the budget.
         assert_eq!(f.target(1e9), 8192);

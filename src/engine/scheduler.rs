@@ -39,12 +39,13 @@ const GAUGE_PERIOD: Duration = Duration::from_secs(1);
 /// launches before it may yield.
 const LAUNCH_CHUNK: usize = 32;
 
-/// How long one pass may go on launching, past its first chunk, before the scheduler yields to
-/// the runtime. A burst (a batch of starts, a queue released after a budget pause) is launched
-/// over several passes, with every task that became ready meanwhile (hook requests above all)
-/// polled between two, instead of queueing behind the whole burst. Bounded by time rather than
-/// by count: on a busy runtime a yield waits behind every ready task, and a scheduler that
-/// yielded after each chunk launched fewer calls a second the busier the process was.
+/// How long one pass may go on launching, past its first chunk, when refires are falling behind
+/// (see [`BEHIND`]), before the scheduler yields to the runtime. A burst (a batch of starts, a
+/// queue released after a budget pause) is launched over several passes, with every task that
+/// became ready meanwhile (hook requests above all) polled between two, instead of queueing
+/// behind the whole burst. But on a busy runtime a yield waits behind every ready task: a
+/// scheduler that yielded after every chunk launched fewer calls a second the busier the
+/// process was, and its refires fell further behind.
 #[cfg(not(test))]
 const PASS_BUDGET: Duration = Duration::from_micros(500);
 /// The engine's tests run on a clock that stands still during a pass: there a pass ends after
@@ -52,13 +53,19 @@ const PASS_BUDGET: Duration = Duration::from_micros(500);
 #[cfg(test)]
 const PASS_BUDGET: Duration = Duration::ZERO;
 
+/// A refire due this long before the pass began is late: the scheduler is falling behind, and
+/// a pass goes on past its first chunk (see [`PASS_BUDGET`]). A burst of starts, due at once,
+/// is not late: its first calls go one chunk per pass, so that the connections they need to the
+/// upstream come as the earlier ones are answered, and not all at once.
+const BEHIND: Duration = Duration::from_millis(5);
+
 /// First calls launched closer together than this belong to one burst (see
 /// [`super::burst_spread`]). A batch of starts launches its first calls a fraction of a
 /// millisecond apart; hooks sent one by one by chatters rarely come this close.
 const BURST_WINDOW: Duration = Duration::from_millis(2);
 
 /// Second calls of a burst that share one offset (see [`Scheduler::spread_offset`]): as many as
-/// one launch chunk, the calls the scheduler sends in one pass anyway. A burst of up to this many
+/// one launch chunk, the calls that leave together as one task anyway. A burst of up to this many
 /// keeps its deadlines together, as a plain timer per session would; a larger one is cut into
 /// groups of this size.
 const SPREAD_GROUP: u64 = LAUNCH_CHUNK as u64;
@@ -223,7 +230,7 @@ pub struct Scheduler {
     /// Groups of second calls spread so far (the position in the spreading sequence).
     spread_groups: u64,
     tasks: TaskTracker,
-    /// The typing calls launched in this pass: they leave together as one task (see
+    /// The typing calls launched since the last flush: up to one chunk, leaving as one task (see
     /// [`Scheduler::flush`]).
     batch: Vec<Call>,
 }
@@ -311,7 +318,12 @@ impl Scheduler {
                     self.permit = permit.ok();
                 }
                 () = tokio::task::yield_now(), if more => {}
-                () = &mut timer, if wake.is_some() && !more => armed = None,
+                () = &mut timer, if wake.is_some() && !more => {
+                    armed = None;
+                    if self.blocked {
+                        self.shared.in_flight.grow_while_unknown();
+                    }
+                }
                 _ = gauges.tick() => {
                     let now = Instant::now();
                     self.sweep_waiting(now);
@@ -410,8 +422,10 @@ impl Scheduler {
     fn next_wake(&self) -> Option<Instant> {
         if self.blocked {
             // Nothing can launch until a permit frees; budget waits still matter for expiry,
-            // which the next processing pass handles.
-            return None;
+            // which the next processing pass handles. While no answer has told the latency,
+            // the limit grows after each wait of the latency floor.
+            let unknown = !self.shared.in_flight.latency_known();
+            return unknown.then(|| Instant::now() + super::inflight::LATENCY_FLOOR);
         }
         let heap = self.heap.peek().map(|Reverse(e)| e.due);
         let budgets = self.waiting.iter().filter_map(|w| w.wake).min();
@@ -454,12 +468,17 @@ impl Scheduler {
         false
     }
 
-    /// Sends each full chunk on its way, and says whether the pass begun at `pass` is over.
+    /// Sends each full chunk on its way, and says whether the pass begun at `pass` is over: after
+    /// one chunk, unless refires are falling behind, then after [`PASS_BUDGET`].
     fn chunk_full(&mut self, pass: Instant) -> bool {
         if self.batch.len() >= LAUNCH_CHUNK {
             self.flush();
         }
-        self.launched >= LAUNCH_CHUNK && pass.elapsed() >= PASS_BUDGET
+        if self.launched < LAUNCH_CHUNK {
+            return false;
+        }
+        let behind = self.heap.peek().is_some_and(|Reverse(e)| e.due + BEHIND < pass);
+        !behind || pass.elapsed() >= PASS_BUDGET
     }
 
     fn verdict(&self, entry: &Entry, now: Instant) -> Verdict {
@@ -739,9 +758,9 @@ impl Scheduler {
         }));
     }
 
-    /// Sends the calls launched in this pass: one task for all of them, each call polled only
-    /// when its own answer moves. A task per call cost a spawn per call and, with two or more
-    /// spawned at once, a wake-up of another worker per pass for each.
+    /// Sends the calls launched since the last flush: one task for all of them, each call polled
+    /// only when its own answer moves. A task per call cost a spawn per call and, with two or
+    /// more spawned at once, a wake-up of another worker per pass for each.
     fn flush(&mut self) {
         match self.batch.len() {
             0 => {}

@@ -412,7 +412,8 @@ async fn a_burst_of_starts_stays_one_burst_on_a_busy_runtime() {
     for chat in 0..n {
         let calls = h.fake.calls_for(&chat.to_string());
         assert!(calls.len() >= 2, "chat {chat}: {calls:?}");
-        *by_ms.entry(calls[1].duration_since(calls[0]).as_millis()).or_default() += 1;
+        // To 10 ms: the calls of one group leave a few milliseconds apart on the busy runtime.
+        *by_ms.entry(calls[1].duration_since(calls[0]).as_millis() / 10 * 10).or_default() += 1;
     }
     // The chunks are one burst: its second calls are spread as if no chunk had waited.
     assert_eq!(by_ms.len(), 4, "100 second calls in groups of 32: {by_ms:?}");
@@ -426,17 +427,22 @@ async fn a_burst_of_starts_stays_one_burst_on_a_busy_runtime() {
 async fn a_slow_upstream_does_not_hold_first_calls_back() {
     let h = harness();
     // Nothing has been answered yet, so the upstream's latency is not known: the first calls of
-    // a batch larger than the in-flight limit's headroom leave at once, not one answer later.
+    // a batch larger than the in-flight limit's headroom leave within milliseconds (the limit
+    // doubles every 5 ms of waiting), not one answer later.
     *h.fake.latency.lock().unwrap() = Duration::from_millis(500);
     let n = 300;
     for chat in 0..n {
         h.engine.start(start_cmd(&chat.to_string())).unwrap();
     }
     sleep(Duration::from_millis(100)).await;
+    let mut last = Duration::ZERO;
     for chat in 0..n {
         let calls = h.fake.calls_for(&chat.to_string());
-        assert_eq!(calls, vec![h.t0], "chat {chat}: its first call waited");
+        assert_eq!(calls.len(), 1, "chat {chat}: {calls:?}");
+        last = last.max(calls[0].duration_since(h.t0));
     }
+    // 64, 128, 256, 512 permits: the last first call leaves after three doublings.
+    assert!(last <= Duration::from_millis(20), "the last first call left after {last:?}");
 }
 
 #[tokio::test(start_paused = true)]
