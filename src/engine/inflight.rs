@@ -9,9 +9,10 @@
 //! [`LATENCY_FLOOR`] per call), plus [`HEADROOM`] for bursts (a batch of starts launches its
 //! first calls at once), never above `engine.max_in_flight`, the socket budget. Before the first
 //! answer the latency is unknown: the limit doubles every 5 ms that the scheduler waits for a
-//! permit, so that a slow upstream does not hold the first calls back for its whole latency. Over HTTP/1.1 every call in flight holds one
-//! connection, so the connections to the upstream stay below that limit plus the idle pool
-//! (`upstream.pool_max_idle_per_host`); over HTTP/2 one connection carries them all.
+//! permit, so that a slow upstream does not hold the first calls back for its whole latency.
+//! Over HTTP/1.1 every call in flight holds one connection, so the connections to the upstream
+//! stay below that limit plus the idle pool (`upstream.pool_max_idle_per_host`); over HTTP/2 one
+//! connection carries them all.
 //!
 //! This module is the one owner of the semaphore, its size and the latency estimate; the
 //! scheduler takes permits and resizes it once a second, the fire tasks report latencies.

@@ -221,6 +221,8 @@ pub struct Scheduler {
     permit: Option<OwnedSemaphorePermit>,
     /// Every in-flight permit is taken: wait for one before launching.
     blocked: bool,
+    /// While blocked with the upstream's latency unknown: when the in-flight limit grows next.
+    grow_at: Option<Instant>,
     /// Calls launched in the current pass.
     launched: usize,
     /// When the last first call was launched.
@@ -259,6 +261,7 @@ impl Scheduler {
             seq: 0,
             permit: None,
             blocked: false,
+            grow_at: None,
             launched: 0,
             last_first: None,
             burst_member: 0,
@@ -293,8 +296,14 @@ impl Scheduler {
             burst_goes_on = more && self.last_first.is_some_and(|t| t >= pass);
             self.flush();
             // Refires due within a tick of this pass wait for the next one (see `engine.tick`); a
-            // start wakes the loop at once through `rx` and takes whatever is due with it.
-            let wake = self.next_wake().map(|w| w.max(pass + self.shared.cfg.engine.tick));
+            // start wakes the loop at once through `rx` and takes whatever is due with it. While
+            // blocked, the wake-up is the in-flight limit's next growth, which stays put.
+            let wake = if self.blocked {
+                self.grow_wake()
+            } else {
+                self.grow_at = None;
+                self.next_wake().map(|w| w.max(pass + self.shared.cfg.engine.tick))
+            };
             if let Some(w) = wake.filter(|w| armed != Some(*w)) {
                 timer.as_mut().reset(w);
                 armed = Some(w);
@@ -321,6 +330,7 @@ impl Scheduler {
                 () = &mut timer, if wake.is_some() && !more => {
                     armed = None;
                     if self.blocked {
+                        self.grow_at = None;
                         self.shared.in_flight.grow_while_unknown();
                     }
                 }
@@ -419,14 +429,20 @@ impl Scheduler {
         self.heap.push(Reverse(Entry { due, seq: self.seq, key, generation }));
     }
 
-    fn next_wake(&self) -> Option<Instant> {
-        if self.blocked {
-            // Nothing can launch until a permit frees; budget waits still matter for expiry,
-            // which the next processing pass handles. While no answer has told the latency,
-            // the limit grows after each wait of the latency floor.
-            let unknown = !self.shared.in_flight.latency_known();
-            return unknown.then(|| Instant::now() + super::inflight::LATENCY_FLOOR);
+    /// While blocked, nothing can launch until a permit frees (budget waits still matter for
+    /// expiry, which the next processing pass handles). But while no answer has told the
+    /// latency, the in-flight limit grows after each wait of the latency floor, counted from
+    /// when the wait began: commands arriving meanwhile must not push it back.
+    fn grow_wake(&mut self) -> Option<Instant> {
+        if self.shared.in_flight.latency_known() {
+            self.grow_at = None;
+            return None;
         }
+        let floor = super::inflight::LATENCY_FLOOR;
+        Some(*self.grow_at.get_or_insert_with(|| Instant::now() + floor))
+    }
+
+    fn next_wake(&self) -> Option<Instant> {
         let heap = self.heap.peek().map(|Reverse(e)| e.due);
         let budgets = self.waiting.iter().filter_map(|w| w.wake).min();
         match (heap, budgets) {

@@ -434,7 +434,13 @@ async fn a_slow_upstream_does_not_hold_first_calls_back() {
     for chat in 0..n {
         h.engine.start(start_cmd(&chat.to_string())).unwrap();
     }
-    sleep(Duration::from_millis(100)).await;
+    // More starts keep coming, one every millisecond: the scheduler's waits are not reset by
+    // them.
+    for chat in n..n + 50 {
+        sleep(Duration::from_millis(1)).await;
+        h.engine.start(start_cmd(&chat.to_string())).unwrap();
+    }
+    sleep(Duration::from_millis(50)).await;
     let mut last = Duration::ZERO;
     for chat in 0..n {
         let calls = h.fake.calls_for(&chat.to_string());
