@@ -301,7 +301,6 @@ impl Scheduler {
             let wake = if self.blocked {
                 self.grow_wake()
             } else {
-                self.grow_at = None;
                 self.next_wake().map(|w| w.max(pass + self.shared.cfg.engine.tick))
             };
             if let Some(w) = wake.filter(|w| armed != Some(*w)) {
@@ -324,6 +323,7 @@ impl Scheduler {
                 },
                 permit = sem.acquire_owned(), if self.blocked => {
                     self.blocked = false;
+                    self.grow_at = None;
                     self.permit = permit.ok();
                 }
                 () = tokio::task::yield_now(), if more => {}
@@ -435,7 +435,6 @@ impl Scheduler {
     /// when the wait began: commands arriving meanwhile must not push it back.
     fn grow_wake(&mut self) -> Option<Instant> {
         if self.shared.in_flight.latency_known() {
-            self.grow_at = None;
             return None;
         }
         let floor = super::inflight::LATENCY_FLOOR;
@@ -464,7 +463,7 @@ impl Scheduler {
                 if self.blocked {
                     return false;
                 }
-                if self.chunk_full(now) {
+                if self.pass_over(now) {
                     return true;
                 }
             }
@@ -477,7 +476,7 @@ impl Scheduler {
             if self.blocked {
                 return false;
             }
-            if self.chunk_full(now) {
+            if self.pass_over(now) {
                 return true;
             }
         }
@@ -486,7 +485,7 @@ impl Scheduler {
 
     /// Sends each full chunk on its way, and says whether the pass begun at `pass` is over: after
     /// one chunk, unless refires are falling behind, then after [`PASS_BUDGET`].
-    fn chunk_full(&mut self, pass: Instant) -> bool {
+    fn pass_over(&mut self, pass: Instant) -> bool {
         if self.batch.len() >= LAUNCH_CHUNK {
             self.flush();
         }
@@ -626,7 +625,7 @@ impl Scheduler {
     fn drain_budget(&mut self, b: usize, now: Instant) {
         self.waiting[b].wake = None;
         loop {
-            if self.chunk_full(now) {
+            if self.pass_over(now) {
                 // The rest of the queue goes on in the next pass.
                 let w = &mut self.waiting[b];
                 if !w.is_empty() {
