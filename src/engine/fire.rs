@@ -21,7 +21,9 @@ use crate::ids::SessionKey;
 use crate::metrics::{self, EndReason};
 use crate::upstream::{ErrorKind, KeyIndex};
 
-/// Sends the typing call of `key` (generation `generation`) launched at `launched_at`.
+/// Sends the typing call of `key` (generation `generation`) launched at `launched_at`. `cancel`
+/// is the session's token, taken when the call was launched: it is cancelled when the session
+/// ends or the drain begins.
 pub(crate) async fn fire(
     shared: &Shared,
     key: SessionKey,
@@ -29,37 +31,47 @@ pub(crate) async fn fire(
     api_key: KeyIndex,
     budget: BudgetIndex,
     launched_at: Instant,
+    cancel: CancellationToken,
 ) {
-    // The session keeps a token for its calls: a stop (or the drain) that lands while the
-    // request still waits for a pooled connection or for CPU drops it before it is written.
-    // The token is in place before the drain flag is read: a drain that starts meanwhile either
-    // finds the token (and cancels it) or is seen here. One token serves every call of the
-    // session (one call is in flight at a time, and a session whose token is cancelled has ended).
+    // The token was in place before the drain flag is read: a drain that starts meanwhile either
+    // finds the token (and cancels it) or is seen here. A stop that lands while the request still
+    // waits for a pooled connection or for CPU drops it before it is written.
     let sent = Instant::now();
     // With replicas, only the owner of the chat's shard sends, and only while its lease holds by
     // this process's own clock: a replica that lost its lease (frozen, cut off from Redis) stays
     // silent whatever its sessions say.
-    if let Some(ownership) = shared.ownership.get() {
+    let ownership = shared.ownership.get();
+    if let Some(ownership) = ownership {
         if !ownership.may_send(&key, sent) {
             shared.table.with_generation(&key, generation, |s| s.in_flight = false);
             metrics::refire_skipped(metrics::SkipReason::NotOwner);
             return;
         }
     }
-    let Some((cancel, moved)) = shared.table.with_generation(&key, generation, |s| {
-        let cancel = s.cancel_in_flight.get_or_insert_with(CancellationToken::new).clone();
-        s.last_sent = Some(sent);
-        (cancel, follow_send_time(s, launched_at, sent))
-    }) else {
-        return;
-    };
-    if shared.draining.load(Ordering::Acquire) {
+    if cancel.is_cancelled() {
         return;
     }
-    if let Some(due) = moved {
-        // The scheduler's entry for the old instant is stale now; a send error means the
-        // scheduler has stopped, and nothing is due any more.
-        let _ = shared.commands.send(Command::Due { key: key.clone(), generation, due });
+    // A last look at the session before the call leaves, only where it can change something:
+    // with replicas (a session handed over since the launch is gone from the table, and its call
+    // must not leave: see `Engine::evict`), and for a call leaving late (its next deadline
+    // follows). Otherwise the answer's visit records when it left.
+    let late = sent.saturating_duration_since(launched_at) >= FOLLOW_SLACK;
+    let recorded = ownership.is_some() || late;
+    if recorded {
+        let Some(moved) = shared.table.with_generation(&key, generation, |s| {
+            s.last_sent = Some(sent);
+            follow_send_time(s, launched_at, sent)
+        }) else {
+            return;
+        };
+        if let Some(due) = moved {
+            // The scheduler's entry for the old instant is stale now; a send error means the
+            // scheduler has stopped, and nothing is due any more.
+            let _ = shared.commands.send(Command::Due { key: key.clone(), generation, due });
+        }
+    }
+    if shared.draining.load(Ordering::Acquire) {
+        return;
     }
     let call = shared.upstream.typing(&key, api_key);
     let outcome = tokio::select! {
@@ -96,6 +108,9 @@ pub(crate) async fn fire(
         Ok(()) => {
             let lit = shared.table.with_generation(&key, generation, |s| {
                 s.in_flight = false;
+                if !recorded {
+                    s.last_sent = Some(sent);
+                }
                 // The first indicator counts as given once a call for it succeeded.
                 let first = (!s.first_lit).then(|| sent.saturating_duration_since(s.started_at));
                 s.first_lit = true;
@@ -151,7 +166,12 @@ pub(crate) async fn fire(
                     tracing::debug!(account = %key.account, chat = %key.chat, error = %e, "typing call failed; skipping this beat");
                 }
             }
-            shared.table.with_generation(&key, generation, |s| s.in_flight = false);
+            shared.table.with_generation(&key, generation, |s| {
+                s.in_flight = false;
+                if !recorded {
+                    s.last_sent = Some(sent);
+                }
+            });
         }
     }
 }

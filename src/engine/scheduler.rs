@@ -751,9 +751,10 @@ impl Scheduler {
             let not_before = now + interval - offset;
             s.not_before = Some(not_before);
             s.next_due = not_before.min(s.expires_at().max(now));
-            (s.next_due, s.api_key, s.budget, first)
+            let cancel = s.cancel_in_flight.get_or_insert_with(CancellationToken::new).clone();
+            (s.next_due, s.api_key, s.budget, first, cancel)
         });
-        let Some((next_due, api_key, budget, first)) = launched else {
+        let Some((next_due, api_key, budget, first, cancel)) = launched else {
             return;
         };
         if first {
@@ -768,7 +769,7 @@ impl Scheduler {
         let shared = Arc::clone(&self.shared);
         let generation = entry.generation;
         self.batch.push(Box::pin(async move {
-            super::fire::fire(&shared, key, generation, api_key, budget, now).await;
+            super::fire::fire(&shared, key, generation, api_key, budget, now, cancel).await;
             drop(permit);
         }));
     }

@@ -57,8 +57,11 @@ pub struct Session {
     pub started_at: Instant,
     /// It ends here whatever happens.
     pub max_until: Instant,
-    /// Who holds it.
-    pub holders: Vec<Holder>,
+    /// Who holds it (changed only through the table, which keeps `lease_end` with it).
+    pub(crate) holders: Vec<Holder>,
+    /// When the last holder's lease runs out (`started_at` while no one holds it): read on
+    /// every refire, kept here so that the check does not visit the holders.
+    lease_end: Instant,
     /// The one pending deadline; a queued deadline with another instant is stale.
     pub next_due: Instant,
     /// A typing call for it is on the wire.
@@ -87,12 +90,13 @@ pub struct Session {
     /// Number of times the indicator lapsed while composing.
     pub gaps: u32,
     /// Cancels the typing call in flight, if any: a call still waiting for a connection when the
-    /// session ends is dropped before it is written. Made by the session's first call and shared
-    /// by all of them (one is in flight at a time); cancelled only when the session ends or the
+    /// session ends is dropped before it is written. Made when the session's first call is launched
+    /// and shared by all of them (one is in flight at a time); cancelled only when the session ends or the
     /// drain begins.
     pub cancel_in_flight: Option<CancellationToken>,
     /// When its last typing call was handed to the upstream client (a replica taking the
-    /// session over keeps the cadence from there).
+    /// session over keeps the cadence from there). Written before the call leaves when replicas
+    /// run or the call left late, else by its answer (see [`super::fire`]).
     pub last_sent: Option<Instant>,
 }
 
@@ -114,6 +118,7 @@ impl Session {
             started_at: now,
             max_until: now + max_lifetime,
             holders: Vec::new(),
+            lease_end: now,
             next_due: now,
             in_flight: false,
             first_sent: false,
@@ -138,7 +143,12 @@ impl Session {
 
     /// When its last holder's lease runs out.
     pub fn lease_end(&self) -> Instant {
-        self.holders.iter().map(|h| h.lease_until).max().unwrap_or(self.started_at)
+        self.lease_end
+    }
+
+    /// Recomputes `lease_end` after its holders changed.
+    fn holders_changed(&mut self) {
+        self.lease_end = self.holders.iter().map(|h| h.lease_until).max().unwrap_or(self.started_at);
     }
 
     /// Share of `[started_at, end]` during which an indicator was showing.
@@ -302,6 +312,7 @@ impl SessionTable {
                         s.holders.push(holder);
                     }
                 }
+                s.holders_changed();
                 Upsert::Refreshed { promoted }
             }
             Entry::Vacant(v) => {
@@ -316,6 +327,7 @@ impl SessionTable {
                 }
                 let mut s = make();
                 s.holders = vec![holder];
+                s.holders_changed();
                 s.priority = priority;
                 let generation = s.generation;
                 v.insert(s);
@@ -333,6 +345,7 @@ impl SessionTable {
         let removed = self.map.remove_if_mut(key, |_, s| {
             let before = s.holders.len();
             s.holders.retain(|h| h.id.as_deref() != holder);
+            s.holders_changed();
             remaining = if s.holders.len() == before && holder.is_some() && before > 0 {
                 // Unknown chatter: nothing of theirs to release, but say how many hold it.
                 before
