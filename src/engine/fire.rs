@@ -33,9 +33,10 @@ pub(crate) async fn fire(
     launched_at: Instant,
     cancel: CancellationToken,
 ) {
-    // The token was in place before the drain flag is read: a drain that starts meanwhile either
-    // finds the token (and cancels it) or is seen here. A stop that lands while the request still
-    // waits for a pooled connection or for CPU drops it before it is written.
+    // The token has been in place since the launch, before the drain flag is read below: a drain
+    // that starts meanwhile either finds the token (and cancels it) or is seen here. A stop that
+    // lands while the request still waits for a pooled connection or for CPU drops it before it
+    // is written.
     let sent = Instant::now();
     // With replicas, only the owner of the chat's shard sends, and only while its lease holds by
     // this process's own clock: a replica that lost its lease (frozen, cut off from Redis) stays
