@@ -55,10 +55,9 @@ pub(crate) async fn fire(
     // A last look at the session before the call leaves, only where it can change something:
     // with replicas (a session handed over since the launch is gone from the table, and its call
     // must not leave: see `Engine::evict`), and for a call leaving late (its next deadline
-    // follows). Otherwise the answer's visit records when it left.
+    // follows). The answer's visit records when it left in any case.
     let late = sent.saturating_duration_since(launched_at) >= FOLLOW_SLACK;
-    let recorded = ownership.is_some() || late;
-    if recorded {
+    if ownership.is_some() || late {
         let Some(moved) = shared.table.with_generation(&key, generation, |s| {
             s.last_sent = Some(sent);
             follow_send_time(s, launched_at, sent)
@@ -108,10 +107,7 @@ pub(crate) async fn fire(
     match &outcome.result {
         Ok(()) => {
             let lit = shared.table.with_generation(&key, generation, |s| {
-                s.in_flight = false;
-                if !recorded {
-                    s.last_sent = Some(sent);
-                }
+                s.answered(sent);
                 // The first indicator counts as given once a call for it succeeded.
                 let first = (!s.first_lit).then(|| sent.saturating_duration_since(s.started_at));
                 s.first_lit = true;
@@ -167,12 +163,7 @@ pub(crate) async fn fire(
                     tracing::debug!(account = %key.account, chat = %key.chat, error = %e, "typing call failed; skipping this beat");
                 }
             }
-            shared.table.with_generation(&key, generation, |s| {
-                s.in_flight = false;
-                if !recorded {
-                    s.last_sent = Some(sent);
-                }
-            });
+            shared.table.with_generation(&key, generation, |s| s.answered(sent));
         }
     }
 }

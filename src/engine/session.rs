@@ -95,8 +95,8 @@ pub struct Session {
     /// drain begins.
     pub cancel_in_flight: Option<CancellationToken>,
     /// When its last typing call was handed to the upstream client (a replica taking the
-    /// session over keeps the cadence from there). Written before the call leaves when replicas
-    /// run or the call left late, else by its answer (see [`super::fire`]).
+    /// session over keeps the cadence from there). Written by its answer, and before the call
+    /// leaves too when replicas run or the call left late (see [`super::fire`]).
     pub last_sent: Option<Instant>,
 }
 
@@ -139,6 +139,12 @@ impl Session {
     /// When its last lease runs out or its lifetime ends, whichever is first.
     pub fn expires_at(&self) -> Instant {
         self.lease_end().min(self.max_until)
+    }
+
+    /// The typing call that left at `sent` was answered (or failed).
+    pub(crate) fn answered(&mut self, sent: Instant) {
+        self.in_flight = false;
+        self.last_sent = Some(sent);
     }
 
     /// When its last holder's lease runs out.
