@@ -1,8 +1,10 @@
 //! The real `keeptyping` binary as child processes, for the tests that need a process of their
 //! own (its resident memory, its signals): the mock upstream, the service, and waiting for them.
 
+use std::collections::BTreeSet;
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -20,9 +22,18 @@ impl Drop for Kill {
     }
 }
 
-/// A loopback port nobody listens on right now.
+/// A loopback port nobody listens on right now, and never one handed out before in this test
+/// process: tests running side by side choose ports before their children bind them, and the
+/// system may offer a port again once its probe is closed. Two children given one port would
+/// have the first answer for both, and a test would talk to the wrong process without noticing.
 pub(crate) fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        if GIVEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(port) {
+            return port;
+        }
+    }
 }
 
 /// Waits up to 20 s for `url` to answer 2xx.
