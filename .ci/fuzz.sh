@@ -7,6 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 SECONDS_PER_TARGET=${1:-20}
+# fuzz/Cargo.lock pins the same versions as the main crate's lock; fail if it has gone stale.
+cargo +nightly fetch --locked
 cargo +nightly fuzz build
 for target in hook_body ids meta; do
     echo "==> fuzz $target for ${SECONDS_PER_TARGET}s"
