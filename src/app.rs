@@ -196,8 +196,8 @@ impl App {
     /// Serves until `signal` completes, then drains.
     ///
     /// # Errors
-    /// None today: a failed accept is logged and retried, a failed connection is the client's.
-    /// The `Result` stays for the callers (`main`, tests) that report one.
+    /// The hook listener's thread could not start. A failed accept is logged and retried, a
+    /// failed connection is the client's.
     pub async fn run_until_stopped(self, signal: impl std::future::Future<Output = ()> + Send) -> anyhow::Result<()> {
         let Self {
             hooks,
@@ -232,7 +232,10 @@ impl App {
                 }
             }
         });
-        let hook_server = server::serve(hooks, hook_router, hook_limits, "hooks", token.clone());
+        // Hooks are served on a thread of their own, so that a chatter's start or stop does not
+        // queue behind the typing calls on this runtime's workers (see `server`).
+        let hook_server = server::serve_on_own_thread(hooks, hook_router, hook_limits, "hooks", &token)
+            .context("starting the hook listener's thread")?;
         let admin_server = server::serve(admin, admin_router, admin_limits, "admin", token.clone());
         shutdown.tracker.spawn(async move {
             tokio::join!(hook_server, admin_server);

@@ -10,10 +10,16 @@
 //!   the process keeps file descriptors for its own upstream connections.
 //! - **Shutdown.** When `stop` fires, nothing more is accepted, each open connection finishes
 //!   the request it is serving and closes, and [`serve`] returns once all have.
+//! - **A thread of its own** ([`serve_on_own_thread`], the hook listener). Hooks are what a
+//!   chatter waits on. On a runtime whose workers are busy with typing calls, a hook's
+//!   connection waited in their run queues behind hundreds of calls before its handler ran: under
+//!   overload, hooks took tens of milliseconds while the handlers themselves took under one. On
+//!   a thread of their own they wait only for the operating system to run that thread.
 //!
 //! Request bodies and handler time are bounded by the router's own layers
 //! (`server.max_body_bytes`, `server.request_timeout`); this module does not look at requests.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,6 +45,48 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     /// `max_connections` of the listener's settings.
     pub max_connections: usize,
+}
+
+/// Serves like [`serve`], on a thread of its own running a single-threaded runtime. The future
+/// returned completes when that thread has drained its connections; dropping it (the caller's
+/// runtime shutting down) stops the thread too, so that a listener never outlives its service.
+///
+/// Handlers run on that runtime: they may await anything that wakes across runtimes (channels,
+/// locks, the shared upstream and Redis clients), and they never spawn (see [`crate::api`]).
+///
+/// # Errors
+/// The listener cannot be handed to the new runtime, or the runtime or its thread cannot start.
+pub fn serve_on_own_thread(
+    listener: TcpListener,
+    router: Router,
+    limits: Limits,
+    name: &'static str,
+    stop: &CancellationToken,
+) -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
+    let listener = listener.into_std()?;
+    let stop = stop.child_token();
+    let guard = stop.clone().drop_guard();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let (done, finished) = tokio::sync::oneshot::channel::<()>();
+    // The thread logs where its caller logs (the global subscriber, or a test's own).
+    let logs = tracing::dispatcher::get_default(Clone::clone);
+    std::thread::Builder::new().name(format!("keeptyping-{name}")).spawn(move || {
+        let _logs = tracing::dispatcher::set_default(&logs);
+        runtime.block_on(async move {
+            match TcpListener::from_std(listener) {
+                Ok(listener) => serve(listener, router, limits, name, stop).await,
+                Err(e) => tracing::error!(listener = name, error = %e, "the listener could not join its runtime"),
+            }
+        });
+        // Whatever the handlers left on this runtime (a pooled upstream connection opened for
+        // an account route) closes with it.
+        drop(runtime);
+        let _ = done.send(());
+    })?;
+    Ok(async move {
+        let _stop_with_caller = guard;
+        let _ = finished.await;
+    })
 }
 
 /// Serves `router` on `listener` within `limits` until `stop` fires, then drains the open

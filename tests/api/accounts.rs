@@ -96,7 +96,7 @@ async fn client_session_validates_its_fields_before_calling_the_upstream() {
 #[tokio::test]
 async fn upstream_refusals_map_to_clear_errors_and_the_key_never_leaks() {
     // Arrange: capture every log line of this test (the runtime is single-threaded, so the
-    // app's tasks log on this thread).
+    // app's tasks log on this thread, and the hook listener's thread takes its subscriber).
     let logs = Captured::default();
     let writer = logs.clone();
     let subscriber = tracing_subscriber::fmt()

@@ -1,7 +1,8 @@
 //! Both listeners bound what a client can hold: a request head must arrive within
 //! `header_read_timeout` (which also ends idle keep-alive connections), and connections beyond
 //! `max_connections` are closed at once and counted. Slow clients are cut while hooks keep
-//! answering and typing keeps going.
+//! answering and typing keeps going. The hook listener, on a thread of its own, answers while the
+//! engine's runtime is busy.
 
 use std::time::Duration;
 
@@ -97,4 +98,49 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_header_read_timeout()
 
     assert!(closed, "an idle kept-alive connection stayed open");
     assert!(idle_from.elapsed() >= Duration::from_millis(400), "closed too early: {:?}", idle_from.elapsed());
+}
+
+/// Sends one start for `chat` to `addr` over a blocking socket and returns the whole answer.
+fn blocking_start(addr: &str, chat: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let body = chat_body(chat).to_string();
+    let mut conn = std::net::TcpStream::connect(addr)?;
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        conn,
+        "POST /v1/typing/start HTTP/1.1\r\nHost: keeptyping\r\nAuthorization: Bearer {HOOK_TOKEN}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer)?;
+    Ok(answer)
+}
+
+/// Hooks do not wait for the runtime that runs the engine: a start is answered while every
+/// worker of that runtime is busy. Here the runtime is this test's single thread, held by a
+/// blocking wait that only the answer ends.
+#[tokio::test]
+async fn a_start_is_answered_while_the_engine_runtime_is_busy() {
+    // Arrange
+    let app = spawn_app().await;
+    assert_eq!(app.start("2001").await.1["outcome"], "started");
+    let addr = app.hook.trim_start_matches("http://").to_owned();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let client = std::thread::spawn(move || {
+        let _ = tx.send(blocking_start(&addr, "2002"));
+    });
+
+    // Act: hold the engine's runtime until the answer arrives (or the bound runs out).
+    let answer = rx.recv_timeout(Duration::from_secs(10));
+    client.join().unwrap();
+
+    // Assert
+    let answer = answer.expect("no answer to a start while the engine's runtime was busy").unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"started\""), "{answer}");
+    assert_eq!(app.engine.active_count(), 2);
+    // The hook listener's thread stops with the service.
+    let (_, stopped, _) = app.trigger_shutdown().await;
+    stopped.unwrap();
 }
