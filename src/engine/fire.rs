@@ -3,16 +3,16 @@
 //! The check runs synchronously right before the request is handed to the upstream: if the
 //! session was stopped (or restarted, or the drain began) since the scheduler launched it, the
 //! call is dropped; and if the session ends while the request still waits (for a pooled
-//! connection, or for CPU under overload), the request is cancelled before it is written. Answers feed the budget (`_meta._rate_limits`, 429s), the session's coverage,
-//! and act on [`ErrorKind`]: 401 refuses the key and ends its sessions, 403/404/422 end the
-//! session, 503 pauses the account, transient failures only skip the beat.
+//! connection, or for CPU under overload), the end of the session drops it before it is written
+//! (see [`super::call`]). Answers feed the budget (`_meta._rate_limits`, 429s), the session's
+//! coverage, and act on [`ErrorKind`]: 401 refuses the key and ends its sessions, 403/404/422
+//! end the session, 503 pauses the account, transient failures only skip the beat.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
-
+use super::call::InFlight;
 use super::readiness::PauseCause;
 use super::session::Session;
 use super::{Command, Shared};
@@ -20,10 +20,11 @@ use crate::budget::BudgetIndex;
 use crate::ids::SessionKey;
 use crate::metrics::{self, EndReason};
 use crate::upstream::{ErrorKind, KeyIndex};
+use tokio::time::Instant;
 
-/// Sends the typing call of `key` (generation `generation`) launched at `launched_at`. `cancel`
-/// is the session's token, taken when the call was launched: it is cancelled when the session
-/// ends or the drain begins.
+/// Sends the typing call of `key` (generation `generation`) launched at `launched_at`, through
+/// `call`, the session's slot for its call in flight, taken when the call was launched: it is
+/// closed when the session ends or the drain begins.
 pub(crate) async fn fire(
     shared: &Shared,
     key: SessionKey,
@@ -31,10 +32,10 @@ pub(crate) async fn fire(
     api_key: KeyIndex,
     budget: BudgetIndex,
     launched_at: Instant,
-    cancel: CancellationToken,
+    call: &Arc<InFlight>,
 ) {
-    // The token has been in place since the launch, before the drain flag is read below: a drain
-    // that starts meanwhile either finds the token (and cancels it) or is seen here. A stop that
+    // The slot has been in place since the launch, before the drain flag is read below: a drain
+    // that starts meanwhile either finds the slot (and closes it) or is seen here. A stop that
     // lands while the request still waits for a pooled connection or for CPU drops it before it
     // is written.
     let sent = Instant::now();
@@ -49,7 +50,7 @@ pub(crate) async fn fire(
             return;
         }
     }
-    if cancel.is_cancelled() {
+    if call.is_closed() {
         return;
     }
     // A last look at the session before the call leaves, only where it can change something:
@@ -73,14 +74,9 @@ pub(crate) async fn fire(
     if shared.draining.load(Ordering::Acquire) {
         return;
     }
-    let call = shared.upstream.typing(&key, api_key);
-    let outcome = tokio::select! {
-        biased;
-        () = cancel.cancelled() => {
-            metrics::refire(key.platform.as_str(), "cancelled", launched_at.elapsed());
-            return;
-        }
-        outcome = call => outcome,
+    let Some(outcome) = call.run(shared.upstream.typing(&key, api_key)).await else {
+        metrics::refire(key.platform.as_str(), "cancelled", launched_at.elapsed());
+        return;
     };
     let now = Instant::now();
     shared.in_flight.observe(outcome.elapsed);

@@ -8,6 +8,7 @@
 //! The engine knows nothing of HTTP: it is driven by plain method calls and talks to the
 //! upstream through the [`Upstream`] trait and to the budget through [`Budgets`].
 
+mod call;
 mod fire;
 mod inflight;
 mod keys;
@@ -499,8 +500,8 @@ impl Engine {
     pub fn drain(&self) {
         self.shared.draining.store(true, Ordering::Release);
         // Calls still waiting for a connection would leave after the drain began: drop them.
-        for token in self.shared.table.collect(|_, s| s.cancel_in_flight.clone()) {
-            token.cancel();
+        for call in self.shared.table.collect(|_, s| s.call.clone()) {
+            call.close();
         }
     }
 
@@ -602,8 +603,8 @@ impl Engine {
             // (and is its last one) or finds it gone (and does not leave).
             if let Some(session) = self.shared.table.remove_if_generation(&key, generation) {
                 if cancel {
-                    if let Some(token) = &session.cancel_in_flight {
-                        token.cancel();
+                    if let Some(call) = &session.call {
+                        call.close();
                     }
                 }
                 let _ = self.shared.commands.send(Command::Left { budget: session.budget, generation });
@@ -815,8 +816,8 @@ fn millis(d: Duration) -> u64 {
 impl Shared {
     /// Records the end of `session` (already removed from the table) and frees its slot.
     pub(crate) fn ended(&self, key: &SessionKey, mut session: Session, reason: EndReason, now: Instant) {
-        if let Some(token) = &session.cancel_in_flight {
-            token.cancel();
+        if let Some(call) = &session.call {
+            call.close();
         }
         if reason != EndReason::Shutdown {
             if let Some(ends) = self.ends.get() {

@@ -26,6 +26,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::call::InFlight;
 use super::slots::{Joining, Slots};
 use super::{Command, Shared};
 use crate::budget::{BudgetIndex, Class, Denied, PauseReason};
@@ -751,10 +752,10 @@ impl Scheduler {
             let not_before = now + interval - offset;
             s.not_before = Some(not_before);
             s.next_due = not_before.min(s.expires_at().max(now));
-            let cancel = s.cancel_in_flight.get_or_insert_with(CancellationToken::new).clone();
-            (s.next_due, s.api_key, s.budget, first, cancel)
+            let call = Arc::clone(s.call.get_or_insert_with(InFlight::new));
+            (s.next_due, s.api_key, s.budget, first, call)
         });
-        let Some((next_due, api_key, budget, first, cancel)) = launched else {
+        let Some((next_due, api_key, budget, first, call)) = launched else {
             return;
         };
         if first {
@@ -769,7 +770,7 @@ impl Scheduler {
         let shared = Arc::clone(&self.shared);
         let generation = entry.generation;
         self.batch.push(Box::pin(async move {
-            super::fire::fire(&shared, key, generation, api_key, budget, now, cancel).await;
+            super::fire::fire(&shared, key, generation, api_key, budget, now, &call).await;
             drop(permit);
         }));
     }

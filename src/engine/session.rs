@@ -13,8 +13,8 @@ use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
+use super::call::InFlight;
 use crate::budget::BudgetIndex;
 use crate::ids::SessionKey;
 use crate::upstream::KeyIndex;
@@ -89,11 +89,11 @@ pub struct Session {
     pub lit_total: Duration,
     /// Number of times the indicator lapsed while composing.
     pub gaps: u32,
-    /// Cancels the typing call in flight, if any: a call still waiting for a connection when the
-    /// session ends is dropped before it is written. Made when the session's first call is launched
-    /// and shared by all of them (one is in flight at a time); cancelled only when the session ends or the
-    /// drain begins.
-    pub cancel_in_flight: Option<CancellationToken>,
+    /// Holds the typing call in flight, if any, so that the end of the session drops it before
+    /// its connection writes it (see [`super::call`]). Made when the session's first call is
+    /// launched and shared by all of them (one is in flight at a time); closed only when the
+    /// session ends or the drain begins.
+    pub call: Option<Arc<InFlight>>,
     /// When its last typing call was handed to the upstream client (a replica taking the
     /// session over keeps the cadence from there). Written by its answer, and before the call
     /// leaves too when replicas run or the call left late (see [`super::fire`]).
@@ -131,7 +131,7 @@ impl Session {
             lit_until: None,
             lit_total: Duration::ZERO,
             gaps: 0,
-            cancel_in_flight: None,
+            call: None,
             last_sent: None,
         }
     }
