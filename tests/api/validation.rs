@@ -65,7 +65,22 @@ async fn malformed_bodies_get_400_413_415() {
     let bad_chatter = format!(r#"{{"account_id": "{ACCOUNT}", "chat_id": "1", "chatter_id": "a b\n"}}"#);
     check(send(bad_chatter.into_bytes(), "application/json").await.unwrap(), 400, "invalid_field").await;
     let huge = format!(r#"{{"account_id": "{ACCOUNT}", "chat_id": "1", "pad": "{}"}}"#, "x".repeat(200_000));
-    check(send(huge.into_bytes(), "application/json").await.unwrap(), 413, "payload_too_large").await;
+    // The 413 is answered from the head alone and the connection closed with the body unread:
+    // a client still writing the body may see its write cut instead of the answer (the hook
+    // listener runs on its own thread, in parallel with this client). Every attempt is a 413 or
+    // such a cut write, and one of three at least is the answer.
+    let mut answered = false;
+    for _ in 0..3 {
+        match send(huge.clone().into_bytes(), "application/json").await {
+            Ok(resp) => {
+                check(resp, 413, "payload_too_large").await;
+                answered = true;
+                break;
+            }
+            Err(e) => assert!(e.is_request() && !e.is_timeout(), "{e:?}"),
+        }
+    }
+    assert!(answered, "no oversized body was answered 413");
     let ok_body = format!(r#"{{"account_id": "{ACCOUNT}", "chat_id": "1"}}"#);
     check(send(ok_body.into_bytes(), "text/plain").await.unwrap(), 415, "unsupported_media_type").await;
     let resp = app.http.get(format!("{}/v1/nope", app.hook)).send().await.unwrap();
