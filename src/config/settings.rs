@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tokio_rustls::rustls::pki_types::CertificateDer;
 
 use crate::ids::Platform;
 
@@ -317,9 +318,8 @@ impl UpstreamSettings {
     /// # Errors
     /// [`ConfigError::Invalid`] naming `upstream.ca_file` when the file cannot be read, holds no
     /// PEM certificate, or one of its certificates does not parse.
-    pub fn ca_roots(&self) -> Result<Vec<reqwest::Certificate>, ConfigError> {
+    pub fn ca_roots(&self) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
         use tokio_rustls::rustls::RootCertStore;
-        use tokio_rustls::rustls::pki_types::CertificateDer;
         use tokio_rustls::rustls::pki_types::pem::PemObject;
 
         const KEY: &str = "upstream.ca_file";
@@ -335,10 +335,7 @@ impl UpstreamSettings {
         for der in CertificateDer::pem_slice_iter(&pem) {
             let der = der.map_err(|e| invalid(KEY, format!("{at}: not a PEM certificate ({e})")))?;
             store.add(der.clone()).map_err(|e| invalid(KEY, format!("{at}: not a valid certificate ({e})")))?;
-            roots.push(
-                reqwest::Certificate::from_der(&der)
-                    .map_err(|e| invalid(KEY, format!("{at}: not a valid certificate ({e})")))?,
-            );
+            roots.push(der);
         }
         if roots.is_empty() {
             return Err(invalid(KEY, format!("{at} holds no PEM certificate (-----BEGIN CERTIFICATE-----)")));

@@ -1,24 +1,26 @@
-//! [`OnlyFansClient`]: the reqwest implementation of [`Upstream`].
+//! [`OnlyFansClient`]: the real implementation of [`Upstream`].
 //!
-//! One client for the process (rustls, keep-alive pool, `TCP_NODELAY`), one attempt per typing
-//! call bounded by `upstream.timeout`. API keys are turned into sensitive header values once, at
-//! construction, and never formatted anywhere else.
+//! Typing calls go through hyper's pooled client ([`super::transport`]): keep-alive, rustls,
+//! `TCP_NODELAY`, one attempt per call bounded by `upstream.timeout`. The account endpoints and
+//! the attempt callbacks go through a reqwest client with the same settings. API keys are
+//! turned into sensitive header values once, at construction, and never formatted anywhere else.
 //!
 //! What a typing call costs is kept to the request itself: the base URL is parsed once and each
-//! call only sets its path on a copy; reqwest's retry layer is off (it would copy every request
-//! to be able to replay it, and a typing call is never retried), as is redirect following;
-//! a plain `http://` upstream is spoken to in HTTP/1.1 without trying HTTP/2, while an `https://`
-//! one gets HTTP/2 when its TLS handshake offers it (ALPN), one connection carrying many calls.
+//! call only puts its own path behind it; nothing retries or follows redirects; the answer's
+//! body is read in place and only `_meta._rate_limits` is looked at.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, HeaderValue, USER_AGENT};
+use hyper::http::uri::{PathAndQuery, Uri};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
-use reqwest::Url;
-use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH, HeaderValue};
 use secrecy::ExposeSecret;
 use tokio::time::Instant;
 
+use super::transport::{self, HttpClient};
 use super::{BoxFuture, KeyIndex, Outcome, Upstream, UpstreamError, parse_rate_limits, parse_retry_after};
 use crate::config::{ApiKey, UpstreamSettings};
 use crate::ids::{Platform, SessionKey};
@@ -28,6 +30,9 @@ pub(crate) const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_'
 
 /// Largest answer body read; `_meta` is small, anything longer is not worth reading.
 const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// The `User-Agent` of every call.
+const AGENT: &str = concat!("keeptyping/", env!("CARGO_PKG_VERSION"));
 
 /// The path of the typing endpoint for `key`, every segment percent-encoded.
 pub fn typing_path(key: &SessionKey) -> String {
@@ -56,10 +61,15 @@ pub struct OnlyFansClient {
 }
 
 struct Inner {
+    /// Typing calls.
+    typing: HttpClient,
+    /// The account endpoints and callbacks.
     http: reqwest::Client,
     base_url: String,
-    /// `base_url` parsed once; each typing call sets its path on a copy.
-    base: Url,
+    /// `base_url` parsed once; each typing call puts its path behind it.
+    base: Uri,
+    /// `upstream.timeout`: the bound on a whole typing call, answer included.
+    timeout: Duration,
     /// `Bearer <key>` per configured key, marked sensitive so hyper never logs it.
     auth: Vec<HeaderValue>,
 }
@@ -73,24 +83,26 @@ impl OnlyFansClient {
     /// certificate, the TLS stack cannot be initialised, or a key is not a valid header value.
     pub fn build(settings: &UpstreamSettings, keys: &[ApiKey]) -> anyhow::Result<Self> {
         let base_url = settings.base_url.trim_end_matches('/').to_owned();
-        let base = Url::parse(&base_url).map_err(|e| anyhow::anyhow!("upstream.base_url {base_url:?}: {e}"))?;
+        let base = parse_base(&base_url)?;
+        let roots = settings.ca_roots()?;
         let mut builder = reqwest::Client::builder()
             .timeout(settings.timeout)
             .connect_timeout(settings.connect_timeout)
             .pool_max_idle_per_host(settings.pool_max_idle_per_host)
-            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_idle_timeout(transport::POOL_IDLE_TIMEOUT)
             .tcp_nodelay(true)
             .redirect(reqwest::redirect::Policy::none())
             .retry(reqwest::retry::never().max_retries_per_request(0))
-            .user_agent(concat!("keeptyping/", env!("CARGO_PKG_VERSION")));
-        if base.scheme() == "http" {
+            .user_agent(AGENT);
+        if base.scheme_str() == Some("http") {
             builder = builder.http1_only();
         }
-        let roots = settings.ca_roots()?;
         if !roots.is_empty() {
-            builder = builder.tls_certs_merge(roots);
+            let certs = roots.iter().map(|der| reqwest::Certificate::from_der(der)).collect::<Result<Vec<_>, _>>()?;
+            builder = builder.tls_certs_merge(certs);
         }
         let http = builder.build()?;
+        let typing = transport::build(settings)?;
         let mut auth = Vec::with_capacity(keys.len());
         for k in keys {
             let mut v = HeaderValue::from_str(&format!("Bearer {}", k.secret.expose_secret()))
@@ -98,7 +110,7 @@ impl OnlyFansClient {
             v.set_sensitive(true);
             auth.push(v);
         }
-        Ok(Self { inner: Arc::new(Inner { http, base_url, base, auth }) })
+        Ok(Self { inner: Arc::new(Inner { typing, http, base_url, base, timeout: settings.timeout, auth }) })
     }
 
     /// The shared reqwest client (for the account endpoints).
@@ -117,14 +129,40 @@ impl OnlyFansClient {
     }
 }
 
+/// Parses the base URL: `http` or `https`, a host, an optional path prefix, nothing else.
+fn parse_base(base_url: &str) -> anyhow::Result<Uri> {
+    let bad = |why: &str| anyhow::anyhow!("upstream.base_url {base_url:?}: {why}");
+    let uri: Uri = base_url.parse().map_err(|e| bad(&format!("{e}")))?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return Err(bad("not an http:// or https:// URL"));
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(bad("no host"));
+    }
+    if uri.query().is_some() {
+        return Err(bad("a query has no place in the base URL"));
+    }
+    Ok(uri)
+}
+
+impl OnlyFansClient {
+    /// The URI of `key`'s typing endpoint.
+    fn typing_uri(&self, key: &SessionKey) -> Uri {
+        let base = &self.inner.base;
+        let mut path = String::with_capacity(base.path().len() + 96);
+        path.push_str(base.path().trim_end_matches('/'));
+        write_typing_path(&mut path, key);
+        let mut parts = base.clone().into_parts();
+        // Every segment is percent-encoded and the base path was parsed: the path is valid.
+        parts.path_and_query = PathAndQuery::from_maybe_shared(Bytes::from(path)).ok();
+        Uri::from_parts(parts).unwrap_or_else(|_| base.clone())
+    }
+}
+
 impl Upstream for OnlyFansClient {
     fn typing(&self, key: &SessionKey, api_key: KeyIndex) -> BoxFuture<Outcome> {
         let inner = Arc::clone(&self.inner);
-        let mut path = String::with_capacity(inner.base.path().len() + 96);
-        path.push_str(inner.base.path().trim_end_matches('/'));
-        write_typing_path(&mut path, key);
-        let mut url = inner.base.clone();
-        url.set_path(&path);
+        let uri = self.typing_uri(key);
         Box::pin(async move {
             let started = Instant::now();
             let Some(auth) = inner.auth.get(api_key).cloned() else {
@@ -134,10 +172,22 @@ impl Upstream for OnlyFansClient {
                     elapsed: Duration::ZERO,
                 };
             };
-            let sent = inner.http.post(url).header(AUTHORIZATION, auth).header(CONTENT_LENGTH, ZERO).send().await;
-            let (result, rate_limits) = match sent {
-                Ok(resp) => read_answer(resp).await,
-                Err(e) => (Err(classify(&e)), None),
+            let request = hyper::Request::post(uri)
+                .header(AUTHORIZATION, auth)
+                .header(CONTENT_LENGTH, ZERO)
+                .header(USER_AGENT, HeaderValue::from_static(AGENT))
+                .body(Empty::new());
+            let (result, rate_limits) = match request {
+                Ok(request) => {
+                    let call = async {
+                        match inner.typing.request(request).await {
+                            Ok(resp) => read_typing_answer(resp).await,
+                            Err(e) => (Err(network(&e)), None),
+                        }
+                    };
+                    tokio::time::timeout(inner.timeout, call).await.unwrap_or((Err(UpstreamError::Timeout), None))
+                }
+                Err(e) => (Err(UpstreamError::Network(e.to_string())), None),
             };
             Outcome { result, rate_limits, elapsed: started.elapsed() }
         })
@@ -147,8 +197,11 @@ impl Upstream for OnlyFansClient {
 /// `content-length: 0`, a static header value.
 const ZERO: HeaderValue = HeaderValue::from_static("0");
 
-/// Reads status, headers and (bounded) body of an answer.
-pub(crate) async fn read_answer(mut resp: reqwest::Response) -> (Result<(), UpstreamError>, Option<super::RateLimits>) {
+/// What a typing call's answer says: its status (with `Retry-After` on a refusal) and the
+/// `_meta._rate_limits` of its body. The body, read whole up to [`MAX_BODY_BYTES`], nearly
+/// always arrives in one piece and is parsed where it lies; a longer or broken body carries
+/// no limits.
+async fn read_typing_answer(resp: hyper::Response<Incoming>) -> (Result<(), UpstreamError>, Option<super::RateLimits>) {
     let status = resp.status();
     let result = if status.is_success() {
         // A 2xx whose body was cut off still reached the upstream: the indicator was lit.
@@ -158,31 +211,30 @@ pub(crate) async fn read_answer(mut resp: reqwest::Response) -> (Result<(), Upst
         let retry_after = parse_retry_after(header("retry-after"), header("retry-after-ms"), SystemTime::now());
         Err(UpstreamError::Status { status: status.as_u16(), retry_after })
     };
-    // The body nearly always comes in one chunk: it is read in place, and copied only when more
-    // chunks follow. A read error ends the body where it is.
-    let first = match resp.chunk().await {
-        Ok(Some(chunk)) => chunk,
-        Ok(None) | Err(_) => return (result, None),
-    };
-    let rate_limits = match resp.chunk().await {
-        Ok(Some(next)) => {
-            let mut body = Vec::with_capacity(first.len() + next.len());
-            body.extend_from_slice(&first);
-            body.extend_from_slice(&next);
-            while let Ok(Some(chunk)) = resp.chunk().await {
-                if body.len() + chunk.len() > MAX_BODY_BYTES {
-                    break;
-                }
-                body.extend_from_slice(&chunk);
-            }
-            parse_rate_limits(&body)
-        }
-        Ok(None) | Err(_) => parse_rate_limits(&first),
+    let rate_limits = match Limited::new(resp.into_body(), MAX_BODY_BYTES).collect().await {
+        Ok(body) => parse_rate_limits(&body.to_bytes()),
+        Err(_) => None,
     };
     (result, rate_limits)
 }
 
-/// Maps a reqwest failure to an [`UpstreamError`].
+/// A failed typing call: a connect timeout counts as a timeout, anything else as a network
+/// error with the whole chain of causes (they name hosts and TLS problems, never a key).
+fn network(e: &hyper_util::client::legacy::Error) -> UpstreamError {
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut) {
+            return UpstreamError::Timeout;
+        }
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    UpstreamError::Network(msg)
+}
+
+/// Maps a reqwest failure (an account call's) to an [`UpstreamError`].
 pub(crate) fn classify(e: &reqwest::Error) -> UpstreamError {
     if e.is_timeout() {
         UpstreamError::Timeout

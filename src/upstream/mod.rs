@@ -2,7 +2,7 @@
 //!
 //! [`Upstream`] is the seam: the engine asks it to send one typing call and gets back an
 //! [`Outcome`] (the result, classified by [`UpstreamError::kind`], and the `_meta._rate_limits`
-//! the response carried). [`OnlyFansClient`] is the real implementation over reqwest; tests
+//! the response carried). [`OnlyFansClient`] is the real implementation over hyper; tests
 //! substitute a fake. This module knows nothing of sessions, budgets or schedules: it makes one
 //! attempt and reports what happened. [`accounts`] adds the two account endpoints (client
 //! sessions, authentication status) to the same client.
@@ -11,6 +11,7 @@ pub mod accounts;
 mod client;
 mod error;
 mod meta;
+mod transport;
 
 use std::future::Future;
 use std::pin::Pin;
