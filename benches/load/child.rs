@@ -10,8 +10,10 @@
 //!   route ([`keeptyping::upstream::typing_path`]), so the mock answers both alike.
 //! - `naive-sleep`: the earlier baseline: one task per session sending through keeptyping's own
 //!   [`OnlyFansClient`] and sleeping until one interval after it sent.
-//! - `ceiling`: the same client sending typing calls back to back at a fixed concurrency, no
-//!   scheduling at all. It measures its own CPU from `/proc/self/stat` and prints one JSON line.
+//! - `ceiling`: a client sending typing calls back to back at a fixed concurrency, no
+//!   scheduling at all: keeptyping's own ([`OnlyFansClient`], `keeptyping`) or the naive
+//!   design's plain `reqwest::Client` (`reqwest`). It measures its own CPU from
+//!   `/proc/self/stat` and prints one JSON line.
 //!
 //! Neither is product code: they exist only to give keeptyping's figures a reference.
 
@@ -44,6 +46,8 @@ pub(crate) const HOOK_TOKEN: &str = "bench_hook_token";
 /// Environment variable naming a PEM file the children using keeptyping's client trust
 /// (its `upstream.ca_file`): the mock's certificate in TLS mode.
 pub(crate) const CA_FILE_ENV: &str = "KEEPTYPING_BENCH_CA_FILE";
+/// Environment variable naming the client of a ceiling run: `keeptyping` or `reqwest`.
+pub(crate) const CEILING_CLIENT_ENV: &str = "KEEPTYPING_BENCH_CEILING_CLIENT";
 /// OnlyFans refire interval (keeptyping's default), used by the naive baseline.
 pub(crate) const INTERVAL: Duration = Duration::from_millis(3500);
 
@@ -77,6 +81,7 @@ pub(crate) fn run(mode: &str) -> anyhow::Result<()> {
             &var("KEEPTYPING_BENCH_UPSTREAM")?,
             var("KEEPTYPING_BENCH_CALLS")?.parse()?,
             var("KEEPTYPING_BENCH_CONCURRENCY")?.parse()?,
+            &var(CEILING_CLIENT_ENV)?,
         )),
         other => anyhow::bail!("unknown child mode {other:?}"),
     }
@@ -217,8 +222,40 @@ async fn batch(State(n): State<Arc<Naive>>, headers: HeaderMap, Json(req): Json<
 
 // === ceiling ===
 
-async fn ceiling(upstream_url: &str, calls: usize, concurrency: usize) -> anyhow::Result<()> {
-    let upstream = client(upstream_url)?;
+/// One typing call of a ceiling run; `true` when it succeeded.
+type CeilingCall = Arc<dyn Fn(&SessionKey) -> keeptyping::upstream::BoxFuture<bool> + Send + Sync>;
+
+/// The typing call of the ceiling's `client`: keeptyping's own, or the naive design's plain
+/// reqwest client (its URL and `Authorization` value built per call, its body read and dropped).
+fn ceiling_call(upstream_url: &str, client_name: &str) -> anyhow::Result<CeilingCall> {
+    match client_name {
+        "keeptyping" => {
+            let upstream = client(upstream_url)?;
+            Ok(Arc::new(move |k: &SessionKey| {
+                let call = upstream.typing(k, 0);
+                Box::pin(async move { call.await.result.is_ok() })
+            }))
+        }
+        "reqwest" => {
+            let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
+            let base = upstream_url.trim_end_matches('/').to_owned();
+            Ok(Arc::new(move |k: &SessionKey| {
+                let url = format!("{base}{}", keeptyping::upstream::typing_path(k));
+                let sent = http.post(&url).header(header::AUTHORIZATION, format!("Bearer {API_KEY}")).send();
+                Box::pin(async move {
+                    match sent.await {
+                        Ok(resp) => resp.status().is_success() && resp.bytes().await.is_ok(),
+                        Err(_) => false,
+                    }
+                })
+            }))
+        }
+        other => anyhow::bail!("unknown ceiling client {other:?}"),
+    }
+}
+
+async fn ceiling(upstream_url: &str, calls: usize, concurrency: usize, client_name: &str) -> anyhow::Result<()> {
+    let call = ceiling_call(upstream_url, client_name)?;
     let keys: Arc<Vec<SessionKey>> = Arc::new(
         (0..10_000u64)
             .map(|i| {
@@ -230,9 +267,9 @@ async fn ceiling(upstream_url: &str, calls: usize, concurrency: usize) -> anyhow
     // Warm-up: open the connections the measured part will reuse.
     let warm: Vec<_> = (0..concurrency)
         .map(|i| {
-            let up = Arc::clone(&upstream);
+            let call = Arc::clone(&call);
             let keys = Arc::clone(&keys);
-            tokio::spawn(async move { up.typing(&keys[i % keys.len()], 0).await })
+            tokio::spawn(async move { call(&keys[i % keys.len()]).await })
         })
         .collect();
     for w in warm {
@@ -245,14 +282,14 @@ async fn ceiling(upstream_url: &str, calls: usize, concurrency: usize) -> anyhow
     let ok = Arc::new(AtomicUsize::new(0));
     let workers: Vec<_> = (0..concurrency)
         .map(|_| {
-            let (up, keys, next, ok) = (Arc::clone(&upstream), Arc::clone(&keys), Arc::clone(&next), Arc::clone(&ok));
+            let (call, keys, next, ok) = (Arc::clone(&call), Arc::clone(&keys), Arc::clone(&next), Arc::clone(&ok));
             tokio::spawn(async move {
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     if i >= calls {
                         break;
                     }
-                    if up.typing(&keys[i % keys.len()], 0).await.result.is_ok() {
+                    if call(&keys[i % keys.len()]).await {
                         ok.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -265,6 +302,9 @@ async fn ceiling(upstream_url: &str, calls: usize, concurrency: usize) -> anyhow
     let wall = t0.elapsed().as_secs_f64();
     let cpu = crate::procs::cpu_seconds(pid)? - cpu0;
     let ok = ok.load(Ordering::Relaxed);
-    println!("{}", json!({ "concurrency": concurrency, "calls": calls, "ok": ok, "cpu_s": cpu, "wall_s": wall }));
+    println!(
+        "{}",
+        json!({ "client": client_name, "concurrency": concurrency, "calls": calls, "ok": ok, "cpu_s": cpu, "wall_s": wall })
+    );
     Ok(())
 }

@@ -4,8 +4,8 @@
 //! for every N and every system (keeptyping `serve`, and the naive task-per-session baseline,
 //! each a fresh process) opens N sessions through the hook API, paced over one refire interval,
 //! holds them, runs a start/stop storm while they refire, stops them all, and reads the mock's
-//! record. The ceiling baseline (the same client sending back to back) runs once per
-//! concurrency. CPU and memory come from `/proc` of each process. Results go to the terminal as a
+//! record. The ceiling baselines (keeptyping's own client, and the naive design's plain reqwest
+//! client, each sending back to back) run once per concurrency. CPU and memory come from `/proc` of each process. Results go to the terminal as a
 //! Markdown table and to `target/bench/load-<unix time>.json` and `target/bench/load-latest.json`.
 //!
 //! Not part of `cargo test` (`harness = false`; `cargo test` does not build or run benches).
@@ -184,9 +184,14 @@ pub(crate) struct Run {
     pub(crate) counters: Option<Counters>,
 }
 
-/// The ceiling at one concurrency.
+/// The clients whose ceiling is measured: keeptyping's own and the naive design's.
+const CEILING_CLIENTS: [&str; 2] = ["keeptyping", "reqwest"];
+
+/// The ceiling of one client at one concurrency.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub(crate) struct Ceiling {
+    /// `keeptyping` (its own client) or `reqwest` (the naive design's).
+    pub(crate) client: String,
     pub(crate) concurrency: usize,
     pub(crate) calls: usize,
     pub(crate) ok: usize,
@@ -280,14 +285,16 @@ async fn run(opts: Opts) -> anyhow::Result<()> {
     let mut ceilings = Vec::new();
     // `--ceiling-calls 0` skips the ceiling (with a slow mock it would take minutes).
     for &c in opts.ceiling_concurrency.iter().filter(|_| opts.ceiling_calls > 0) {
-        let ceiling = bench.ceiling(opts.ceiling_calls, c).await?;
-        eprintln!(
-            "ceiling c={c}: {} calls in {:.1} s, {:.3} CPU s per 1k calls",
-            ceiling.calls,
-            ceiling.wall_s,
-            ceiling.cpu_s_per_1k()
-        );
-        ceilings.push(ceiling);
+        for client in CEILING_CLIENTS {
+            let ceiling = bench.ceiling(opts.ceiling_calls, c, client).await?;
+            eprintln!(
+                "ceiling {client} c={c}: {} calls in {:.1} s, {:.3} CPU s per 1k calls",
+                ceiling.calls,
+                ceiling.wall_s,
+                ceiling.cpu_s_per_1k()
+            );
+            ceilings.push(ceiling);
+        }
     }
     let mut runs = Vec::new();
     for &n in &opts.n {
@@ -354,10 +361,11 @@ impl Bench {
         Ok(())
     }
 
-    async fn ceiling(&self, calls: usize, concurrency: usize) -> anyhow::Result<Ceiling> {
+    async fn ceiling(&self, calls: usize, concurrency: usize, client: &str) -> anyhow::Result<Ceiling> {
         self.reset_mock().await?;
         let mut cmd = Command::new(std::env::current_exe()?);
         cmd.env(child::CHILD_ENV, "ceiling")
+            .env(child::CEILING_CLIENT_ENV, client)
             .env("KEEPTYPING_BENCH_UPSTREAM", &self.mock)
             .env("KEEPTYPING_BENCH_CALLS", calls.to_string())
             .env("KEEPTYPING_BENCH_CONCURRENCY", concurrency.to_string());
