@@ -300,13 +300,19 @@ async fn run(opts: Opts) -> anyhow::Result<()> {
     for &n in &opts.n {
         for r in 0..opts.repeat {
             for system in &opts.systems {
-                // A system that falls over at some N is reported, and the bench goes on.
-                match bench.run(system, n, r, &opts, &mock_proc).await {
-                    Ok(run) => {
+                // A system that falls over at some N is reported, and the bench goes on. One
+                // that collapses without failing (a naive design's connections piling up under
+                // overload) is stopped at the run's bound: dropping the run kills its process.
+                let bound = run_bound(n, &opts);
+                match tokio::time::timeout(bound, bench.run(system, n, r, &opts, &mock_proc)).await {
+                    Ok(Ok(run)) => {
                         eprintln!("{}", report::line(&run));
                         runs.push(run);
                     }
-                    Err(e) => eprintln!("{system} at n={n} failed: {e:#}"),
+                    Ok(Err(e)) => eprintln!("{system} at n={n} failed: {e:#}"),
+                    Err(_) => {
+                        eprintln!("{system} at n={n} failed: did not finish within {} s (collapsed)", bound.as_secs())
+                    }
                 }
             }
         }
@@ -315,6 +321,18 @@ async fn run(opts: Opts) -> anyhow::Result<()> {
     report::write(&target, &opts, &machine, &ceilings, &runs, elapsed)?;
     drop(mock_proc);
     Ok(())
+}
+
+/// How long one run of one system may take before it counts as collapsed: its ramp, hold and
+/// storm at the planned pace, plus 30 s and 45 s per 10,000 sessions for starting the process,
+/// the start and stop batches and the mock's record (a run at 40,000 sessions that held took
+/// 110 s of its 227).
+fn run_bound(n: usize, opts: &Opts) -> Duration {
+    #[allow(clippy::cast_precision_loss, reason = "counts far below 2^52")]
+    let planned = child::INTERVAL.as_secs_f64() + 1.0 + opts.hold_s + opts.storm_pairs as f64 / opts.storm_rate;
+    #[allow(clippy::cast_precision_loss, reason = "counts far below 2^52")]
+    let per_n = 45.0 * (n as f64 / 10_000.0).max(1.0);
+    Duration::from_secs_f64(planned + 30.0 + per_n)
 }
 
 // === impl Bench ===
