@@ -123,6 +123,18 @@ impl OnlyFansClient {
         &self.inner.base_url
     }
 
+    /// The URI of `key`'s typing endpoint.
+    fn typing_uri(&self, key: &SessionKey) -> Uri {
+        let base = &self.inner.base;
+        let mut path = String::with_capacity(base.path().len() + 96);
+        path.push_str(base.path().trim_end_matches('/'));
+        write_typing_path(&mut path, key);
+        let mut parts = base.clone().into_parts();
+        // Every segment is percent-encoded and the base path was parsed: the path is valid.
+        parts.path_and_query = PathAndQuery::from_maybe_shared(Bytes::from(path)).ok();
+        Uri::from_parts(parts).unwrap_or_else(|_| base.clone())
+    }
+
     /// The `Authorization` value of key `index`, if configured.
     pub fn auth_header(&self, index: KeyIndex) -> Option<HeaderValue> {
         self.inner.auth.get(index).cloned()
@@ -143,20 +155,6 @@ fn parse_base(base_url: &str) -> anyhow::Result<Uri> {
         return Err(bad("a query has no place in the base URL"));
     }
     Ok(uri)
-}
-
-impl OnlyFansClient {
-    /// The URI of `key`'s typing endpoint.
-    fn typing_uri(&self, key: &SessionKey) -> Uri {
-        let base = &self.inner.base;
-        let mut path = String::with_capacity(base.path().len() + 96);
-        path.push_str(base.path().trim_end_matches('/'));
-        write_typing_path(&mut path, key);
-        let mut parts = base.clone().into_parts();
-        // Every segment is percent-encoded and the base path was parsed: the path is valid.
-        parts.path_and_query = PathAndQuery::from_maybe_shared(Bytes::from(path)).ok();
-        Uri::from_parts(parts).unwrap_or_else(|_| base.clone())
-    }
 }
 
 impl Upstream for OnlyFansClient {
@@ -221,17 +219,19 @@ async fn read_typing_answer(resp: hyper::Response<Incoming>) -> (Result<(), Upst
 /// A failed typing call: a connect timeout counts as a timeout, anything else as a network
 /// error with the whole chain of causes (they name hosts and TLS problems, never a key).
 fn network(e: &hyper_util::client::legacy::Error) -> UpstreamError {
+    let timed_out = std::iter::successors(std::error::Error::source(e), |s| s.source())
+        .any(|s| s.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut));
+    if timed_out { UpstreamError::Timeout } else { UpstreamError::Network(causes(e)) }
+}
+
+/// `e`'s message followed by those of its sources, `: `-separated.
+fn causes(e: &dyn std::error::Error) -> String {
     let mut msg = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        if s.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut) {
-            return UpstreamError::Timeout;
-        }
+    for s in std::iter::successors(e.source(), |s| s.source()) {
         msg.push_str(": ");
         msg.push_str(&s.to_string());
-        source = s.source();
     }
-    UpstreamError::Network(msg)
+    msg
 }
 
 /// Maps a reqwest failure (an account call's) to an [`UpstreamError`].
@@ -240,31 +240,27 @@ pub(crate) fn classify(e: &reqwest::Error) -> UpstreamError {
         UpstreamError::Timeout
     } else {
         // The message of a reqwest error carries the URL, which holds ids but never a key.
-        let mut msg = e.to_string();
-        let mut source = std::error::Error::source(e);
-        while let Some(s) = source {
-            msg.push_str(": ");
-            msg.push_str(&s.to_string());
-            source = s.source();
-        }
-        UpstreamError::Network(msg)
+        UpstreamError::Network(causes(e))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::AccountScope;
     use crate::ids::{AccountId, ChatId};
     use crate::mock::{MockConfig, MockUpstream, RecordQuery, Tls};
 
-    fn api_key() -> ApiKey {
-        ApiKey {
-            name: "default".to_owned(),
-            budget: "default".to_owned(),
-            accounts: AccountScope::All,
-            secret: "sk_test".to_owned().into(),
+    /// Chat 123 of account `acct_abc`.
+    fn chat() -> SessionKey {
+        SessionKey {
+            platform: Platform::Onlyfans,
+            account: AccountId::parse(Platform::Onlyfans, "acct_abc").unwrap(),
+            chat: ChatId::parse(Platform::Onlyfans, "123").unwrap(),
         }
+    }
+
+    fn api_key() -> ApiKey {
+        ApiKey::for_tests("sk_test")
     }
 
     #[tokio::test]
@@ -277,11 +273,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let ca_file = dir.join("mock-ca.pem");
         std::fs::write(&ca_file, tls.cert_pem()).unwrap();
-        let chat = SessionKey {
-            platform: Platform::Onlyfans,
-            account: AccountId::parse(Platform::Onlyfans, "acct_abc").unwrap(),
-            chat: ChatId::parse(Platform::Onlyfans, "123").unwrap(),
-        };
+        let chat = chat();
         let without = UpstreamSettings { base_url: mock.url(), ..UpstreamSettings::default() };
         let with = UpstreamSettings { ca_file: Some(ca_file), ..without.clone() };
 
@@ -297,6 +289,44 @@ mod tests {
         assert!(trusted.result.is_ok(), "{:?}", trusted.result);
         assert_eq!(mock.state().records(&RecordQuery::default()).len(), 1);
         mock.stop().await;
+    }
+
+    #[tokio::test]
+    async fn the_typing_uri_keeps_the_base_path_and_bad_base_urls_are_refused() {
+        let chat = chat();
+        let build = |base: &str| {
+            OnlyFansClient::build(
+                &UpstreamSettings { base_url: base.to_owned(), ..UpstreamSettings::default() },
+                &[api_key()],
+            )
+        };
+        let proxied = build("https://edge.example.com:8443/proxy/").unwrap();
+        assert_eq!(
+            proxied.typing_uri(&chat).to_string(),
+            "https://edge.example.com:8443/proxy/api/acct_abc/chats/123/typing"
+        );
+        let plain = build("http://127.0.0.1:9").unwrap();
+        assert_eq!(plain.typing_uri(&chat).to_string(), "http://127.0.0.1:9/api/acct_abc/chats/123/typing");
+        for bad in ["ftp://edge.example.com", "edge.example.com", "https://edge.example.com/?x=1", "not a url"] {
+            let err = build(bad).err().unwrap_or_else(|| panic!("{bad:?} was accepted"));
+            assert!(err.to_string().contains("upstream.base_url"), "{bad:?}: {err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_a_network_error_naming_its_cause() {
+        // A port nothing listens on: bind one, note it, and close it.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let settings = UpstreamSettings { base_url: format!("http://127.0.0.1:{port}"), ..UpstreamSettings::default() };
+        let chat = chat();
+
+        let outcome = OnlyFansClient::build(&settings, &[api_key()]).unwrap().typing(&chat, 0).await;
+
+        match &outcome.result {
+            Err(UpstreamError::Network(m)) => assert!(m.to_lowercase().contains("refused"), "{m}"),
+            other => panic!("expected a network error, got {other:?}"),
+        }
+        assert!(!format!("{:?}", outcome.result).contains("sk_test"), "the key reached an error message");
     }
 
     #[test]
