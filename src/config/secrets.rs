@@ -63,6 +63,19 @@ pub struct ApiKey {
     pub secret: SecretString,
 }
 
+#[cfg(test)]
+impl ApiKey {
+    /// A key named `default` on budget `default` for every account, with `secret`.
+    pub(crate) fn for_tests(secret: &str) -> Self {
+        Self {
+            name: "default".to_owned(),
+            budget: "default".to_owned(),
+            accounts: AccountScope::All,
+            secret: secret.to_owned().into(),
+        }
+    }
+}
+
 impl fmt::Debug for ApiKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ApiKey")

@@ -129,7 +129,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::config::{AccountScope, ApiKey, UpstreamSettings};
+    use crate::config::{ApiKey, UpstreamSettings};
     use crate::ids::{AccountId, ChatId, Platform, SessionKey};
     use crate::mock::{MockConfig, MockUpstream, RecordQuery};
     use crate::upstream::{OnlyFansClient, Upstream as _};
@@ -138,13 +138,7 @@ mod tests {
         let config = MockConfig { limit_per_minute: None, ..MockConfig::default() };
         let mock = MockUpstream::start("127.0.0.1:0".parse().unwrap(), config).await.unwrap();
         let settings = UpstreamSettings { base_url: mock.url(), ..UpstreamSettings::default() };
-        let key = ApiKey {
-            name: "default".to_owned(),
-            budget: "default".to_owned(),
-            accounts: AccountScope::All,
-            secret: "sk_test".to_owned().into(),
-        };
-        (OnlyFansClient::build(&settings, &[key]).unwrap(), mock)
+        (OnlyFansClient::build(&settings, &[ApiKey::for_tests("sk_test")]).unwrap(), mock)
     }
 
     fn key() -> SessionKey {
