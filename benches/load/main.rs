@@ -5,8 +5,9 @@
 //! each a fresh process) opens N sessions through the hook API, paced over one refire interval,
 //! holds them, runs a start/stop storm while they refire, stops them all, and reads the mock's
 //! record. The ceiling baselines (keeptyping's own client, and the naive design's plain reqwest
-//! client, each sending back to back) run once per concurrency. CPU and memory come from `/proc` of each process. Results go to the terminal as a
-//! Markdown table and to `target/bench/load-<unix time>.json` and `target/bench/load-latest.json`.
+//! client, each sending back to back) run once per concurrency. CPU and memory come from `/proc`
+//! of each process. Results go to the terminal as a Markdown table and to
+//! `target/bench/load-<unix time>.json` and `target/bench/load-latest.json`.
 //!
 //! Not part of `cargo test` (`harness = false`; `cargo test` does not build or run benches).
 

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use http_body_util::{BodyExt, Empty, Limited};
+use hyper::Method;
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, HeaderValue, USER_AGENT};
 use hyper::http::uri::{PathAndQuery, Uri};
@@ -102,7 +103,7 @@ impl OnlyFansClient {
             builder = builder.tls_certs_merge(certs);
         }
         let http = builder.build()?;
-        let typing = transport::build(settings)?;
+        let typing = transport::build(settings, roots)?;
         let mut auth = Vec::with_capacity(keys.len());
         for k in keys {
             let mut v = HeaderValue::from_str(&format!("Bearer {}", k.secret.expose_secret()))
@@ -170,23 +171,21 @@ impl Upstream for OnlyFansClient {
                     elapsed: Duration::ZERO,
                 };
             };
-            let request = hyper::Request::post(uri)
-                .header(AUTHORIZATION, auth)
-                .header(CONTENT_LENGTH, ZERO)
-                .header(USER_AGENT, HeaderValue::from_static(AGENT))
-                .body(Empty::new());
-            let (result, rate_limits) = match request {
-                Ok(request) => {
-                    let call = async {
-                        match inner.typing.request(request).await {
-                            Ok(resp) => read_typing_answer(resp).await,
-                            Err(e) => (Err(network(&e)), None),
-                        }
-                    };
-                    tokio::time::timeout(inner.timeout, call).await.unwrap_or((Err(UpstreamError::Timeout), None))
+            let mut request = hyper::Request::new(Empty::new());
+            *request.method_mut() = Method::POST;
+            *request.uri_mut() = uri;
+            let headers = request.headers_mut();
+            headers.insert(AUTHORIZATION, auth);
+            headers.insert(CONTENT_LENGTH, ZERO);
+            headers.insert(USER_AGENT, HeaderValue::from_static(AGENT));
+            let call = async {
+                match inner.typing.request(request).await {
+                    Ok(resp) => read_typing_answer(resp).await,
+                    Err(e) => (Err(network(&e)), None),
                 }
-                Err(e) => (Err(UpstreamError::Network(e.to_string())), None),
             };
+            let (result, rate_limits) =
+                tokio::time::timeout(inner.timeout, call).await.unwrap_or((Err(UpstreamError::Timeout), None));
             Outcome { result, rate_limits, elapsed: started.elapsed() }
         })
     }

@@ -23,6 +23,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio_rustls::rustls::ClientConfig;
 use tokio_rustls::rustls::crypto::{CryptoProvider, aws_lc_rs};
+use tokio_rustls::rustls::pki_types::CertificateDer;
 
 use crate::config::UpstreamSettings;
 
@@ -36,19 +37,22 @@ pub(crate) type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
 pub(crate) const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Builds the client for `settings`: `TCP_NODELAY`, `upstream.connect_timeout`, an idle pool of
-/// `upstream.pool_max_idle_per_host` connections kept [`POOL_IDLE_TIMEOUT`].
+/// `upstream.pool_max_idle_per_host` connections kept [`POOL_IDLE_TIMEOUT`], and `extra_roots`
+/// (`upstream.ca_file`'s certificates) trusted besides the system's roots.
 ///
 /// # Errors
-/// When `upstream.ca_file` cannot be read or holds no valid certificate, or the platform's
-/// verifier cannot be set up.
-pub(crate) fn build(settings: &UpstreamSettings) -> anyhow::Result<HttpClient> {
+/// When the platform's verifier cannot be set up.
+pub(crate) fn build(
+    settings: &UpstreamSettings,
+    extra_roots: Vec<CertificateDer<'static>>,
+) -> anyhow::Result<HttpClient> {
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
     http.set_connect_timeout(Some(settings.connect_timeout));
     // The TLS layer in front of it takes `https://` URIs.
     http.enforce_http(false);
     let connector = HttpsConnectorBuilder::new()
-        .with_tls_config(tls_config(settings)?)
+        .with_tls_config(tls_config(extra_roots)?)
         .https_or_http()
         .enable_http1()
         .enable_http2()
@@ -61,10 +65,9 @@ pub(crate) fn build(settings: &UpstreamSettings) -> anyhow::Result<HttpClient> {
 }
 
 /// The TLS settings: rustls on aws-lc-rs with its safe default versions, the platform's
-/// verifier, and `upstream.ca_file`'s certificates trusted besides the system's roots.
-fn tls_config(settings: &UpstreamSettings) -> anyhow::Result<ClientConfig> {
+/// verifier, and `extra` trusted besides the system's roots.
+fn tls_config(extra: Vec<CertificateDer<'static>>) -> anyhow::Result<ClientConfig> {
     let provider: Arc<CryptoProvider> = Arc::new(aws_lc_rs::default_provider());
-    let extra = settings.ca_roots()?;
     let verifier = if extra.is_empty() {
         rustls_platform_verifier::Verifier::new(Arc::clone(&provider))?
     } else {
